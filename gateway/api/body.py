@@ -1,0 +1,54 @@
+"""Request bodies: size limit, JSON, and the wire model, with errors that name the parameter."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from gateway.api.schema import UNSUPPORTED_PARAMS
+from gateway.errors import InvalidJSON, InvalidRequest, PayloadTooLarge, UnsupportedParameter
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"Request body of {request.content_length} bytes exceeds the limit of {max_bytes} bytes")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"Request body exceeds the limit of {max_bytes} bytes") from None
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"Request body of {len(raw)} bytes exceeds the limit of {max_bytes} bytes")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"We could not parse the JSON body of your request: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidJSON("The request body must be a JSON object")
+    return body
+
+
+def parse(model: type[M], body: dict[str, Any]) -> M:
+    for key, allowed in UNSUPPORTED_PARAMS.items():
+        if key in body and body[key] not in allowed and key in model.model_fields:
+            raise UnsupportedParameter(f"'{key}' is not supported by this gateway", param=key)
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def _invalid(exc: ValidationError) -> InvalidRequest:
+    error = exc.errors(include_url=False)[0]
+    loc = [str(p) for p in error["loc"] if not str(p).startswith(("str", "list[", "function-", "union"))]
+    # drop pydantic's union branch names (e.g. "list[int]") so the path is the parameter's
+    param = ".".join(loc) if loc else None
+    if error["type"] == "extra_forbidden":
+        return InvalidRequest(f"Unrecognized request argument supplied: {param}", param=param)
+    if error["type"] == "missing":
+        return InvalidRequest(f"Missing required parameter: '{param}'", param=param)
+    return InvalidRequest(f"Invalid value for '{param}': {error['msg']}", param=param)

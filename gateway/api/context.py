@@ -1,0 +1,24 @@
+"""Typed application state (``web.AppKey``) and small per-request helpers."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+from aiohttp import web
+
+from gateway.config import GatewayConfig
+from gateway.core.models import ModelRegistry
+from gateway.engine.triton import TritonPool
+
+CONFIG = web.AppKey("config", GatewayConfig)
+POOL = web.AppKey("pool", TritonPool)
+REGISTRY = web.AppKey("registry", ModelRegistry)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def now() -> int:
+    return int(time.time())

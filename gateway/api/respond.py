@@ -1,0 +1,119 @@
+"""The REST transport for generation: one JSON body, or an OpenAI SSE stream.
+
+Both chat and completions end here, differing only in their :class:`ResponseFormat`.
+A stream's headers are sent only once the first delta exists, so a request that fails before
+any token (Triton down, model not ready) still gets a proper status; after the first byte an
+error becomes an in-band ``data: {"error": ...}`` event and the stream ends.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import orjson
+from aiohttp import web
+
+from gateway.api.formats import SSE_DONE, ResponseFormat, sse_event
+from gateway.core.generate import generate
+from gateway.core.models import ServedModel
+from gateway.core.types import Choice, Delta, FinishReason, SamplingParams, Usage
+from gateway.errors import GatewayError, InternalError
+
+log = logging.getLogger(__name__)
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "Connection": "keep-alive",
+    "X-Accel-Buffering": "no",  # nginx and friends: do not buffer the stream
+}
+
+
+async def respond(
+    request: web.Request,
+    fmt: ResponseFormat,
+    model: ServedModel,
+    request_id: str,
+    choices: list[Choice],
+    sampling: SamplingParams,
+    *,
+    stream: bool,
+    include_usage: bool,
+    prompt_tokens: int,
+) -> web.StreamResponse:
+    deltas = generate(model, request_id, choices, sampling)
+    usage = Usage(prompt_tokens=prompt_tokens)
+    if not stream:
+        return await _whole(fmt, deltas, len(choices), usage)
+    return await _stream(request, fmt, deltas, len(choices), usage, include_usage)
+
+
+async def _whole(fmt: ResponseFormat, deltas: AsyncIterator[Delta], n: int, usage: Usage) -> web.Response:
+    parts: list[list[str]] = [[] for _ in range(n)]
+    reasons = [FinishReason.STOP] * n
+    async for delta in deltas:
+        parts[delta.index].append(delta.text)
+        if delta.finish_reason is not None:
+            reasons[delta.index] = delta.finish_reason
+            usage.completion_tokens += delta.completion_tokens
+    body = fmt.whole(["".join(p) for p in parts], reasons, usage)
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+async def _stream(
+    request: web.Request,
+    fmt: ResponseFormat,
+    deltas: AsyncIterator[Delta],
+    n: int,
+    usage: Usage,
+    include_usage: bool,
+) -> web.StreamResponse:
+    try:
+        first = await anext(deltas)  # errors up to here get a real HTTP status
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        await deltas.aclose()
+        raise
+    response = web.StreamResponse(headers=SSE_HEADERS)
+    response.enable_chunked_encoding()
+    try:
+        await response.prepare(request)
+        opening = b"".join(fmt.opening(i) for i in range(n))
+        if first is not None:
+            await response.write(opening + _delta_bytes(fmt, first, usage))
+        else:
+            await response.write(opening)
+        async for delta in deltas:
+            await response.write(_delta_bytes(fmt, delta, usage))
+        tail = fmt.usage(usage) + SSE_DONE if include_usage else SSE_DONE
+        await response.write(tail)
+    except (ConnectionResetError, ConnectionError):
+        log.info("client disconnected; generation cancelled")
+        return response
+    except GatewayError as exc:
+        log.warning("stream failed after the first byte: %s", exc.message)
+        await _write_error(response, exc)
+    except Exception as exc:
+        log.exception("stream failed after the first byte")
+        await _write_error(response, InternalError(f"internal error: {type(exc).__name__}"))
+    finally:
+        await deltas.aclose()
+    await response.write_eof()
+    return response
+
+
+def _delta_bytes(fmt: ResponseFormat, delta: Delta, usage: Usage) -> bytes:
+    if delta.finish_reason is None:
+        return fmt.delta(delta.index, delta.text)
+    usage.completion_tokens += delta.completion_tokens
+    finish = fmt.finish(delta.index, delta.finish_reason)
+    return fmt.delta(delta.index, delta.text) + finish if delta.text else finish
+
+
+async def _write_error(response: web.StreamResponse, exc: GatewayError) -> None:
+    try:
+        await response.write(sse_event(exc.body()))
+    except (ConnectionResetError, ConnectionError):
+        pass

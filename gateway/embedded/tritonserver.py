@@ -1,0 +1,235 @@
+"""Run the `tritonserver` binary shipped in the ``nvidia-pytriton`` wheel (or a system install).
+
+The Python backend needs three things the wheel does not arrange by itself: a backend directory
+holding ``libtriton_python.so`` with the stub built for *our* Python beside it, the wheel's bundled
+shared libraries (and our Python's libdir) on ``LD_LIBRARY_PATH``, and the virtualenv's ``bin`` first
+on ``PATH`` (the stub takes its interpreter from ``PATH``, not ``PYTHONPATH``).
+
+The server is bound to 127.0.0.1, started in its own session, killed with the launcher if the
+launcher dies (``PR_SET_PDEATHSIG``), and stopped with SIGTERM then SIGKILL on :meth:`stop`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+class TritonLaunchError(RuntimeError):
+    """tritonserver could not be found, started or made ready."""
+
+
+@dataclass(frozen=True)
+class TritonPorts:
+    http: int = 8000
+    grpc: int = 8001
+    metrics: int = 8002
+
+
+def _pytriton_dir() -> Path | None:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+
+
+def find_tritonserver(explicit: str | None = None) -> Path:
+    """An explicit path, then ``$TRITONSERVER``, then the wheel's binary, then ``PATH``."""
+    candidates: list[Path] = []
+    for value in (explicit, os.environ.get("TRITONSERVER")):
+        if value:
+            candidates.append(Path(value))
+    wheel = _pytriton_dir()
+    if wheel is not None:
+        candidates.append(wheel / "bin" / "tritonserver")
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        candidates.append(Path(on_path))
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    raise TritonLaunchError(
+        "tritonserver not found: install nvidia-pytriton (make install) or set TRITONSERVER=/path/to/tritonserver"
+    )
+
+
+def assemble_backends(binary: Path, cache_dir: Path) -> Path:
+    """A backend directory whose ``python`` backend has the stub for the running Python."""
+    root = binary.parent.parent
+    system_backends = root / "backends"
+    stubs = root / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
+    if not stubs.is_dir():
+        # a system install (NVIDIA's container) ships a complete backend directory already
+        if (system_backends / "python" / "triton_python_backend_stub").is_file():
+            return system_backends
+        raise TritonLaunchError(f"no Python backend stub for Python {sys.version_info[:2]} under {root}")
+    target = cache_dir / "backends" / "python"
+    target.mkdir(parents=True, exist_ok=True)
+    for src in (
+        system_backends / "python" / "libtriton_python.so",
+        system_backends / "python" / "triton_python_backend_utils.py",
+        stubs / "triton_python_backend_stub",
+    ):
+        dst = target / src.name
+        if not dst.exists() or dst.stat().st_size != src.stat().st_size:
+            shutil.copy2(src, dst)
+    return target.parent
+
+
+def server_env(binary: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    libs = [binary.parent.parent.parent.parent / "nvidia_pytriton.libs"]  # site-packages/nvidia_pytriton.libs
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir:
+        libs.append(Path(libdir))
+    base_libdir = Path(sys.base_prefix) / "lib"
+    libs.append(base_libdir)
+    existing = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([str(p) for p in libs if p.is_dir()] + existing)
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "")])
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:  # not Linux: the launcher's stop() still runs on every normal exit
+        pass
+
+
+class TritonServer:
+    """One tritonserver child process."""
+
+    def __init__(
+        self,
+        model_repository: Path,
+        cache_dir: Path,
+        ports: TritonPorts = TritonPorts(),
+        binary: str | None = None,
+        host: str = "127.0.0.1",
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.model_repository = model_repository.resolve()
+        self.cache_dir = cache_dir
+        self.ports = ports
+        self.host = host
+        self.binary = find_tritonserver(binary)
+        self.extra_args = extra_args
+        self.log_path = cache_dir / "tritonserver.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.ports.grpc}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.ports.http}"
+
+    def command(self, backends: Path) -> list[str]:
+        return [
+            str(self.binary),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={backends}",
+            f"--http-address={self.host}",
+            f"--http-port={self.ports.http}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.ports.grpc}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.ports.metrics}",
+            "--allow-cpu-metrics=false",
+            "--allow-gpu-metrics=false",
+            "--exit-timeout-secs=5",
+            *self.extra_args,
+        ]
+
+    def start(self) -> None:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        backends = assemble_backends(self.binary, self.cache_dir)
+        cmd = self.command(backends)
+        log.info("starting tritonserver: %s", " ".join(cmd))
+        with open(self.log_path, "wb") as log_file:
+            self._proc = subprocess.Popen(
+                cmd,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=server_env(self.binary),
+                start_new_session=True,  # Ctrl-C reaches us; we stop Triton in order
+                preexec_fn=_die_with_parent,
+            )
+
+    def wait_ready(self, timeout: float = 180.0, progress: Callable[[str], None] | None = None) -> None:
+        """Block until Triton reports ready; on failure quote its log."""
+        deadline = time.monotonic() + timeout
+        last_note = 0.0
+        while True:
+            if self._proc is None or self._proc.poll() is not None:
+                code = None if self._proc is None else self._proc.returncode
+                raise TritonLaunchError(f"tritonserver exited with code {code}\n{self.log_excerpt()}")
+            if self._http_ready():
+                return
+            now = time.monotonic()
+            if now > deadline:
+                self.stop()
+                raise TritonLaunchError(f"tritonserver not ready after {timeout:.0f}s\n{self.log_excerpt()}")
+            if progress and now - last_note > 5:
+                progress(f"waiting for tritonserver ({int(deadline - now)}s left)")
+                last_note = now
+            time.sleep(0.2)
+
+    def _http_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=1) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def log_excerpt(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no tritonserver log)"
+        errors = [line for line in text if " E" in line[:2] or "error" in line.lower() or "failed" in line.lower()]
+        picked = errors[-lines:] if errors else text[-lines:]
+        return f"--- tritonserver log ({self.log_path}) ---\n" + "\n".join(picked)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        log.info("stopping tritonserver (pid %d)", proc.pid)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("tritonserver did not stop in %.0fs; killing it", timeout)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -1,0 +1,146 @@
+"""Triton over gRPC (KServe v2): one bidirectional stream per generated sequence.
+
+A stream per request because cancelling a gRPC stream cancels everything on it: a shared stream
+could not cancel one request. Closing the token iterator (the client went away, a stop string
+matched, the task was cancelled) cancels the call, and Triton cancels the request in the model.
+grpc errors are translated into gateway errors here, where they enter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from gateway.core.types import GenerateRequest
+from gateway.engine.contract import ContractError, ModelContract, build_request, is_final, parse_tokens
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+
+log = logging.getLogger(__name__)
+
+_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+_UNAVAILABLE_MARKERS = ("unknown model", "is not ready", "not found", "unavailable")
+
+
+def translate_rpc_error(exc: grpc.aio.AioRpcError, url: str) -> GatewayError:
+    code = exc.code()
+    detail = exc.details() or code.name
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return UpstreamUnavailable(f"Triton at {url} is unavailable: {detail}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return UpstreamTimeout(f"Triton at {url} did not answer in time")
+    if code == grpc.StatusCode.NOT_FOUND:
+        return UpstreamUnavailable(f"Triton at {url}: {detail}")
+    return UpstreamError(f"Triton at {url} failed the request ({code.name}): {detail}")
+
+
+def _upstream_message_error(message: str) -> GatewayError:
+    lowered = message.lower()
+    if any(marker in lowered for marker in _UNAVAILABLE_MARKERS):
+        return UpstreamUnavailable(f"model unavailable upstream: {message}")
+    return UpstreamError(f"upstream model error: {message}")
+
+
+class TritonClient:
+    """One Triton server: a gRPC channel, its token streams, health and model configs."""
+
+    def __init__(self, url: str, timeout: float = 5.0) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._channel = grpc.aio.insecure_channel(url, options=_CHANNEL_OPTIONS)
+        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        self._contracts: dict[str, ModelContract] = {}
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def server_ready(self) -> bool:
+        try:
+            resp = await self._stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=self.timeout)
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(resp.ready)
+
+    async def model_ready(self, model: str) -> bool:
+        try:
+            resp = await self._stub.ModelReady(service_pb2.ModelReadyRequest(name=model), timeout=self.timeout)
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(resp.ready)
+
+    async def contract(self, model: str) -> ModelContract:
+        """The model's tensor contract, read once from its config and then cached."""
+        cached = self._contracts.get(model)
+        if cached is not None:
+            return cached
+        try:
+            resp = await self._stub.ModelConfig(service_pb2.ModelConfigRequest(name=model), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise translate_rpc_error(exc, self.url) from None
+        try:
+            contract = ModelContract.from_config(resp.config)
+        except ContractError as exc:
+            raise UpstreamError(str(exc)) from None
+        self._contracts[model] = contract
+        return contract
+
+    async def generate(
+        self,
+        contract: ModelContract,
+        request: GenerateRequest,
+        end_id: int | None,
+        pad_id: int | None,
+    ) -> AsyncIterator[list[int]]:
+        """New token ids as Triton streams them; ends at the final response.
+
+        Closing the iterator early cancels the Triton request.
+        """
+        infer = build_request(contract, request.request_id, request.prompt_ids, request.sampling, end_id, pad_id)
+        call = self._stub.ModelStreamInfer()
+        try:
+            await call.write(infer)
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    return
+                if response.error_message:
+                    raise _upstream_message_error(response.error_message)
+                infer_response = response.infer_response
+                tokens = parse_tokens(infer_response)
+                if tokens:
+                    yield tokens
+                if is_final(infer_response):
+                    return
+        except grpc.aio.AioRpcError as exc:
+            raise translate_rpc_error(exc, self.url) from None
+        finally:
+            if not call.done():
+                call.cancel()
+
+
+class TritonPool:
+    """The Triton servers the gateway knows, one client per URL."""
+
+    def __init__(self, timeout: float = 5.0) -> None:
+        self._timeout = timeout
+        self._clients: dict[str, TritonClient] = {}
+
+    def client(self, url: str) -> TritonClient:
+        client = self._clients.get(url)
+        if client is None:
+            client = self._clients[url] = TritonClient(url, self._timeout)
+        return client
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self._clients.values()), return_exceptions=True)
+        self._clients.clear()

@@ -1,0 +1,135 @@
+"""One error tree and one table: every failure the gateway reports, and how each API shows it.
+
+Raise a :class:`GatewayError` subclass anywhere; the REST layer turns it into OpenAI's error body
+(or an in-band SSE error event once a stream has started) with the status from :data:`ERROR_TABLE`,
+and the gRPC API into the status code from the same row. Foreign exceptions (grpc, pydantic,
+aiohttp) are translated where they enter, never caught per route.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorKind:
+    http_status: int
+    type: str
+    code: str | None
+    grpc_status: str  # name of a grpc.StatusCode member
+
+
+class GatewayError(Exception):
+    kind: ErrorKind = ErrorKind(500, "internal_error", "internal_error", "INTERNAL")
+
+    def __init__(self, message: str, *, param: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, Any]:
+        """OpenAI's error object."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.kind.type,
+                "param": self.param,
+                "code": self.kind.code,
+            }
+        }
+
+
+class InvalidRequest(GatewayError):
+    """Malformed JSON, a wrong type, a value out of range, an unknown or unsupported parameter."""
+
+    kind = ErrorKind(400, "invalid_request_error", None, "INVALID_ARGUMENT")
+
+
+class InvalidJSON(InvalidRequest):
+    kind = ErrorKind(400, "invalid_request_error", "invalid_json", "INVALID_ARGUMENT")
+
+
+class UnsupportedParameter(InvalidRequest):
+    kind = ErrorKind(400, "invalid_request_error", "unsupported_parameter", "INVALID_ARGUMENT")
+
+
+class ContextLengthExceeded(InvalidRequest):
+    kind = ErrorKind(400, "invalid_request_error", "context_length_exceeded", "INVALID_ARGUMENT")
+
+
+class Unauthorized(GatewayError):
+    kind = ErrorKind(401, "invalid_request_error", "invalid_api_key", "UNAUTHENTICATED")
+
+
+class Forbidden(GatewayError):
+    kind = ErrorKind(403, "invalid_request_error", "permission_denied", "PERMISSION_DENIED")
+
+
+class ModelNotFound(GatewayError):
+    kind = ErrorKind(404, "invalid_request_error", "model_not_found", "NOT_FOUND")
+
+
+class RouteNotFound(GatewayError):
+    kind = ErrorKind(404, "invalid_request_error", "not_found", "UNIMPLEMENTED")
+
+
+class MethodNotAllowed(GatewayError):
+    kind = ErrorKind(405, "invalid_request_error", "method_not_allowed", "UNIMPLEMENTED")
+
+
+class PayloadTooLarge(GatewayError):
+    kind = ErrorKind(413, "invalid_request_error", "request_too_large", "INVALID_ARGUMENT")
+
+
+class UnsupportedMediaType(GatewayError):
+    kind = ErrorKind(415, "invalid_request_error", "unsupported_media_type", "INVALID_ARGUMENT")
+
+
+class RateLimited(GatewayError):
+    kind = ErrorKind(429, "rate_limit_exceeded", "rate_limit_exceeded", "RESOURCE_EXHAUSTED")
+
+
+class UpstreamUnavailable(GatewayError):
+    """Triton cannot be reached or the model is not ready."""
+
+    kind = ErrorKind(503, "service_unavailable", "upstream_unavailable", "UNAVAILABLE")
+
+
+class UpstreamTimeout(GatewayError):
+    kind = ErrorKind(504, "timeout", "upstream_timeout", "DEADLINE_EXCEEDED")
+
+
+class UpstreamError(GatewayError):
+    """Triton answered with an error for this request."""
+
+    kind = ErrorKind(502, "upstream_error", "upstream_error", "INTERNAL")
+
+
+class InternalError(GatewayError):
+    kind = ErrorKind(500, "internal_error", "internal_error", "INTERNAL")
+
+
+ERROR_TABLE: dict[type[GatewayError], ErrorKind] = {
+    cls: cls.kind
+    for cls in (
+        InvalidRequest,
+        InvalidJSON,
+        UnsupportedParameter,
+        ContextLengthExceeded,
+        Unauthorized,
+        Forbidden,
+        ModelNotFound,
+        RouteNotFound,
+        MethodNotAllowed,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        RateLimited,
+        UpstreamUnavailable,
+        UpstreamTimeout,
+        UpstreamError,
+        InternalError,
+    )
+}
+"""Every error the gateway reports, by kind: HTTP status, OpenAI type and code, gRPC status."""

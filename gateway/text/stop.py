@@ -1,0 +1,51 @@
+"""Stop strings matched on the text, across any chunk boundary, never sent to the client."""
+
+from __future__ import annotations
+
+
+class StopMatcher:
+    """Feed text pieces; get back what is safe to send and whether a stop string was hit.
+
+    Text that could be the start of a stop string is held back until it no longer can be. Each
+    ``feed`` costs O(held + piece + stop lengths), independent of how much text came before.
+    """
+
+    __slots__ = ("_stops", "_held", "_longest")
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self._stops = tuple(s for s in stops if s)
+        self._held = ""
+        self._longest = max((len(s) for s in self._stops), default=0)
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        """Returns ``(text to emit, stopped)``; after a stop, the text is what precedes it."""
+        if not self._stops:
+            return piece, False
+        text = self._held + piece
+        cut = -1
+        for stop in self._stops:
+            pos = text.find(stop)
+            if pos != -1 and (cut == -1 or pos < cut):
+                cut = pos
+        if cut != -1:
+            self._held = ""
+            return text[:cut], True
+        keep = self._partial_suffix(text)
+        self._held = text[len(text) - keep :] if keep else ""
+        return text[: len(text) - keep], False
+
+    def flush(self) -> str:
+        """The held-back text, once the generation ended without completing a stop string."""
+        held, self._held = self._held, ""
+        return held
+
+    def _partial_suffix(self, text: str) -> int:
+        """Length of the longest suffix of ``text`` that is a proper prefix of a stop string."""
+        best = 0
+        window = min(len(text), self._longest - 1)
+        for stop in self._stops:
+            for k in range(min(window, len(stop) - 1), best, -1):
+                if text.endswith(stop[:k]):
+                    best = k
+                    break
+        return best

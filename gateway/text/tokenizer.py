@@ -1,0 +1,108 @@
+"""A model's tokenizer and chat template, loaded from its Hugging Face tokenizer files.
+
+``tokenizer.json`` is read with the Rust ``tokenizers`` library; the chat template comes from
+``tokenizer_config.json`` (or ``chat_template.jinja``) and is rendered with a sandboxed Jinja
+environment. No ``transformers`` at serve time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer as _RustTokenizer
+from tokenizers.decoders import DecodeStream
+
+from gateway.errors import InvalidRequest
+
+
+def _raise_exception(message: str) -> None:
+    raise TemplateError(message)
+
+
+def _special(value: Any) -> str | None:
+    if isinstance(value, dict):  # {"content": "<s>", ...} as older tokenizer_config files write it
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+class Tokenizer:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._tok = _RustTokenizer.from_file(str(directory / "tokenizer.json"))
+        config_path = directory / "tokenizer_config.json"
+        config: dict[str, Any] = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        template = config.get("chat_template")
+        jinja_file = directory / "chat_template.jinja"
+        if jinja_file.is_file():
+            template = jinja_file.read_text()
+        if isinstance(template, list):  # named templates: take the default one
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        self.bos_token = _special(config.get("bos_token"))
+        self.eos_token = _special(config.get("eos_token"))
+        self.eos_token_id = self._tok.token_to_id(self.eos_token) if self.eos_token else None
+        pad = _special(config.get("pad_token"))
+        self.pad_token_id = self._tok.token_to_id(pad) if pad else self.eos_token_id
+        self.model_max_length = int(config.get("model_max_length") or 0) or None
+        self._template = None
+        if template:
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+            env.globals["raise_exception"] = _raise_exception
+            self._template = env.from_string(template)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self._template is not None
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tok.get_vocab_size(with_added_tokens=True))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``; special tokens written in the text are parsed as such."""
+        ids: list[int] = self._tok.encode(text, add_special_tokens=False).ids
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        text: str = self._tok.decode(list(ids), skip_special_tokens=True)
+        return text
+
+    def decode_stream(self) -> _StreamDecoder:
+        return _StreamDecoder(self._tok)
+
+    def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
+        """The prompt text for ``messages`` with the generation prompt added.
+
+        When the template writes the BOS token itself, the text already starts with it; nothing
+        adds a second one (``encode`` adds no special tokens).
+        """
+        if self._template is None:
+            raise InvalidRequest("this model has no chat template; use /v1/completions", param="messages")
+        try:
+            text: str = self._template.render(
+                messages=messages,
+                add_generation_prompt=True,
+                bos_token=self.bos_token or "",
+                eos_token=self.eos_token or "",
+            )
+        except TemplateError as exc:
+            raise InvalidRequest(f"messages could not be rendered by the chat template: {exc}", param="messages") from exc
+        return text
+
+
+class _StreamDecoder:
+    """Incremental detokenization: text pieces as soon as they are whole UTF-8, spaces kept."""
+
+    __slots__ = ("_tok", "_stream")
+
+    def __init__(self, tok: _RustTokenizer) -> None:
+        self._tok = tok
+        self._stream = DecodeStream(skip_special_tokens=True)
+
+    def step(self, token_id: int) -> str | None:
+        piece: str | None = self._stream.step(self._tok, token_id)
+        return piece

@@ -1,0 +1,89 @@
+"""Requests built for, and responses read from, the `tensorrt_llm` token contract."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from tritonclient.grpc import model_config_pb2, service_pb2
+
+from gateway.core.types import SamplingParams
+from gateway.engine.contract import ContractError, ModelContract, build_request, is_final, parse_tokens
+from tests.conftest import read_model_config
+
+
+def tensors(req: service_pb2.ModelInferRequest) -> dict[str, tuple[str, list[int], bytes]]:
+    return {t.name: (t.datatype, list(t.shape), raw) for t, raw in zip(req.inputs, req.raw_input_contents, strict=True)}
+
+
+def test_cpu_model_config_carries_the_contract(contract: ModelContract) -> None:
+    assert contract.batched and contract.decoupled
+    for name in ("input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "streaming", "seed"):
+        assert name in contract.inputs
+    assert {"output_ids", "sequence_length"} <= contract.outputs
+    assert not contract.supports("presence_penalty")
+    assert contract.supports("top_k") and contract.supports("seed") and contract.supports("ignore_eos")
+
+
+def test_config_without_token_contract_is_rejected() -> None:
+    config = model_config_pb2.ModelConfig(name="text_model")
+    config.input.add(name="text_input")
+    config.output.add(name="text_output")
+    with pytest.raises(ContractError, match="input_ids"):
+        ModelContract.from_config(config)
+
+
+def test_greedy_request_tensors(contract: ModelContract) -> None:
+    req = build_request(contract, "r-1", [5, 6, 7], SamplingParams(max_tokens=9, temperature=0.0), 2, 2)
+    t = tensors(req)
+    assert req.model_name == "smollm2" and req.id == "r-1"
+    assert req.parameters["triton_enable_empty_final_response"].bool_param
+    assert t["input_ids"] == ("INT32", [1, 3], struct.pack("<3i", 5, 6, 7))
+    assert t["input_lengths"] == ("INT32", [1, 1], struct.pack("<i", 3))
+    assert t["request_output_len"] == ("INT32", [1, 1], struct.pack("<i", 9))
+    assert t["streaming"] == ("BOOL", [1, 1], b"\x01")
+    assert t["end_id"][2] == struct.pack("<i", 2)
+    assert t["runtime_top_k"][2] == struct.pack("<i", 1)
+    assert "temperature" not in t and "seed" not in t
+    assert [o.name for o in req.outputs] == ["output_ids", "sequence_length"]
+
+
+def test_sampling_request_tensors(contract: ModelContract) -> None:
+    sampling = SamplingParams(max_tokens=4, temperature=0.7, top_p=0.9, top_k=40, seed=-1, min_tokens=2)
+    t = tensors(build_request(contract, "r", [1], sampling, None, None))
+    assert struct.unpack("<f", t["temperature"][2])[0] == pytest.approx(0.7)
+    assert struct.unpack("<f", t["runtime_top_p"][2])[0] == pytest.approx(0.9)
+    assert struct.unpack("<i", t["runtime_top_k"][2])[0] == 40
+    assert t["seed"][0] == "UINT64" and struct.unpack("<Q", t["seed"][2])[0] == 2**64 - 1
+    assert struct.unpack("<i", t["min_tokens"][2])[0] == 2
+    assert "end_id" not in t and "pad_id" not in t
+
+
+def test_ignore_eos_asks_for_every_token(contract: ModelContract) -> None:
+    t = tensors(build_request(contract, "r", [1], SamplingParams(max_tokens=32, ignore_eos=True), -1, None))
+    assert struct.unpack("<i", t["min_tokens"][2])[0] == 32
+
+
+def response(ids: list[int], length: int | None, final: bool = False, beams: int = 1) -> service_pb2.ModelInferResponse:
+    resp = service_pb2.ModelInferResponse()
+    out = resp.outputs.add(name="output_ids", datatype="INT32", shape=[1, beams, len(ids) // beams])
+    resp.raw_output_contents.append(struct.pack(f"<{len(ids)}i", *ids))
+    if length is not None:
+        resp.outputs.add(name="sequence_length", datatype="INT32", shape=[1, 1])
+        resp.raw_output_contents.append(struct.pack("<i", length))
+    if final:
+        resp.parameters["triton_final_response"].bool_param = True
+    assert out.name == "output_ids"
+    return resp
+
+
+def test_parse_tokens() -> None:
+    assert parse_tokens(response([11, 12], 2)) == [11, 12]
+    assert parse_tokens(response([11, 12, 0, 0], 2)) == [11, 12]  # padded to sequence_length
+    assert parse_tokens(response([11, 12, 13, 14], None, beams=2)) == [11, 12]  # first beam
+    assert parse_tokens(service_pb2.ModelInferResponse()) == []
+
+
+def test_final_flag() -> None:
+    assert is_final(response([], 0, final=True))
+    assert not is_final(response([1], 1))
