@@ -51,7 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--triton-model", default=env("TRITON_MODEL", "smollm2"), help="with --triton-url")
     serve.add_argument("--model-id", default=env("GATEWAY_MODEL_ID", "smollm2-135m-instruct"), help="with --triton-url")
     serve.add_argument("--tokenizer-dir", default=env("GATEWAY_TOKENIZER_DIR", ""), help="with --triton-url")
-    serve.add_argument("--model-repository", type=Path, default=Path(env("GATEWAY_MODEL_REPOSITORY", str(REPO_ROOT / "model_repository"))))
+    serve.add_argument(
+        "--model-repository",
+        type=Path,
+        default=Path(env("GATEWAY_MODEL_REPOSITORY", str(REPO_ROOT / "model_repository"))),
+    )
     serve.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     serve.add_argument("--tritonserver", default=None, help="path of the tritonserver binary (default: the wheel's)")
     serve.add_argument("--triton-http-port", type=int, default=int(env("TRITON_HTTP_PORT", "8000")))
@@ -69,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     triton: TritonServer | None = None
     if args.triton_url:
-        tokenizer_dir = Path(args.tokenizer_dir) if args.tokenizer_dir else args.model_repository / args.triton_model / "weights"
+        tokenizer_dir = (
+            Path(args.tokenizer_dir) if args.tokenizer_dir else args.model_repository / args.triton_model / "weights"
+        )
         model = ModelConfig(
             id=args.model_id,
             triton_url=args.triton_url,

@@ -25,7 +25,9 @@ class ModelConfig(BaseModel):
     triton_url: str = Field(default="127.0.0.1:8001", description="Triton gRPC host:port")
     triton_model: str = Field(description="model name in Triton's repository")
     tokenizer_dir: Path = Field(description="directory with tokenizer.json and tokenizer_config.json")
-    context_length: int | None = Field(default=None, ge=1, description="prompt + output limit; default: the tokenizer's")
+    context_length: int | None = Field(
+        default=None, ge=1, description="prompt + output limit; default: the tokenizer's"
+    )
     max_output_tokens: int = Field(default=4096, ge=1, description="largest max_tokens a request may ask for")
     default_max_tokens: int = Field(default=1024, ge=1, description="chat output limit when the request sets none")
     owned_by: str = "triton"

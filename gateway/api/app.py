@@ -2,34 +2,45 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
 from gateway.api.chat import chat_completions
 from gateway.api.completions import completions
-from gateway.api.context import CONFIG, POOL, REGISTRY
+from gateway.api.context import CONFIG, REGISTRY
 from gateway.api.errors import error_middleware
 from gateway.api.health import health, ready
 from gateway.api.models import get_model, list_models
 from gateway.config import GatewayConfig
 from gateway.core.models import ModelRegistry
+from gateway.engine.base import Engine
 from gateway.engine.triton import TritonPool
 
-
-async def _triton(app: web.Application) -> AsyncIterator[None]:
-    pool = TritonPool(app[CONFIG].triton_timeout)
-    app[POOL] = pool
-    app[REGISTRY] = ModelRegistry(app[CONFIG].models, pool.client)
-    yield
-    await pool.close()
+EngineFactory = Callable[[str], Engine]
 
 
-def create_app(config: GatewayConfig) -> web.Application:
+def _engines(engine_for: EngineFactory | None) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        pool: TritonPool | None = None
+        factory = engine_for
+        if factory is None:
+            pool = TritonPool(app[CONFIG].triton_timeout)
+            factory = pool.client
+        app[REGISTRY] = ModelRegistry(app[CONFIG].models, factory)
+        yield
+        if pool is not None:
+            await pool.close()
+
+    return context
+
+
+def create_app(config: GatewayConfig, engine_for: EngineFactory | None = None) -> web.Application:
+    """The gateway app; ``engine_for`` replaces Triton (one engine per URL) in tests."""
     # client_max_size is a backstop; read_json enforces the limit with an OpenAI error first
     app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes + 1)
     app[CONFIG] = config
-    app.cleanup_ctx.append(_triton)
+    app.cleanup_ctx.append(_engines(engine_for))
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", list_models)

@@ -42,10 +42,17 @@ def parse(model: type[M], body: dict[str, Any]) -> M:
         raise _invalid(exc) from None
 
 
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "dict", "none", "json-or-python[json=str,python=str]"})
+
+
+def _is_union_tag(part: int | str) -> bool:
+    return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or part.startswith("function-"))
+
+
 def _invalid(exc: ValidationError) -> InvalidRequest:
     error = exc.errors(include_url=False)[0]
-    loc = [str(p) for p in error["loc"] if not str(p).startswith(("str", "list[", "function-", "union"))]
-    # drop pydantic's union branch names (e.g. "list[int]") so the path is the parameter's
+    # drop pydantic's union branch tags (e.g. "str", "list[int]") so the path is the parameter's
+    loc = [str(p) for p in error["loc"] if not _is_union_tag(p)]
     param = ".".join(loc) if loc else None
     if error["type"] == "extra_forbidden":
         return InvalidRequest(f"Unrecognized request argument supplied: {param}", param=param)

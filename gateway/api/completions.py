@@ -24,15 +24,16 @@ def _prompts(model: ServedModel, prompt: str | list[str] | list[int] | list[list
         return [tokenizer.encode(prompt)]
     if all(isinstance(p, str) for p in prompt):
         return [tokenizer.encode(p) for p in prompt]  # type: ignore[arg-type]
-    if all(isinstance(p, int) for p in prompt):
-        prompts = [list(prompt)]  # type: ignore[arg-type]
-    else:
-        prompts = [list(p) for p in prompt]  # type: ignore[union-attr]
+    prompts = [[p for p in prompt if isinstance(p, int)]] if isinstance(prompt[0], int) else _token_lists(prompt)
     vocab = tokenizer.vocab_size
     for ids in prompts:
         if any(not 0 <= t < vocab for t in ids):
             raise InvalidRequest(f"prompt token ids must be in [0, {vocab})", param="prompt")
     return prompts
+
+
+def _token_lists(prompt: list[str] | list[int] | list[list[int]]) -> list[list[int]]:
+    return [list(p) for p in prompt if isinstance(p, list)]
 
 
 async def completions(request: web.Request) -> web.StreamResponse:

@@ -9,10 +9,8 @@ from aiohttp import web
 
 from gateway.config import GatewayConfig
 from gateway.core.models import ModelRegistry
-from gateway.engine.triton import TritonPool
 
 CONFIG = web.AppKey("config", GatewayConfig)
-POOL = web.AppKey("pool", TritonPool)
 REGISTRY = web.AppKey("registry", ModelRegistry)
 
 

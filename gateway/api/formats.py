@@ -42,14 +42,17 @@ class ResponseFormat(Protocol):
 
 
 class ChatFormat:
-    __slots__ = ("_head", "_id", "_created", "_model")
+    __slots__ = ("_created", "_head", "_id", "_model")
 
     def __init__(self, request_id: str, created: int, model: str) -> None:
         self._id, self._created, self._model = request_id, created, model
         self._head = _head(request_id, "chat.completion.chunk", created, model) + b'"choices":[{"index":'
 
     def opening(self, index: int) -> bytes:
-        return self._head + b'%d,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n' % index
+        return (
+            self._head
+            + b'%d,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n' % index
+        )
 
     def delta(self, index: int, text: str) -> bytes:
         return self._head + b'%d,"delta":{"content":%s},"logprobs":null,"finish_reason":null}]}\n\n' % (
@@ -93,7 +96,7 @@ class ChatFormat:
 
 
 class CompletionFormat:
-    __slots__ = ("_head", "_id", "_created", "_model", "_echo")
+    __slots__ = ("_created", "_echo", "_head", "_id", "_model")
 
     def __init__(self, request_id: str, created: int, model: str, echo: list[str] | None = None) -> None:
         self._id, self._created, self._model = request_id, created, model

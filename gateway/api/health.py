@@ -14,7 +14,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    models = list(request.app[REGISTRY])
+    models = list(request.app[REGISTRY].models())
     states = await asyncio.gather(*(m.ready() for m in models))
     report = {m.id: "ready" if ok else "unavailable" for m, ok in zip(models, states, strict=True)}
     ok = all(states)

@@ -15,7 +15,7 @@ def _card(model: ServedModel) -> dict[str, Any]:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    return web.json_response({"object": "list", "data": [_card(m) for m in request.app[REGISTRY]]})
+    return web.json_response({"object": "list", "data": [_card(m) for m in request.app[REGISTRY].models()]})
 
 
 async def get_model(request: web.Request) -> web.Response:

@@ -8,8 +8,9 @@ error becomes an in-band ``data: {"error": ...}`` event and the stream ends.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import orjson
 from aiohttp import web
@@ -49,7 +50,7 @@ async def respond(
     return await _stream(request, fmt, deltas, len(choices), usage, include_usage)
 
 
-async def _whole(fmt: ResponseFormat, deltas: AsyncIterator[Delta], n: int, usage: Usage) -> web.Response:
+async def _whole(fmt: ResponseFormat, deltas: AsyncGenerator[Delta, None], n: int, usage: Usage) -> web.Response:
     parts: list[list[str]] = [[] for _ in range(n)]
     reasons = [FinishReason.STOP] * n
     async for delta in deltas:
@@ -64,7 +65,7 @@ async def _whole(fmt: ResponseFormat, deltas: AsyncIterator[Delta], n: int, usag
 async def _stream(
     request: web.Request,
     fmt: ResponseFormat,
-    deltas: AsyncIterator[Delta],
+    deltas: AsyncGenerator[Delta, None],
     n: int,
     usage: Usage,
     include_usage: bool,
@@ -89,7 +90,7 @@ async def _stream(
             await response.write(_delta_bytes(fmt, delta, usage))
         tail = fmt.usage(usage) + SSE_DONE if include_usage else SSE_DONE
         await response.write(tail)
-    except (ConnectionResetError, ConnectionError):
+    except ConnectionError:
         log.info("client disconnected; generation cancelled")
         return response
     except GatewayError as exc:
@@ -113,7 +114,5 @@ def _delta_bytes(fmt: ResponseFormat, delta: Delta, usage: Usage) -> bytes:
 
 
 async def _write_error(response: web.StreamResponse, exc: GatewayError) -> None:
-    try:
+    with contextlib.suppress(ConnectionError):
         await response.write(sse_event(exc.body()))
-    except (ConnectionResetError, ConnectionError):
-        pass

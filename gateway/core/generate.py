@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from gateway.core.models import ServedModel
 from gateway.core.types import Choice, Delta, GenerateRequest, SamplingParams
 from gateway.text.stream_state import StreamState
 
 
-async def generate_choice(model: ServedModel, request_id: str, choice: Choice, sampling: SamplingParams) -> AsyncIterator[Delta]:
+async def generate_choice(
+    model: ServedModel, request_id: str, choice: Choice, sampling: SamplingParams
+) -> AsyncGenerator[Delta, None]:
     """Deltas of one choice; the last one carries the finish reason."""
     if choice.seed is not None and choice.seed != sampling.seed:
         sampling = dataclasses.replace(sampling, seed=choice.seed)
@@ -42,7 +44,9 @@ async def generate_choice(model: ServedModel, request_id: str, choice: Choice, s
         await tokens.aclose()  # cancels the Triton request if it is still running
 
 
-async def generate(model: ServedModel, request_id: str, choices: list[Choice], sampling: SamplingParams) -> AsyncIterator[Delta]:
+async def generate(
+    model: ServedModel, request_id: str, choices: list[Choice], sampling: SamplingParams
+) -> AsyncGenerator[Delta, None]:
     """Deltas of every choice, interleaved as they arrive."""
     if len(choices) == 1:
         async for delta in generate_choice(model, request_id, choices[0], sampling):
@@ -56,7 +60,7 @@ async def generate(model: ServedModel, request_id: str, choices: list[Choice], s
                 queue.put_nowait(delta)
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+        except BaseException as exc:
             queue.put_nowait(exc)
         finally:
             queue.put_nowait(None)

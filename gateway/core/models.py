@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from gateway.config import ModelConfig
-from gateway.engine.contract import ModelContract
 from gateway.engine.base import Engine
+from gateway.engine.contract import ModelContract
 from gateway.errors import ModelNotFound
 from gateway.text.tokenizer import Tokenizer
 
@@ -48,5 +48,5 @@ class ModelRegistry:
             raise ModelNotFound(f"The model '{model_id}' does not exist", param="model")
         return model
 
-    def __iter__(self) -> Iterator[ServedModel]:
+    def models(self) -> Iterator[ServedModel]:
         return iter(self._models.values())

@@ -52,7 +52,8 @@ def resolve_sampling(
     if max_tokens is None:
         if room < 1:
             raise ContextLengthExceeded(
-                f"This model's maximum context length is {context} tokens. However, your prompt is {prompt_tokens} tokens.",
+                f"This model's maximum context length is {context} tokens. "
+                f"However, your prompt is {prompt_tokens} tokens.",
                 param=prompt_param,
             )
         max_tokens = min(default_max_tokens, limit, room)
@@ -64,7 +65,9 @@ def resolve_sampling(
             param=prompt_param,
         )
     if min_tokens > max_tokens:
-        raise InvalidRequest(f"min_tokens ({min_tokens}) must not exceed {max_tokens_param} ({max_tokens})", param="min_tokens")
+        raise InvalidRequest(
+            f"min_tokens ({min_tokens}) must not exceed {max_tokens_param} ({max_tokens})", param="min_tokens"
+        )
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=1.0 if temperature is None else temperature,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def _write_tokenizer(meta: dict[str, Any], out: Path) -> None:
     merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
     vocab = {tok: i for i, tok in enumerate(tokens)}
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
-    pre = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+    pre: list[pre_tokenizers.PreTokenizer] = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
     if meta.get("tokenizer.ggml.pre") in ("smollm", "starcoder", "refact"):
         # these pre-tokenizers split every digit on its own before the GPT-2 regex
         pre.insert(0, pre_tokenizers.Digits(individual_digits=True))
@@ -126,7 +127,7 @@ def _write_tokenizer(meta: dict[str, Any], out: Path) -> None:
 # weights
 
 
-def _unpermute(weight: np.ndarray, n_head: int) -> np.ndarray:
+def _unpermute(weight: NDArray[np.float32], n_head: int) -> NDArray[np.float32]:
     """Undo llama.cpp's rotary row permutation of q/k projections (HF layout back)."""
     rows, cols = weight.shape
     return weight.reshape(n_head, rows // n_head // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
@@ -141,7 +142,7 @@ def _write_ctranslate2(reader: Any, meta: dict[str, Any], out: Path, say: Progre
     n_head_kv = int(meta.get("llama.attention.head_count_kv", n_head))
     tensors = {t.name: t for t in reader.tensors}
 
-    def load(name: str) -> np.ndarray:
+    def load(name: str) -> NDArray[np.float32]:
         t = tensors[name]
         return np.ascontiguousarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
 

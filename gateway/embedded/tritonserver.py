@@ -176,7 +176,7 @@ class TritonServer:
                 stdin=subprocess.DEVNULL,
                 env=server_env(self.binary),
                 start_new_session=True,  # Ctrl-C reaches us; we stop Triton in order
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - runs before the gateway starts any thread
             )
 
     def wait_ready(self, timeout: float = 180.0, progress: Callable[[str], None] | None = None) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from gateway.core.types import GenerateRequest
@@ -20,7 +20,7 @@ class Engine(Protocol):
 
     def generate(
         self, contract: ModelContract, request: GenerateRequest, end_id: int | None, pad_id: int | None
-    ) -> AsyncIterator[list[int]]:
+    ) -> AsyncGenerator[list[int], None]:
         """New token ids as they are generated; closing the iterator cancels the request."""
         ...
 

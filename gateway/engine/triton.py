@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -100,7 +100,7 @@ class TritonClient:
         request: GenerateRequest,
         end_id: int | None,
         pad_id: int | None,
-    ) -> AsyncIterator[list[int]]:
+    ) -> AsyncGenerator[list[int], None]:
         """New token ids as Triton streams them; ends at the final response.
 
         Closing the iterator early cancels the Triton request.

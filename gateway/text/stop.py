@@ -10,7 +10,7 @@ class StopMatcher:
     ``feed`` costs O(held + piece + stop lengths), independent of how much text came before.
     """
 
-    __slots__ = ("_stops", "_held", "_longest")
+    __slots__ = ("_held", "_longest", "_stops")
 
     def __init__(self, stops: tuple[str, ...]) -> None:
         self._stops = tuple(s for s in stops if s)

@@ -14,9 +14,11 @@ from gateway.text.tokenizer import Tokenizer
 
 
 class StreamState:
-    __slots__ = ("_decoder", "_stop", "_eos", "_ignore_eos", "max_tokens", "completion_tokens", "finish_reason")
+    __slots__ = ("_decoder", "_eos", "_ignore_eos", "_stop", "completion_tokens", "finish_reason", "max_tokens")
 
-    def __init__(self, tokenizer: Tokenizer, max_tokens: int, stop: tuple[str, ...] = (), ignore_eos: bool = False) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, max_tokens: int, stop: tuple[str, ...] = (), ignore_eos: bool = False
+    ) -> None:
         self._decoder = tokenizer.decode_stream()
         self._stop = StopMatcher(stop)
         self._eos = tokenizer.eos_token_id

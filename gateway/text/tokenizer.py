@@ -50,7 +50,9 @@ class Tokenizer:
         self.model_max_length = int(config.get("model_max_length") or 0) or None
         self._template = None
         if template:
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+            env = ImmutableSandboxedEnvironment(
+                trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+            )
             env.globals["raise_exception"] = _raise_exception
             self._template = env.from_string(template)
 
@@ -90,14 +92,16 @@ class Tokenizer:
                 eos_token=self.eos_token or "",
             )
         except TemplateError as exc:
-            raise InvalidRequest(f"messages could not be rendered by the chat template: {exc}", param="messages") from exc
+            raise InvalidRequest(
+                f"messages could not be rendered by the chat template: {exc}", param="messages"
+            ) from exc
         return text
 
 
 class _StreamDecoder:
     """Incremental detokenization: text pieces as soon as they are whole UTF-8, spaces kept."""
 
-    __slots__ = ("_tok", "_stream")
+    __slots__ = ("_stream", "_tok")
 
     def __init__(self, tok: _RustTokenizer) -> None:
         self._tok = tok

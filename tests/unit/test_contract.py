@@ -9,7 +9,6 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 
 from gateway.core.types import SamplingParams
 from gateway.engine.contract import ContractError, ModelContract, build_request, is_final, parse_tokens
-from tests.conftest import read_model_config
 
 
 def tensors(req: service_pb2.ModelInferRequest) -> dict[str, tuple[str, list[int], bytes]]:

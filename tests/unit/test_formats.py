@@ -38,9 +38,7 @@ def test_chat_whole_response() -> None:
 
 def test_completion_chunks_and_echo() -> None:
     fmt = CompletionFormat("cmpl-1", 1, "m", echo=["Say: ", "Say: "])
-    assert event(fmt.opening(1))["choices"] == [
-        {"index": 1, "text": "Say: ", "logprobs": None, "finish_reason": None}
-    ]
+    assert event(fmt.opening(1))["choices"] == [{"index": 1, "text": "Say: ", "logprobs": None, "finish_reason": None}]
     assert event(fmt.finish(0, FinishReason.STOP))["choices"][0]["finish_reason"] == "stop"  # type: ignore[index]
     whole = fmt.whole(["hi", "yo"], [FinishReason.STOP, FinishReason.STOP], Usage(1, 1))
     assert [c["text"] for c in whole["choices"]] == ["Say: hi", "Say: yo"]  # type: ignore[index]

@@ -26,7 +26,7 @@ def test_stop_split_across_pieces_is_never_sent() -> None:
     for piece in ["a <", "|st", "op", "|> tail"]:
         text, stopped = matcher.feed(piece)
         sent.append(text)
-        assert "<" not in text or stopped is False and "<|" not in text
+        assert "<" not in text or (stopped is False and "<|" not in text)
         if stopped:
             break
     assert "".join(sent) == "a "

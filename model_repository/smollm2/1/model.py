@@ -70,7 +70,6 @@ class TritonPythonModel:
                 _fail(sender, str(exc))
                 continue
             self._pool.submit(self._run, job, sender)
-        return None
 
     def _run(self, job: _Job, sender: Any) -> None:
         try:
@@ -83,7 +82,7 @@ class TritonPythonModel:
                     self._generate(generator, job, sender, job.seed)
                 finally:
                     del generator
-        except Exception as exc:  # noqa: BLE001 - every failure must reach the client
+        except Exception as exc:
             log.exception("generation failed")
             _fail(sender, f"generation failed: {exc}")
 
@@ -139,8 +138,17 @@ class TritonPythonModel:
 
 class _Job:
     __slots__ = (
-        "request_id", "input_ids", "max_new", "min_tokens", "end_id", "streaming", "top_k", "top_p",
-        "temperature", "repetition_penalty", "seed",
+        "end_id",
+        "input_ids",
+        "max_new",
+        "min_tokens",
+        "repetition_penalty",
+        "request_id",
+        "seed",
+        "streaming",
+        "temperature",
+        "top_k",
+        "top_p",
     )  # fmt: skip
 
     def __init__(self) -> None:

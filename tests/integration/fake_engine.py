@@ -1,0 +1,56 @@
+"""An in-process stand-in for Triton, for integration tests of the HTTP layer only."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+
+from gateway.core.types import GenerateRequest
+from gateway.engine.contract import ModelContract
+from gateway.errors import UpstreamError, UpstreamUnavailable
+
+
+class FakeEngine:
+    """Streams a fixed token script (one list per response), honouring request_output_len."""
+
+    url = "fake:0"
+
+    def __init__(self, contract: ModelContract, script: list[list[int]]) -> None:
+        self._contract = contract
+        self.script = script
+        self.unavailable = False
+        self.fail_after: int | None = None  # responses before an upstream error
+        self.delay = 0.0
+        self.requests: list[GenerateRequest] = []
+        self.closed = 0  # streams closed, finished or cancelled
+
+    async def contract(self, model: str) -> ModelContract:
+        if self.unavailable:
+            raise UpstreamUnavailable("Triton at fake:0 is unavailable")
+        return self._contract
+
+    async def generate(
+        self, contract: ModelContract, request: GenerateRequest, end_id: int | None, pad_id: int | None
+    ) -> AsyncGenerator[list[int], None]:
+        self.requests.append(request)
+        sent = 0
+        try:
+            if self.unavailable:
+                raise UpstreamUnavailable("Triton at fake:0 is unavailable")
+            for i, step in enumerate(self.script):
+                if self.fail_after is not None and i >= self.fail_after:
+                    raise UpstreamError("upstream model error: boom")
+                ids = step[: request.sampling.max_tokens - sent]
+                if not ids:
+                    return
+                sent += len(ids)
+                await asyncio.sleep(self.delay)
+                yield ids
+        finally:
+            self.closed += 1
+
+    async def model_ready(self, model: str) -> bool:
+        return not self.unavailable
+
+    async def close(self) -> None:
+        pass
