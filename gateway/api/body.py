@@ -8,7 +8,10 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from gateway.api.schema import UNSUPPORTED_PARAMS
+from gateway.api.schema import UNSUPPORTED_PARAMS, SamplingFields
+from gateway.core.models import ServedModel
+from gateway.core.sampling import resolve_sampling
+from gateway.core.types import SamplingParams
 from gateway.errors import InvalidJSON, InvalidRequest, PayloadTooLarge, UnsupportedParameter
 
 M = TypeVar("M", bound=BaseModel)
@@ -59,3 +62,34 @@ def _invalid(exc: ValidationError) -> InvalidRequest:
     if error["type"] == "missing":
         return InvalidRequest(f"Missing required parameter: '{param}'", param=param)
     return InvalidRequest(f"Invalid value for '{param}': {error['msg']}", param=param)
+
+
+async def sampling_of(
+    body: SamplingFields,
+    model: ServedModel,
+    *,
+    prompt_tokens: int,
+    max_tokens: int | None,
+    default_max_tokens: int,
+    max_tokens_param: str = "max_tokens",
+    prompt_param: str,
+) -> SamplingParams:
+    """The request's sampling fields, checked against the model (chat and completions alike)."""
+    return resolve_sampling(
+        model,
+        await model.contract(),
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens,
+        default_max_tokens=default_max_tokens,
+        max_tokens_param=max_tokens_param,
+        prompt_param=prompt_param,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        seed=body.seed,
+        min_tokens=body.min_tokens,
+        ignore_eos=body.ignore_eos,
+        stop=body.stop_strings,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+    )

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.api.body import parse, read_json
+from gateway.api.body import parse, read_json, sampling_of
 from gateway.api.context import CONFIG, REGISTRY, new_id, now
 from gateway.api.formats import ChatFormat
 from gateway.api.respond import respond
 from gateway.api.schema import ChatCompletionRequest
-from gateway.core.sampling import resolve_sampling
 from gateway.core.types import Choice
 
 
@@ -18,23 +17,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     model = request.app[REGISTRY].get(body.model)
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     prompt_ids = model.tokenizer.encode(model.tokenizer.apply_chat_template(messages))
-    sampling = resolve_sampling(
+    sampling = await sampling_of(
+        body,
         model,
-        await model.contract(),
         prompt_tokens=len(prompt_ids),
         max_tokens=body.token_limit,
         default_max_tokens=model.config.default_max_tokens,
         max_tokens_param="max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens",
         prompt_param="messages",
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        seed=body.seed,
-        min_tokens=body.min_tokens,
-        ignore_eos=body.ignore_eos,
-        stop=body.stop_strings,
-        presence_penalty=body.presence_penalty,
-        frequency_penalty=body.frequency_penalty,
     )
     choices = [
         Choice(index=i, prompt_ids=prompt_ids, seed=None if body.seed is None else body.seed + i) for i in range(body.n)

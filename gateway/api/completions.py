@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.api.body import parse, read_json
+from gateway.api.body import parse, read_json, sampling_of
 from gateway.api.context import CONFIG, REGISTRY, new_id, now
 from gateway.api.formats import CompletionFormat
 from gateway.api.respond import respond
 from gateway.api.schema import CompletionRequest
 from gateway.core.models import ServedModel
-from gateway.core.sampling import resolve_sampling
 from gateway.core.types import Choice
 from gateway.errors import InvalidRequest
 
@@ -40,26 +39,15 @@ async def completions(request: web.Request) -> web.StreamResponse:
     body = parse(CompletionRequest, await read_json(request, request.app[CONFIG].max_body_bytes))
     model = request.app[REGISTRY].get(body.model)
     prompts = _prompts(model, body.prompt)
-    contract = await model.contract()
-    longest = max(len(p) for p in prompts)
     if min(len(p) for p in prompts) == 0:
         raise InvalidRequest("prompt must not be empty", param="prompt")
-    sampling = resolve_sampling(
+    sampling = await sampling_of(
+        body,
         model,
-        contract,
-        prompt_tokens=longest,
+        prompt_tokens=max(len(p) for p in prompts),
         max_tokens=body.max_tokens,
         default_max_tokens=COMPLETIONS_DEFAULT_MAX_TOKENS,
         prompt_param="prompt",
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        seed=body.seed,
-        min_tokens=body.min_tokens,
-        ignore_eos=body.ignore_eos,
-        stop=body.stop_strings,
-        presence_penalty=body.presence_penalty,
-        frequency_penalty=body.frequency_penalty,
     )
     choices: list[Choice] = []
     echo: list[str] = []

@@ -41,12 +41,44 @@ class ResponseFormat(Protocol):
     def whole(self, texts: list[str], reasons: list[FinishReason], usage: Usage) -> dict[str, Any]: ...
 
 
-class ChatFormat:
-    __slots__ = ("_created", "_head", "_id", "_model")
+class _Format:
+    """What every chunk of one response shares, built once per request."""
+
+    __slots__ = ("_created", "_head", "_id", "_model", "_object")
+
+    def __init__(self, request_id: str, created: int, model: str, chunk_object: str) -> None:
+        self._id, self._created, self._model, self._object = request_id, created, model, chunk_object
+        self._head = _head(request_id, chunk_object, created, model) + b'"choices":[{"index":'
+
+    def usage(self, usage: Usage) -> bytes:
+        return sse_event(
+            {
+                "id": self._id,
+                "object": self._object,
+                "created": self._created,
+                "model": self._model,
+                "choices": [],
+                "usage": usage.as_dict(),
+            }
+        )
+
+    def _whole(self, obj: str, choices: list[dict[str, Any]], usage: Usage) -> dict[str, Any]:
+        return {
+            "id": self._id,
+            "object": obj,
+            "created": self._created,
+            "model": self._model,
+            "choices": choices,
+            "usage": usage.as_dict(),
+            "system_fingerprint": None,
+        }
+
+
+class ChatFormat(_Format):
+    __slots__ = ()
 
     def __init__(self, request_id: str, created: int, model: str) -> None:
-        self._id, self._created, self._model = request_id, created, model
-        self._head = _head(request_id, "chat.completion.chunk", created, model) + b'"choices":[{"index":'
+        super().__init__(request_id, created, model, "chat.completion.chunk")
 
     def opening(self, index: int) -> bytes:
         return (
@@ -63,45 +95,25 @@ class ChatFormat:
     def finish(self, index: int, reason: FinishReason) -> bytes:
         return self._head + b'%d,"delta":{},"logprobs":null,"finish_reason":%s}]}\n\n' % (index, _FINISH[reason])
 
-    def usage(self, usage: Usage) -> bytes:
-        return sse_event(
-            {
-                "id": self._id,
-                "object": "chat.completion.chunk",
-                "created": self._created,
-                "model": self._model,
-                "choices": [],
-                "usage": usage.as_dict(),
-            }
-        )
-
     def whole(self, texts: list[str], reasons: list[FinishReason], usage: Usage) -> dict[str, Any]:
-        return {
-            "id": self._id,
-            "object": "chat.completion",
-            "created": self._created,
-            "model": self._model,
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": str(reason),
-                }
-                for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))
-            ],
-            "usage": usage.as_dict(),
-            "system_fingerprint": None,
-        }
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": str(reason),
+            }
+            for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))
+        ]
+        return self._whole("chat.completion", choices, usage)
 
 
-class CompletionFormat:
-    __slots__ = ("_created", "_echo", "_head", "_id", "_model")
+class CompletionFormat(_Format):
+    __slots__ = ("_echo",)
 
     def __init__(self, request_id: str, created: int, model: str, echo: list[str] | None = None) -> None:
-        self._id, self._created, self._model = request_id, created, model
+        super().__init__(request_id, created, model, "text_completion")
         self._echo = echo
-        self._head = _head(request_id, "text_completion", created, model) + b'"choices":[{"index":'
 
     def opening(self, index: int) -> bytes:
         if not self._echo or not self._echo[index]:
@@ -114,34 +126,10 @@ class CompletionFormat:
     def finish(self, index: int, reason: FinishReason) -> bytes:
         return self._head + b'%d,"text":"","logprobs":null,"finish_reason":%s}]}\n\n' % (index, _FINISH[reason])
 
-    def usage(self, usage: Usage) -> bytes:
-        return sse_event(
-            {
-                "id": self._id,
-                "object": "text_completion",
-                "created": self._created,
-                "model": self._model,
-                "choices": [],
-                "usage": usage.as_dict(),
-            }
-        )
-
     def whole(self, texts: list[str], reasons: list[FinishReason], usage: Usage) -> dict[str, Any]:
         echo = self._echo
-        return {
-            "id": self._id,
-            "object": "text_completion",
-            "created": self._created,
-            "model": self._model,
-            "choices": [
-                {
-                    "index": i,
-                    "text": (echo[i] if echo else "") + text,
-                    "logprobs": None,
-                    "finish_reason": str(reason),
-                }
-                for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))
-            ],
-            "usage": usage.as_dict(),
-            "system_fingerprint": None,
-        }
+        choices = [
+            {"index": i, "text": (echo[i] if echo else "") + text, "logprobs": None, "finish_reason": str(reason)}
+            for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))
+        ]
+        return self._whole("text_completion", choices, usage)

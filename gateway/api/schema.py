@@ -42,7 +42,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _Sampling(BaseModel):
+class SamplingFields(BaseModel):
     """Parameters shared by chat and completions."""
 
     model_config = ConfigDict(extra="forbid")
@@ -110,7 +110,7 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     tools: Any = None
@@ -132,7 +132,7 @@ class ChatCompletionRequest(_Sampling):
 Prompt = str | list[str] | list[int] | list[list[int]]
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(SamplingFields):
     prompt: Prompt
     echo: bool = False
     best_of: Any = None
