@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.config import REPO_ROOT, GatewayConfig, ModelConfig, default_model, env
+from gateway.config import REPO_ROOT, GatewayConfig, ModelConfig, embedded_models, env
 from gateway.embedded.gguf_convert import prepare
 from gateway.embedded.tritonserver import TritonLaunchError, TritonPorts, TritonServer
 
@@ -76,21 +76,21 @@ def _serve(args: argparse.Namespace) -> int:
         tokenizer_dir = (
             Path(args.tokenizer_dir) if args.tokenizer_dir else args.model_repository / args.triton_model / "weights"
         )
-        model = ModelConfig(
-            id=args.model_id,
-            triton_url=args.triton_url,
-            triton_model=args.triton_model,
-            tokenizer_dir=tokenizer_dir,
-            default_max_tokens=args.default_max_tokens,
-        )
+        models = [
+            ModelConfig(
+                id=args.model_id,
+                triton_url=args.triton_url,
+                triton_model=args.triton_model,
+                tokenizer_dir=tokenizer_dir,
+                default_max_tokens=args.default_max_tokens,
+            )
+        ]
     else:
         prepare_default_model(args.model_repository)
         ports = TritonPorts(args.triton_http_port, args.triton_grpc_port, args.triton_metrics_port)
         triton = TritonServer(args.model_repository, args.cache_dir, ports, binary=args.tritonserver)
-        model = default_model(triton.grpc_url, args.model_repository).model_copy(
-            update={"default_max_tokens": args.default_max_tokens}
-        )
-    config = GatewayConfig(host=args.host, port=args.port, max_body_bytes=args.max_body_bytes, models=[model])
+        models = embedded_models(triton.grpc_url, args.model_repository, args.default_max_tokens)
+    config = GatewayConfig(host=args.host, port=args.port, max_body_bytes=args.max_body_bytes, models=models)
     from gateway.api.app import create_app
 
     app = create_app(config)

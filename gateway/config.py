@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 DEFAULT_TRITON_MODEL = "smollm2"
+SYNTHETIC_MODEL_ID = "synthetic"
 
 
 class ModelConfig(BaseModel):
@@ -43,13 +44,19 @@ class GatewayConfig(BaseModel):
     models: list[ModelConfig]
 
 
-def default_model(triton_url: str, model_repository: Path) -> ModelConfig:
-    return ModelConfig(
-        id=DEFAULT_MODEL_ID,
-        triton_url=triton_url,
-        triton_model=DEFAULT_TRITON_MODEL,
-        tokenizer_dir=model_repository / DEFAULT_TRITON_MODEL / "weights",
-    )
+def embedded_models(triton_url: str, model_repository: Path, default_max_tokens: int) -> list[ModelConfig]:
+    """The embedded CPU Triton's models: SmolLM2, and the synthetic benchmark upstream (same tokenizer)."""
+    tokenizer_dir = model_repository / DEFAULT_TRITON_MODEL / "weights"
+    return [
+        ModelConfig(
+            id=model_id,
+            triton_url=triton_url,
+            triton_model=triton_model,
+            tokenizer_dir=tokenizer_dir,
+            default_max_tokens=default_max_tokens,
+        )
+        for model_id, triton_model in ((DEFAULT_MODEL_ID, DEFAULT_TRITON_MODEL), (SYNTHETIC_MODEL_ID, "synthetic"))
+    ]
 
 
 def env(name: str, default: str) -> str:

@@ -1,0 +1,122 @@
+"""Synthetic `tensorrt_llm`-contract model: a timed, deterministic token stream, no compute.
+
+One scheduler thread serves every stream: a heap of (due time, stream), so thousands of
+concurrent streams cost one thread and a sleep until the next due token. Tokens cycle through a
+fixed list of ordinary word ids, so the gateway detokenizes realistic text. Every stream is
+exactly ``request_output_len`` tokens long (as with ``ignore_eos``): output lengths are exact.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+# " the quick brown fox jumps over the lazy dog ." in SmolLM2's vocabulary (any ids in range work)
+_WORDS = [260, 2365, 6354, 16438, 27003, 690, 260, 23790, 2767, 30]
+_FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+class _Stream:
+    __slots__ = ("last_check", "left", "position", "request_id", "sender", "streaming", "tokens")
+
+    def __init__(self, request_id: str, sender: Any, count: int, streaming: bool) -> None:
+        self.request_id = request_id
+        self.sender = sender
+        self.left = count
+        self.position = 0
+        self.streaming = streaming
+        self.tokens: list[int] = []
+        self.last_check = 0.0
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self._ttft = float(params.get("ttft_ms", "20")) / 1000
+        self._delay = float(params.get("token_delay_ms", "5")) / 1000
+        self._cancel_check = float(params.get("cancel_check_ms", "20")) / 1000
+        self._heap: list[tuple[float, int, _Stream]] = []
+        self._seq = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="synthetic", daemon=True)
+        self._thread.start()
+
+    def execute(self, requests: list[Any]) -> None:
+        now = time.monotonic()
+        with self._cond:
+            for request in requests:
+                sender = request.get_response_sender()
+                count = int(_scalar(request, "request_output_len", 16))
+                if count < 1:
+                    sender.send(
+                        pb_utils.InferenceResponse(error=pb_utils.TritonError("request_output_len must be at least 1")),
+                        flags=_FINAL,
+                    )
+                    continue
+                stream = _Stream(request.request_id(), sender, count, bool(_scalar(request, "streaming", False)))
+                stream.last_check = now
+                self._seq += 1
+                heapq.heappush(self._heap, (now + self._ttft, self._seq, stream))
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    timeout = None if not self._heap else max(0.0, self._heap[0][0] - time.monotonic())
+                    self._cond.wait(timeout)
+                if self._stopping:
+                    return
+                due, seq, stream = heapq.heappop(self._heap)
+            if self._step(stream, due):
+                with self._cond:
+                    heapq.heappush(self._heap, (due + self._delay, seq, stream))
+
+    def _step(self, stream: _Stream, due: float) -> bool:
+        """Send one token; True while the stream goes on."""
+        if due - stream.last_check >= self._cancel_check:
+            stream.last_check = due
+            if stream.sender.is_cancelled():
+                pb_utils.Logger.log_info(f"request {stream.request_id!r} cancelled after {stream.position} tokens")
+                stream.sender.send(flags=_FINAL)
+                return False
+        token = _WORDS[stream.position % len(_WORDS)]
+        stream.position += 1
+        stream.left -= 1
+        if stream.streaming:
+            stream.sender.send(_response([token]))
+        else:
+            stream.tokens.append(token)
+        if stream.left > 0:
+            return True
+        if not stream.streaming:
+            stream.sender.send(_response(stream.tokens))
+        stream.sender.send(flags=_FINAL)
+        return False
+
+    def finalize(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout=5)
+
+
+def _scalar(request: Any, name: str, default: Any) -> Any:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return default if tensor is None else tensor.as_numpy().reshape(-1)[0].item()
+
+
+def _response(tokens: list[int]) -> Any:
+    ids = np.asarray(tokens, dtype=np.int32).reshape(1, 1, -1)
+    length = np.asarray([[len(tokens)]], dtype=np.int32)
+    return pb_utils.InferenceResponse(
+        output_tensors=[pb_utils.Tensor("output_ids", ids), pb_utils.Tensor("sequence_length", length)]
+    )
