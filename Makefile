@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEIGHTS := model_repository/smollm2/weights/.complete
 
-.PHONY: install model run test test-unit test-e2e lint format clean
+.PHONY: install model run test test-unit test-e2e lint format clean bench
 
 install: $(STAMP)
 
@@ -46,6 +46,10 @@ test-e2e: model
 
 test: model lint
 	$(BIN)/pytest -q
+
+# the standard comparison: synthetic upstream, closed-loop sweep, gateway against Triton direct
+bench: model
+	$(BIN)/python -m perf.bench --launch --concurrency 1,8,32,64 --rounds 2
 
 clean:
 	rm -rf $(VENV) model_repository/*/weights .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,261 @@
+"""Load generator: the gateway (chat, completions) against Triton direct, side by side in one run.
+
+Closed loop (``--concurrency 1,8,32,64``: that many requests always in flight) or open loop
+(``--rate 5,20``: Poisson arrivals, requests/s). At each load level the targets take turns for
+``--rounds`` rounds, so every gateway/direct comparison comes from the same minutes of the same
+machine. Warm-up requests are not counted. ``--processes N`` splits the load over N generator
+processes when one core cannot keep up; the generator's own CPU per token is always reported.
+
+    python -m perf.bench --launch                       # start the stack itself (synthetic model)
+    python -m perf.bench --gateway http://HOST:8080 --triton HOST:8001 --model M --triton-model T
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import csv
+import json
+import multiprocessing
+import os
+import random
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import tritonclient.grpc.aio as grpcclient
+
+from gateway.config import REPO_ROOT
+from gateway.text.tokenizer import Tokenizer
+from perf import targets
+from perf.metrics import SLO, RequestRecord, summarize
+from perf.report import plot_all, print_table
+from perf.stack import launch_stack, process_cpu_seconds
+
+TARGETS = ("gateway-chat", "gateway-completions", "direct")
+FILLER = "The lighthouse keeper watched the grey sea roll in under a heavy sky, counting the ships. "
+
+
+def workload(tokenizer: Tokenizer, input_tokens: int, output_tokens: int) -> targets.Workload:
+    words = tokenizer.encode(FILLER * (input_tokens // 10 + 2))
+    prompt_ids = words[:input_tokens]
+    text = tokenizer.decode(prompt_ids)
+    messages = [{"role": "user", "content": text}]
+    chat_ids = tokenizer.encode(tokenizer.apply_chat_template(messages))
+    return targets.Workload(messages, chat_ids, prompt_ids, output_tokens)
+
+
+async def _one(target: str, cfg: dict[str, Any], w: targets.Workload, http: Any, grpc: Any) -> RequestRecord:
+    if target == "gateway-chat":
+        return await targets.gateway_chat(http, cfg["gateway"], cfg["model"], w)
+    if target == "gateway-completions":
+        return await targets.gateway_completions(http, cfg["gateway"], cfg["model"], w)
+    return await targets.triton_direct(grpc, cfg["triton_model"], w)
+
+
+# Each generator process keeps one event loop and its clients across phases, so connections made
+# during warm-up are reused and no measured request pays for a TCP or HTTP/2 handshake.
+_LOOP: asyncio.AbstractEventLoop | None = None
+_CLIENTS: dict[str, Any] = {}
+
+
+async def _clients(cfg: dict[str, Any]) -> tuple[aiohttp.ClientSession, grpcclient.InferenceServerClient]:
+    if "http" not in _CLIENTS:
+        connector = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=cfg["request_timeout"])
+        _CLIENTS["http"] = aiohttp.ClientSession(connector=connector, timeout=timeout)
+        _CLIENTS["grpc"] = grpcclient.InferenceServerClient(cfg["triton"])
+    return _CLIENTS["http"], _CLIENTS["grpc"]
+
+
+async def _phase(
+    target: str, cfg: dict[str, Any], w: targets.Workload, requests: int, concurrency: int, rate: float
+) -> list[RequestRecord]:
+    http, grpc = await _clients(cfg)
+    if rate > 0:  # open loop: Poisson arrivals
+        rng = random.Random(cfg["seed"])
+        tasks = []
+        for _ in range(requests):
+            tasks.append(asyncio.create_task(_one(target, cfg, w, http, grpc)))
+            await asyncio.sleep(rng.expovariate(rate))
+        return list(await asyncio.gather(*tasks))
+    records: list[RequestRecord] = []  # closed loop: `concurrency` requests always in flight
+    left = requests
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            records.append(await _one(target, cfg, w, http, grpc))
+
+    await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+    return records
+
+
+async def _close_clients() -> None:
+    if "http" in _CLIENTS:
+        await _CLIENTS.pop("http").close()
+        await _CLIENTS.pop("grpc").close()
+
+
+def _shutdown() -> None:
+    if _LOOP is not None:
+        _LOOP.run_until_complete(_close_clients())
+
+
+def _run_phase(job: dict[str, Any]) -> dict[str, Any]:
+    """Runs in a generator process: one target's share of one phase."""
+    global _LOOP
+    if _LOOP is None:
+        _LOOP = asyncio.new_event_loop()
+        atexit.register(_shutdown)
+    cpu0 = time.process_time()
+    records = _LOOP.run_until_complete(
+        _phase(job["target"], job["cfg"], job["workload"], job["requests"], job["concurrency"], job["rate"])
+    )
+    return {"records": records, "cpu_s": time.process_time() - cpu0}
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def run_level(
+    pool: ProcessPoolExecutor,
+    target: str,
+    cfg: dict[str, Any],
+    w: targets.Workload,
+    requests: int,
+    concurrency: int,
+    rate: float,
+) -> tuple[list[RequestRecord], float, float]:
+    parts = min(cfg["processes"], max(1, concurrency if rate == 0 else requests))
+    jobs = [
+        {"target": target, "cfg": cfg, "workload": w, "requests": n, "concurrency": c, "rate": rate / parts}
+        for n, c in zip(_split(requests, parts), _split(concurrency, parts), strict=True)
+        if n > 0
+    ]
+    start = time.monotonic()
+    results = list(pool.map(_run_phase, jobs))
+    window = time.monotonic() - start
+    records = [r for res in results for r in res["records"]]
+    return records, window, sum(res["cpu_s"] for res in results)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--launch", action="store_true", help="start `python -m gateway serve` on free ports")
+    parser.add_argument("--gateway", default="http://127.0.0.1:8080")
+    parser.add_argument("--triton", default="127.0.0.1:8001")
+    parser.add_argument("--gateway-pid", type=int, default=0, help="to report the gateway's CPU per token")
+    parser.add_argument("--model", default="synthetic", help="OpenAI model id at the gateway")
+    parser.add_argument("--triton-model", default="synthetic")
+    parser.add_argument("--tokenizer-dir", type=Path, default=REPO_ROOT / "model_repository" / "smollm2" / "weights")
+    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--concurrency", default="1,8,32,64", help="closed-loop levels")
+    parser.add_argument("--rate", default="", help="open-loop request rates (req/s); replaces --concurrency")
+    parser.add_argument(
+        "--requests", type=int, default=0, help="per target, level and round (default 4 x level, >= 16)"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="turns each target takes per level, interleaved")
+    parser.add_argument("--warmup", type=int, default=4, help="uncounted requests per target before each level")
+    parser.add_argument("--input-tokens", type=int, default=128)
+    parser.add_argument("--output-tokens", type=int, default=128)
+    parser.add_argument("--processes", type=int, default=1, help="generator processes")
+    parser.add_argument("--request-timeout", type=float, default=300.0)
+    parser.add_argument("--slo-ttft-ms", type=float, default=200.0)
+    parser.add_argument("--slo-tpot-ms", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "perf" / "results")
+    args = parser.parse_args()
+
+    stack = launch_stack() if args.launch else None
+    if stack is not None:
+        args.gateway, args.triton, args.gateway_pid = stack.gateway, stack.triton, stack.pid
+    try:
+        return _bench(args)
+    finally:
+        if stack is not None:
+            stack.stop()
+
+
+def _bench(args: argparse.Namespace) -> int:
+    tokenizer = Tokenizer(args.tokenizer_dir)
+    w = workload(tokenizer, args.input_tokens, args.output_tokens)
+    cfg = {
+        k: getattr(args, k)
+        for k in ("gateway", "triton", "model", "triton_model", "request_timeout", "seed", "processes")
+    }
+    slo = SLO(args.slo_ttft_ms, args.slo_tpot_ms)
+    chosen = [t for t in args.targets.split(",") if t]
+    open_loop = bool(args.rate)
+    levels = [float(x) for x in args.rate.split(",")] if open_loop else [int(x) for x in args.concurrency.split(",")]
+    all_records: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=args.processes, mp_context=ctx) as pool:
+        for level in levels:
+            concurrency = 0 if open_loop else int(level)
+            rate = float(level) if open_loop else 0.0
+            requests = args.requests or max(16, 4 * int(level))
+            per_target: dict[str, list[RequestRecord]] = {t: [] for t in chosen}
+            windows = dict.fromkeys(chosen, 0.0)
+            cpu = {t: {"generator_s": 0.0, "gateway_s": 0.0} for t in chosen}
+            for target in chosen:  # warm-up, not counted
+                run_level(pool, target, cfg, w, args.warmup, min(concurrency or 1, args.warmup), rate)
+            for rnd in range(args.rounds):
+                for target in chosen:
+                    gw0 = process_cpu_seconds(args.gateway_pid)
+                    records, window, gen_cpu = run_level(pool, target, cfg, w, requests, concurrency, rate)
+                    cpu[target]["gateway_s"] += process_cpu_seconds(args.gateway_pid) - gw0
+                    cpu[target]["generator_s"] += gen_cpu
+                    per_target[target].extend(records)
+                    windows[target] += window
+                    ok = sum(r.ok for r in records)
+                    print(
+                        f"[bench] {'rate' if open_loop else 'concurrency'} {level:g} round {rnd + 1}/{args.rounds} "
+                        f"{target:<20} {ok}/{len(records)} ok in {window:5.1f}s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            for target in chosen:
+                summary = summarize(per_target[target], windows[target], slo)
+                tokens = max(1, summary["output_tokens"])
+                summary["cpu"] = {
+                    "generator_us_per_token": cpu[target]["generator_s"] / tokens * 1e6,
+                    "generator_cores": cpu[target]["generator_s"] / max(windows[target], 1e-9),
+                    "gateway_us_per_token": cpu[target]["gateway_s"] / tokens * 1e6 if args.gateway_pid else None,
+                    "gateway_tokens_per_core_s": tokens / cpu[target]["gateway_s"]
+                    if args.gateway_pid and cpu[target]["gateway_s"] > 0 and target != "direct"
+                    else None,
+                }
+                results.append(
+                    {"level": level, "mode": "rate" if open_loop else "concurrency", "target": target, **summary}
+                )
+                all_records.extend({"level": level, **r.row()} for r in per_target[target])
+    _write(args, results, all_records)
+    return 0
+
+
+def _write(args: argparse.Namespace, results: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    base = args.out / f"bench_{stamp}"
+    config = {k: str(v) for k, v in vars(args).items()}
+    Path(f"{base}.json").write_text(json.dumps({"config": config, "results": results}, indent=2, default=str))
+    with open(f"{base}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["level"])
+        writer.writeheader()
+        writer.writerows(rows)
+    pngs = plot_all(results, rows, base)
+    print_table(results)
+    print(f"\nwrote {base}.json, {base}.csv, " + ", ".join(str(p) for p in pngs))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

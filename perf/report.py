@@ -1,0 +1,101 @@
+"""The printed summary and the PNG plots of a benchmark run."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+DIRECT = "direct"
+
+
+def gateway_vs_direct(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per level and gateway target: added TTFT/ITL (gateway minus direct) and throughput ratio."""
+    by_level: dict[Any, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in results:
+        by_level[r["level"]][r["target"]] = r
+    out = []
+    for level, targets in by_level.items():
+        direct = targets.get(DIRECT)
+        if direct is None:
+            continue
+        for name, r in targets.items():
+            if name == DIRECT:
+                continue
+            out.append(
+                {
+                    "level": level,
+                    "target": name,
+                    "added_ttft_p50_ms": r["ttft_ms"]["p50"] - direct["ttft_ms"]["p50"],
+                    "added_ttft_p99_ms": r["ttft_ms"]["p99"] - direct["ttft_ms"]["p99"],
+                    "added_itl_p99_ms": r["itl_ms"]["p99"] - direct["itl_ms"]["p99"],
+                    "throughput_ratio": r["output_tokens_per_s"] / direct["output_tokens_per_s"]
+                    if direct["output_tokens_per_s"]
+                    else math.nan,
+                }
+            )
+    return out
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    head = (
+        f"{'level':>6} {'target':<20} {'ok':>7} {'TTFT p50':>9} {'p99':>8} {'ITL p50':>8} {'p99':>7} "
+        f"{'TPOT p50':>9} {'tok/s':>8} {'req/s':>6} {'goodput':>7} {'gen us/tok':>10} {'gw us/tok':>9}"
+    )
+    print("\n" + head + "\n" + "-" * len(head))
+    for r in results:
+        cpu = r["cpu"]
+        gw = cpu["gateway_us_per_token"]
+        print(
+            f"{r['level']:>6g} {r['target']:<20} {r['completed']:>3}/{r['requests']:<3} "
+            f"{r['ttft_ms']['p50']:>9.2f} {r['ttft_ms']['p99']:>8.2f} {r['itl_ms']['p50']:>8.2f} "
+            f"{r['itl_ms']['p99']:>7.2f} {r['tpot_ms']['p50']:>9.2f} {r['output_tokens_per_s']:>8.0f} "
+            f"{r['requests_per_s']:>6.1f} {r['goodput_requests_per_s']:>7.1f} "
+            f"{cpu['generator_us_per_token']:>10.1f} {'' if gw is None else f'{gw:.1f}':>9}"
+        )
+    deltas = gateway_vs_direct(results)
+    if deltas:
+        cols = f"{'+TTFT p50':>10} {'+TTFT p99':>10} {'+ITL p99':>9} {'tok/s ratio':>11}"
+        print(f"\n{'level':>6} {'gateway target':<20} {cols}")
+        for d in deltas:
+            print(
+                f"{d['level']:>6g} {d['target']:<20} {d['added_ttft_p50_ms']:>10.2f} {d['added_ttft_p99_ms']:>10.2f} "
+                f"{d['added_itl_p99_ms']:>9.2f} {d['throughput_ratio']:>11.3f}"
+            )
+    print("(times in ms; ok = completed/requests; gen/gw us/tok = CPU microseconds per output token)")
+
+
+def plot_all(results: list[dict[str, Any]], rows: list[dict[str, Any]], base: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = sorted({r["target"] for r in results})
+    levels = sorted({r["level"] for r in results})
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    for target in targets:
+        mine = sorted((r for r in results if r["target"] == target), key=lambda r: r["level"])
+        xs = [r["level"] for r in mine]
+        axes[0][0].plot(xs, [r["output_tokens_per_s"] for r in mine], "o-", label=target)
+        axes[0][1].plot(xs, [r["ttft_ms"]["p50"] for r in mine], "o-", label=f"{target} p50")
+        axes[0][1].plot(xs, [r["ttft_ms"]["p99"] for r in mine], "x--", label=f"{target} p99")
+        axes[1][0].plot(xs, [r["itl_ms"]["p99"] for r in mine], "o-", label=target)
+    axes[0][0].set(title="output tokens/s (aggregate)", xlabel="load level", ylabel="tokens/s")
+    axes[0][1].set(title="TTFT", xlabel="load level", ylabel="ms")
+    axes[1][0].set(title="inter-token latency p99", xlabel="load level", ylabel="ms")
+    ttfts = [[row["ttft_ms"] for row in rows if row["target"] == t and row["ttft_ms"] is not None] for t in targets]
+    if any(ttfts):
+        axes[1][1].boxplot(ttfts, showfliers=False)
+        axes[1][1].set_xticks(range(1, len(targets) + 1), targets, rotation=15)
+    axes[1][1].set(title=f"TTFT distribution, all levels ({', '.join(f'{lv:g}' for lv in levels)})", ylabel="ms")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(f"{base}.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path]

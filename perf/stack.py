@@ -1,0 +1,78 @@
+"""Start and stop the whole stack for a benchmark, and read a process's CPU time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.config import REPO_ROOT
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` itself (0 when pid is 0 or gone)."""
+    if not pid:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+
+
+@dataclass
+class Stack:
+    gateway: str
+    triton: str
+    pid: int
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def launch_stack(timeout: float = 240.0, log: Path | None = None) -> Stack:
+    """`python -m gateway serve` (gateway + embedded Triton) on free loopback ports."""
+    port, http, grpc, metrics = (_free_port() for _ in range(4))
+    log = log or REPO_ROOT / "perf" / "results" / "stack.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
+    cmd += ["--triton-http-port", str(http), "--triton-grpc-port", str(grpc), "--triton-metrics-port", str(metrics)]
+    print(f"[bench] starting the stack: {' '.join(cmd)} (log: {log})", file=sys.stderr, flush=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the stack exited with {proc.returncode}; see {log}")
+        try:
+            with urllib.request.urlopen(url + "/ready", timeout=2) as resp:
+                if resp.status == 200:
+                    return Stack(url, f"127.0.0.1:{grpc}", proc.pid, proc)
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit(f"the stack was not ready after {timeout}s; see {log}")
