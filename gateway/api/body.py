@@ -9,9 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from gateway.api.schema import UNSUPPORTED_PARAMS, SamplingFields
-from gateway.core.models import ServedModel
-from gateway.core.sampling import resolve_sampling
-from gateway.core.types import SamplingParams
+from gateway.core.types import SamplingInput
 from gateway.errors import InvalidJSON, InvalidRequest, PayloadTooLarge, UnsupportedParameter
 
 M = TypeVar("M", bound=BaseModel)
@@ -64,25 +62,11 @@ def _invalid(exc: ValidationError) -> InvalidRequest:
     return InvalidRequest(f"Invalid value for '{param}': {error['msg']}", param=param)
 
 
-async def sampling_of(
-    body: SamplingFields,
-    model: ServedModel,
-    *,
-    prompt_tokens: int,
-    max_tokens: int | None,
-    default_max_tokens: int,
-    max_tokens_param: str = "max_tokens",
-    prompt_param: str,
-) -> SamplingParams:
-    """The request's sampling fields, checked against the model (chat and completions alike)."""
-    return resolve_sampling(
-        model,
-        await model.contract(),
-        prompt_tokens=prompt_tokens,
-        max_tokens=max_tokens,
-        default_max_tokens=default_max_tokens,
-        max_tokens_param=max_tokens_param,
-        prompt_param=prompt_param,
+def sampling_input(body: SamplingFields) -> SamplingInput:
+    """The wire request's sampling fields as the generate path takes them."""
+    return SamplingInput(
+        max_tokens=body.token_limit,
+        max_tokens_param=body.token_limit_param,
         temperature=body.temperature,
         top_p=body.top_p,
         top_k=body.top_k,

@@ -16,9 +16,9 @@ import orjson
 from aiohttp import web
 
 from gateway.api.formats import SSE_DONE, ResponseFormat, sse_event
-from gateway.core.generate import generate
-from gateway.core.models import ServedModel
-from gateway.core.types import Choice, Delta, FinishReason, SamplingParams, Usage
+from gateway.core.generate import collect, generate
+from gateway.core.plan import Plan
+from gateway.core.types import Delta, Usage
 from gateway.errors import GatewayError, InternalError
 
 log = logging.getLogger(__name__)
@@ -32,34 +32,12 @@ SSE_HEADERS = {
 
 
 async def respond(
-    request: web.Request,
-    fmt: ResponseFormat,
-    model: ServedModel,
-    request_id: str,
-    choices: list[Choice],
-    sampling: SamplingParams,
-    *,
-    stream: bool,
-    include_usage: bool,
-    prompt_tokens: int,
+    request: web.Request, fmt: ResponseFormat, plan: Plan, *, stream: bool, include_usage: bool
 ) -> web.StreamResponse:
-    deltas = generate(model, request_id, choices, sampling)
-    usage = Usage(prompt_tokens=prompt_tokens)
     if not stream:
-        return await _whole(fmt, deltas, len(choices), usage)
-    return await _stream(request, fmt, deltas, len(choices), usage, include_usage)
-
-
-async def _whole(fmt: ResponseFormat, deltas: AsyncGenerator[Delta, None], n: int, usage: Usage) -> web.Response:
-    parts: list[list[str]] = [[] for _ in range(n)]
-    reasons = [FinishReason.STOP] * n
-    async for delta in deltas:
-        parts[delta.index].append(delta.text)
-        if delta.finish_reason is not None:
-            reasons[delta.index] = delta.finish_reason
-            usage.completion_tokens += delta.completion_tokens
-    body = fmt.whole(["".join(p) for p in parts], reasons, usage)
-    return web.Response(body=orjson.dumps(body), content_type="application/json")
+        texts, reasons, usage = await collect(plan)
+        return web.Response(body=orjson.dumps(fmt.whole(texts, reasons, usage)), content_type="application/json")
+    return await _stream(request, fmt, generate(plan), len(plan.choices), Usage(plan.prompt_tokens), include_usage)
 
 
 async def _stream(

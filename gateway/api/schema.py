@@ -90,6 +90,14 @@ class SamplingFields(BaseModel):
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
+    @property
+    def token_limit(self) -> int | None:
+        return self.max_tokens
+
+    @property
+    def token_limit_param(self) -> str:
+        return "max_tokens"
+
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -128,6 +136,10 @@ class ChatCompletionRequest(SamplingFields):
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
+    @property
+    def token_limit_param(self) -> str:
+        return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+
 
 Prompt = str | list[str] | list[int] | list[list[int]]
 
@@ -146,7 +158,3 @@ class CompletionRequest(SamplingFields):
         if isinstance(value, list) and value and isinstance(value[0], list) and any(not p for p in value):
             raise ValueError("token prompts must not be empty")
         return value
-
-    @property
-    def token_limit(self) -> int | None:
-        return self.max_tokens

@@ -1,4 +1,4 @@
-"""The one generate path every API adapter uses: choices in, text deltas out.
+"""The one generate path every API adapter uses: a plan in, text deltas out.
 
 Each choice is one Triton stream run through its :class:`StreamState`. One choice is iterated
 directly (the common case, no extra task or queue); several are run as tasks merged through a
@@ -13,7 +13,8 @@ import dataclasses
 from collections.abc import AsyncGenerator
 
 from gateway.core.models import ServedModel
-from gateway.core.types import Choice, Delta, GenerateRequest, SamplingParams
+from gateway.core.plan import Plan
+from gateway.core.types import Choice, Delta, FinishReason, GenerateRequest, SamplingParams, Usage
 from gateway.text.stream_state import StreamState
 
 
@@ -44,12 +45,11 @@ async def generate_choice(
         await tokens.aclose()  # cancels the Triton request if it is still running
 
 
-async def generate(
-    model: ServedModel, request_id: str, choices: list[Choice], sampling: SamplingParams
-) -> AsyncGenerator[Delta, None]:
-    """Deltas of every choice, interleaved as they arrive."""
-    if len(choices) == 1:
-        async for delta in generate_choice(model, request_id, choices[0], sampling):
+async def generate(plan: Plan) -> AsyncGenerator[Delta, None]:
+    """Deltas of every choice of the plan, interleaved as they arrive."""
+    model, request_id, sampling = plan.model, plan.request_id, plan.sampling
+    if len(plan.choices) == 1:
+        async for delta in generate_choice(model, request_id, plan.choices[0], sampling):
             yield delta
         return
     queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
@@ -60,12 +60,12 @@ async def generate(
                 queue.put_nowait(delta)
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:
+        except BaseException as exc:  # handed to the consumer, which raises it
             queue.put_nowait(exc)
         finally:
             queue.put_nowait(None)
 
-    tasks = [asyncio.create_task(pump(c)) for c in choices]
+    tasks = [asyncio.create_task(pump(c)) for c in plan.choices]
     try:
         running = len(tasks)
         while running:
@@ -80,3 +80,21 @@ async def generate(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def collect(plan: Plan) -> tuple[list[str], list[FinishReason], Usage]:
+    """The whole output of every choice, for non-streaming responses."""
+    n = len(plan.choices)
+    parts: list[list[str]] = [[] for _ in range(n)]
+    reasons = [FinishReason.STOP] * n
+    usage = Usage(prompt_tokens=plan.prompt_tokens)
+    deltas = generate(plan)
+    try:
+        async for delta in deltas:
+            parts[delta.index].append(delta.text)
+            if delta.finish_reason is not None:
+                reasons[delta.index] = delta.finish_reason
+                usage.completion_tokens += delta.completion_tokens
+    finally:
+        await deltas.aclose()
+    return ["".join(p) for p in parts], reasons, usage

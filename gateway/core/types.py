@@ -32,6 +32,23 @@ class SamplingParams:
 
 
 @dataclass(frozen=True, slots=True)
+class SamplingInput:
+    """Sampling fields as a client sent them (None: not given), before the model's checks."""
+
+    max_tokens: int | None = None
+    max_tokens_param: str = "max_tokens"  # the name to report in errors
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    stop: tuple[str, ...] = ()
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class GenerateRequest:
     """One sequence to generate: one choice of one prompt."""
 

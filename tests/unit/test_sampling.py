@@ -7,6 +7,7 @@ import pytest
 from gateway.config import ModelConfig
 from gateway.core.models import ServedModel
 from gateway.core.sampling import resolve_sampling
+from gateway.core.types import SamplingInput, SamplingParams
 from gateway.engine.contract import ModelContract
 from gateway.errors import ContextLengthExceeded, InvalidRequest, UnsupportedParameter
 from gateway.text.tokenizer import Tokenizer
@@ -21,43 +22,62 @@ def model(tokenizer: Tokenizer) -> ServedModel:
     return ServedModel(config, tokenizer, None, 100, 0)  # type: ignore[arg-type]
 
 
+def resolve(
+    model: ServedModel,
+    contract: ModelContract,
+    *,
+    prompt_tokens: int,
+    default_max_tokens: int,
+    prompt_param: str = "messages",
+    **given: object,
+) -> SamplingParams:
+    return resolve_sampling(
+        model,
+        contract,
+        SamplingInput(**given),  # type: ignore[arg-type]
+        prompt_tokens=prompt_tokens,
+        default_max_tokens=default_max_tokens,
+        prompt_param=prompt_param,
+    )
+
+
 def test_defaults_fill_the_room_left_by_the_prompt(model: ServedModel, contract: ModelContract) -> None:
-    s = resolve_sampling(model, contract, prompt_tokens=80, max_tokens=None, default_max_tokens=40)
+    s = resolve(model, contract, prompt_tokens=80, max_tokens=None, default_max_tokens=40)
     assert s.max_tokens == 20 and s.temperature == 1.0 and s.top_p == 1.0 and s.top_k == 0
-    s = resolve_sampling(model, contract, prompt_tokens=10, max_tokens=None, default_max_tokens=40)
+    s = resolve(model, contract, prompt_tokens=10, max_tokens=None, default_max_tokens=40)
     assert s.max_tokens == 40
 
 
 def test_max_tokens_over_the_model_limit(model: ServedModel, contract: ModelContract) -> None:
     with pytest.raises(InvalidRequest) as err:
-        resolve_sampling(model, contract, prompt_tokens=1, max_tokens=51, default_max_tokens=8)
+        resolve(model, contract, prompt_tokens=1, max_tokens=51, default_max_tokens=8)
     assert err.value.param == "max_tokens"
 
 
 def test_prompt_plus_max_tokens_over_context(model: ServedModel, contract: ModelContract) -> None:
     with pytest.raises(ContextLengthExceeded) as err:
-        resolve_sampling(model, contract, prompt_tokens=90, max_tokens=20, default_max_tokens=8, prompt_param="prompt")
+        resolve(model, contract, prompt_tokens=90, max_tokens=20, default_max_tokens=8, prompt_param="prompt")
     assert err.value.param == "prompt"
     with pytest.raises(ContextLengthExceeded):
-        resolve_sampling(model, contract, prompt_tokens=100, max_tokens=None, default_max_tokens=8)
+        resolve(model, contract, prompt_tokens=100, max_tokens=None, default_max_tokens=8)
 
 
 def test_parameter_the_model_lacks_is_rejected_by_name(model: ServedModel, contract: ModelContract) -> None:
     with pytest.raises(UnsupportedParameter) as err:
-        resolve_sampling(model, contract, prompt_tokens=1, max_tokens=4, default_max_tokens=8, presence_penalty=0.5)
+        resolve(model, contract, prompt_tokens=1, max_tokens=4, default_max_tokens=8, presence_penalty=0.5)
     assert err.value.param == "presence_penalty"
     # the default value is not a request for the feature
-    s = resolve_sampling(model, contract, prompt_tokens=1, max_tokens=4, default_max_tokens=8, presence_penalty=0.0)
+    s = resolve(model, contract, prompt_tokens=1, max_tokens=4, default_max_tokens=8, presence_penalty=0.0)
     assert s.presence_penalty == 0.0
 
 
 def test_min_tokens_above_max_tokens(model: ServedModel, contract: ModelContract) -> None:
     with pytest.raises(InvalidRequest) as err:
-        resolve_sampling(model, contract, prompt_tokens=1, max_tokens=4, default_max_tokens=8, min_tokens=5)
+        resolve(model, contract, prompt_tokens=1, max_tokens=4, default_max_tokens=8, min_tokens=5)
     assert err.value.param == "min_tokens"
 
 
 def test_greedy(model: ServedModel, contract: ModelContract) -> None:
-    assert resolve_sampling(model, contract, prompt_tokens=1, max_tokens=4, default_max_tokens=8, temperature=0).greedy
-    assert resolve_sampling(model, contract, prompt_tokens=1, max_tokens=4, default_max_tokens=8, top_k=1).greedy
-    assert not resolve_sampling(model, contract, prompt_tokens=1, max_tokens=4, default_max_tokens=8).greedy
+    assert resolve(model, contract, prompt_tokens=1, max_tokens=4, default_max_tokens=8, temperature=0).greedy
+    assert resolve(model, contract, prompt_tokens=1, max_tokens=4, default_max_tokens=8, top_k=1).greedy
+    assert not resolve(model, contract, prompt_tokens=1, max_tokens=4, default_max_tokens=8).greedy

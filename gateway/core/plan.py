@@ -1,0 +1,93 @@
+"""From what a client asked (any API) to what to generate: the model, choices and sampling.
+
+REST and gRPC both call these, so template rendering, tokenization, prompt checks, seeds per
+choice and the model's limits are written once.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from gateway.core.models import ModelRegistry, ServedModel
+from gateway.core.sampling import resolve_sampling
+from gateway.core.types import Choice, SamplingInput, SamplingParams
+from gateway.errors import InvalidRequest
+
+# OpenAI's legacy completions API generates 16 tokens when max_tokens is not given
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+Prompt = str | list[int]
+
+
+@dataclass(slots=True)
+class Plan:
+    model: ServedModel
+    request_id: str
+    choices: list[Choice]
+    sampling: SamplingParams
+    prompt_tokens: int  # all prompts, each counted once (not once per choice)
+    echo: list[str] | None = None  # per choice: the prompt text to prepend (completions' echo)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def _choices(prompts: list[list[int]], n: int, seed: int | None) -> list[Choice]:
+    """Choice i of each prompt samples with ``seed + i``: n seeded choices differ, yet reproduce."""
+    return [
+        Choice(index=p * n + i, prompt_ids=ids, seed=None if seed is None else seed + i)
+        for p, ids in enumerate(prompts)
+        for i in range(n)
+    ]
+
+
+async def plan_chat(
+    registry: ModelRegistry, model_id: str, messages: list[dict[str, str]], n: int, given: SamplingInput
+) -> Plan:
+    model = registry.get(model_id)
+    tokenizer = model.tokenizer
+    prompt_ids = tokenizer.encode(tokenizer.apply_chat_template(messages))
+    sampling = resolve_sampling(
+        model,
+        await model.contract(),
+        given,
+        prompt_tokens=len(prompt_ids),
+        default_max_tokens=model.config.default_max_tokens,
+        prompt_param="messages",
+    )
+    return Plan(model, new_id("chatcmpl"), _choices([prompt_ids], n, given.seed), sampling, len(prompt_ids))
+
+
+async def plan_completion(
+    registry: ModelRegistry, model_id: str, prompts: list[Prompt], n: int, echo: bool, given: SamplingInput
+) -> Plan:
+    model = registry.get(model_id)
+    tokenizer = model.tokenizer
+    vocab = tokenizer.vocab_size
+    ids_list: list[list[int]] = []
+    for prompt in prompts:
+        ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            raise InvalidRequest("prompt must not be empty", param="prompt")
+        if not isinstance(prompt, str) and any(not 0 <= t < vocab for t in ids):
+            raise InvalidRequest(f"prompt token ids must be in [0, {vocab})", param="prompt")
+        ids_list.append(ids)
+    sampling = resolve_sampling(
+        model,
+        await model.contract(),
+        given,
+        prompt_tokens=max(len(ids) for ids in ids_list),
+        default_max_tokens=COMPLETIONS_DEFAULT_MAX_TOKENS,
+        prompt_param="prompt",
+    )
+    echo_texts = [tokenizer.decode(ids) for ids in ids_list for _ in range(n)] if echo else None
+    return Plan(
+        model,
+        new_id("cmpl"),
+        _choices(ids_list, n, given.seed),
+        sampling,
+        sum(len(ids) for ids in ids_list),
+        echo_texts,
+    )
