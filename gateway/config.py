@@ -41,6 +41,8 @@ class GatewayConfig(BaseModel):
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
     triton_timeout: float = Field(default=5.0, gt=0, description="seconds for Triton health/config calls")
+    grpc_host: str = Field(default="127.0.0.1", description="the gRPC API's listen address")
+    grpc_port: int | None = Field(default=50051, ge=0, le=65535, description="None: no gRPC API")
     models: list[ModelConfig]
 
 

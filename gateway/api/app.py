@@ -8,7 +8,7 @@ from aiohttp import web
 
 from gateway.api.chat import chat_completions
 from gateway.api.completions import completions
-from gateway.api.context import CONFIG, REGISTRY
+from gateway.api.context import CONFIG, GRPC, REGISTRY
 from gateway.api.errors import error_middleware
 from gateway.api.health import health, ready
 from gateway.api.models import get_model, list_models
@@ -35,12 +35,27 @@ def _engines(engine_for: EngineFactory | None) -> Callable[[web.Application], As
     return context
 
 
+async def _grpc_api(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    if config.grpc_port is None:
+        yield
+        return
+    from gateway.grpcapi.server import GrpcServer  # builds the stubs on first use
+
+    server = GrpcServer(app[REGISTRY], config.grpc_host, config.grpc_port)
+    await server.start()
+    app[GRPC] = server
+    yield
+    await server.stop()
+
+
 def create_app(config: GatewayConfig, engine_for: EngineFactory | None = None) -> web.Application:
     """The gateway app; ``engine_for`` replaces Triton (one engine per URL) in tests."""
     # client_max_size is a backstop; read_json enforces the limit with an OpenAI error first
     app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes + 1)
     app[CONFIG] = config
     app.cleanup_ctx.append(_engines(engine_for))
+    app.cleanup_ctx.append(_grpc_api)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", list_models)

@@ -11,6 +11,7 @@ from gateway.core.models import ModelRegistry
 
 CONFIG = web.AppKey("config", GatewayConfig)
 REGISTRY = web.AppKey("registry", ModelRegistry)
+GRPC = web.AppKey("grpc", object)  # the GrpcServer, when the gRPC API is on
 
 
 def now() -> int:

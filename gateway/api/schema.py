@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gateway.core.limits import MAX_CHOICES, MAX_STOP_STRINGS, PENALTY_RANGE, TEMPERATURE_RANGE
+
 # Known OpenAI parameters the gateway does not implement: a non-default value gets a 400 naming
 # the parameter instead of being silently ignored ("Unrecognized request argument" for the rest).
 UNSUPPORTED_PARAMS: dict[str, tuple[Any, ...]] = {
@@ -34,7 +36,7 @@ UNSUPPORTED_PARAMS: dict[str, tuple[Any, ...]] = {
     "metadata": (None, {}),
 }
 
-Stop = str | Annotated[list[str], Field(max_length=4)] | None
+Stop = str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None
 
 
 class StreamOptions(BaseModel):
@@ -49,15 +51,15 @@ class SamplingFields(BaseModel):
 
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    temperature: float | None = Field(default=None, ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1])
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=16)
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: Stop = None
     seed: int | None = Field(default=None, ge=-(2**63), lt=2**64)
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
+    frequency_penalty: float | None = Field(default=None, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
     user: str | None = None
     # extensions (vLLM's names): fixed-length benchmarks need min_tokens / ignore_eos
     top_k: int | None = Field(default=None, ge=-1)

@@ -3,7 +3,9 @@ with the real SmolLM2 model, on free loopback ports, stopped with SIGINT like a 
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -38,6 +40,7 @@ def port_open(port: int) -> bool:
 class Stack:
     base_url: str  # http://127.0.0.1:PORT
     triton_grpc_port: int
+    grpc_target: str  # the gateway's gRPC API
     triton_log: Path
     process: subprocess.Popen[bytes]
 
@@ -64,7 +67,8 @@ def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float, log: P
 def start_gateway(tmp: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int, Path]:
     port = free_port()
     log = tmp / f"gateway-{port}.log"
-    cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--cache-dir", str(tmp / "cache"), *extra]
+    cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--cache-dir", str(tmp / "cache")]
+    cmd += extra if "--grpc-port" in extra else [*extra, "--no-grpc"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
     return proc, port, log
@@ -83,16 +87,29 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("stack")
-    http, grpc_port, metrics = free_port(), free_port(), free_port()
+    http, grpc_port, metrics, api = free_port(), free_port(), free_port(), free_port()
     proc, port, log = start_gateway(
         tmp,
         "--triton-http-port", str(http),
         "--triton-grpc-port", str(grpc_port),
         "--triton-metrics-port", str(metrics),
+        "--grpc-port", str(api),
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     wait_http(base + "/ready", proc, 240, log)
-    yield Stack(base, grpc_port, tmp / "cache" / "tritonserver.log", proc)
+    yield Stack(base, grpc_port, f"127.0.0.1:{api}", tmp / "cache" / "tritonserver.log", proc)
     code = stop(proc)
     assert code == 0, log.read_text()[-4000:]
     assert not port_open(grpc_port), "tritonserver outlived the gateway"
+
+
+async def cancelled_after(stack: Stack, triton_request_id: str) -> int:
+    """Tokens the model had generated when it saw the request cancelled (from its log line)."""
+    line = re.compile(rf"request '{re.escape(triton_request_id)}' cancelled after (\d+) tokens")
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        found = line.search(stack.triton_log.read_text(errors="replace"))
+        if found:
+            return int(found.group(1))
+        await asyncio.sleep(0.1)
+    pytest.fail(f"the model did not report cancelling {triton_request_id}")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 import aiohttp
 import openai
 import pytest
 
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, cancelled_after
 from tests.sse import chat_text, finish_reasons, parse_sse
 
 pytestmark = pytest.mark.e2e
@@ -41,11 +40,4 @@ async def test_stream_and_cancellation(stack: Stack) -> None:
         resp.close()
     request_id = re.search(rb'"id":"([^"]+)"', first)
     assert request_id is not None
-    line = re.compile(rf"request '{request_id.group(1).decode()}-0' cancelled after (\d+) tokens")
-    found = None
-    for _ in range(100):
-        found = line.search(stack.triton_log.read_text(errors="replace"))
-        if found:
-            break
-        await asyncio.sleep(0.1)
-    assert found and int(found.group(1)) < 4000
+    assert await cancelled_after(stack, f"{request_id.group(1).decode()}-0") < 4000

@@ -1,0 +1,81 @@
+"""The one place the gRPC API turns exceptions into status codes, from the shared error table."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from gateway.errors import GatewayError, InternalError
+
+log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+def status_of(exc: GatewayError) -> grpc.Status:
+    """The gRPC status for a gateway error: code from the table, OpenAI fields in metadata."""
+    code = grpc.StatusCode[exc.kind.grpc_status]
+    rich = status_pb2.Status(code=getattr(code_pb2, code.name), message=exc.message)
+    if exc.retry_after is not None:
+        info = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=max(1, round(exc.retry_after))))
+        detail = any_pb2.Any()
+        detail.Pack(info)
+        rich.details.append(detail)
+    status = rpc_status.to_status(rich)
+    extra = (("error-type", exc.kind.type), ("error-code", exc.kind.code or ""), ("error-param", exc.param or ""))
+    return _Status(status.code, status.details, (*status.trailing_metadata, *extra))
+
+
+class _Status(grpc.Status):
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: tuple[tuple[str, Any], ...]) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata
+
+
+def _translate(exc: Exception) -> GatewayError:
+    if isinstance(exc, GatewayError):
+        return exc
+    log.exception("unhandled error in a gRPC call")
+    return InternalError("The server had an error while processing your request")
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+    status = status_of(_translate(exc))
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def unary(
+    method: Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]],
+) -> Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
+        try:
+            return await method(self, request, context)
+        except Exception as exc:  # the one translation point for unary calls
+            await _abort(context, exc)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def streaming(
+    method: Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]],
+) -> Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]]:
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> AsyncIterator[Resp]:
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except Exception as exc:  # the one translation point for streaming calls
+            await _abort(context, exc)
+
+    return wrapper

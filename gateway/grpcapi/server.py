@@ -1,0 +1,69 @@
+"""The gRPC server beside REST, on the same event loop: LLMGateway, grpc.health.v1, reflection.
+
+Health is SERVING only while Triton is reachable and every model is ready (checked every
+``interval`` seconds), for the whole server ("") and for the LLMGateway service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from gateway.core.models import ModelRegistry
+from gateway.grpcapi.service import LLMGatewayService
+from gateway.grpcapi.stubs import SERVICE_NAME, pb_grpc
+
+log = logging.getLogger(__name__)
+
+_OPTIONS = [
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    ("grpc.so_reuseport", 1),  # several worker processes may share the port
+]
+
+
+class GrpcServer:
+    def __init__(self, registry: ModelRegistry, host: str, port: int, interval: float = 2.0) -> None:
+        self._registry = registry
+        self._interval = interval
+        self._server = grpc.aio.server(options=_OPTIONS)
+        pb_grpc.add_LLMGatewayServicer_to_server(LLMGatewayService(registry), self._server)  # type: ignore[no-untyped-call]
+        self._health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        reflection.enable_server_reflection([SERVICE_NAME, health_name, reflection.SERVICE_NAME], self._server)
+        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind the gRPC API to {host}:{port}")
+        self._watch: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._check_health()  # a status exists before the first client can ask
+        await self._server.start()
+        self._watch = asyncio.create_task(self._watch_health())
+
+    async def _check_health(self) -> None:
+        models = list(self._registry.models())
+        ready = all(await asyncio.gather(*(m.ready() for m in models)))
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, status)
+
+    async def _watch_health(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self._check_health()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace)

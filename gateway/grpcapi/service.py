@@ -1,0 +1,134 @@
+"""The LLMGateway gRPC service: thin adapters over the same plan and generate path as REST."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from gateway.core.generate import collect, generate
+from gateway.core.models import ModelRegistry
+from gateway.core.plan import Plan, plan_chat, plan_completion
+from gateway.core.types import Usage
+from gateway.errors import InvalidRequest
+from gateway.grpcapi import convert
+from gateway.grpcapi.errors import streaming, unary
+from gateway.grpcapi.stubs import pb, pb_grpc
+
+Context = Any  # grpc.aio.ServicerContext
+
+
+class LLMGatewayService(pb_grpc.LLMGatewayServicer):
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+
+    async def _chat_plan(self, request: pb.ChatCompletionRequest) -> Plan:
+        return await plan_chat(
+            self._registry,
+            request.model,
+            convert.messages(request.messages),
+            convert.choices_count(request.n),
+            convert.sampling_input(request.sampling),
+        )
+
+    async def _completion_plan(self, request: pb.CompletionRequest) -> Plan:
+        return await plan_completion(
+            self._registry,
+            request.model,
+            convert.prompt(request),
+            convert.choices_count(request.n),
+            request.echo,
+            convert.sampling_input(request.sampling),
+        )
+
+    @unary
+    async def ChatCompletion(self, request: pb.ChatCompletionRequest, context: Context) -> pb.CompletionResponse:
+        return await _whole(await self._chat_plan(request))
+
+    @unary
+    async def Completion(self, request: pb.CompletionRequest, context: Context) -> pb.CompletionResponse:
+        return await _whole(await self._completion_plan(request))
+
+    @streaming
+    async def StreamChatCompletion(
+        self, request: pb.ChatCompletionRequest, context: Context
+    ) -> AsyncIterator[pb.CompletionChunk]:
+        async for chunk in _stream(await self._chat_plan(request)):
+            yield chunk
+
+    @streaming
+    async def StreamCompletion(
+        self, request: pb.CompletionRequest, context: Context
+    ) -> AsyncIterator[pb.CompletionChunk]:
+        async for chunk in _stream(await self._completion_plan(request)):
+            yield chunk
+
+    @unary
+    async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(
+            models=[
+                pb.Model(
+                    id=m.id,
+                    created=m.created,
+                    owned_by=m.config.owned_by,
+                    context_length=m.context_length,
+                    max_output_tokens=m.config.max_output_tokens,
+                )
+                for m in self._registry.models()
+            ]
+        )
+
+    @unary
+    async def Tokenize(self, request: pb.TokenizeRequest, context: Context) -> pb.TokenizeResponse:
+        tokenizer = self._registry.get(request.model).tokenizer
+        kind = request.WhichOneof("input")
+        if kind == "text":
+            ids = tokenizer.encode(request.text)
+        elif kind == "messages":
+            ids = tokenizer.encode(tokenizer.apply_chat_template(convert.messages(request.messages.messages)))
+        else:
+            raise InvalidRequest("Missing required parameter: 'text' or 'messages'", param="input")
+        return pb.TokenizeResponse(ids=ids, count=len(ids))
+
+    @unary
+    async def Detokenize(self, request: pb.DetokenizeRequest, context: Context) -> pb.DetokenizeResponse:
+        tokenizer = self._registry.get(request.model).tokenizer
+        vocab = tokenizer.vocab_size
+        if any(i >= vocab for i in request.ids):
+            raise InvalidRequest(f"token ids must be in [0, {vocab})", param="ids")
+        return pb.DetokenizeResponse(text=tokenizer.decode(list(request.ids)))
+
+
+async def _whole(plan: Plan) -> pb.CompletionResponse:
+    created = int(time.time())
+    texts, reasons, usage = await collect(plan)
+    echo = plan.echo
+    return pb.CompletionResponse(
+        id=plan.request_id,
+        model=plan.model.id,
+        created=created,
+        choices=[
+            pb.Choice(index=i, text=(echo[i] if echo else "") + text, finish_reason=convert.FINISH[reason])
+            for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))
+        ],
+        usage=convert.usage(usage),
+    )
+
+
+async def _stream(plan: Plan) -> AsyncIterator[pb.CompletionChunk]:
+    request_id, model, created = plan.request_id, plan.model.id, int(time.time())
+    usage = Usage(prompt_tokens=plan.prompt_tokens)
+    if plan.echo:
+        for i, text in enumerate(plan.echo):
+            yield pb.CompletionChunk(id=request_id, model=model, created=created, index=i, text=text)
+    deltas = generate(plan)
+    try:
+        async for delta in deltas:
+            chunk = pb.CompletionChunk(id=request_id, model=model, created=created, index=delta.index, text=delta.text)
+            if delta.finish_reason is not None:
+                usage.completion_tokens += delta.completion_tokens
+                chunk.finish_reason = convert.FINISH[delta.finish_reason]
+            yield chunk
+    finally:
+        await deltas.aclose()  # a cancelled call or a passed deadline cancels the Triton requests
+    yield pb.CompletionChunk(id=request_id, model=model, created=created, usage=convert.usage(usage))
