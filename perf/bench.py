@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import tritonclient.grpc.aio as grpcclient
 
 from gateway.config import REPO_ROOT
@@ -36,7 +37,7 @@ from perf.metrics import SLO, RequestRecord, summarize
 from perf.report import plot_all, print_table
 from perf.stack import launch_stack, process_cpu_seconds
 
-TARGETS = ("gateway-chat", "gateway-completions", "direct")
+TARGETS = ("gateway-chat", "gateway-completions", "gateway-grpc", "direct")
 FILLER = "The lighthouse keeper watched the grey sea roll in under a heavy sky, counting the ships. "
 
 
@@ -49,12 +50,14 @@ def workload(tokenizer: Tokenizer, input_tokens: int, output_tokens: int) -> tar
     return targets.Workload(messages, chat_ids, prompt_ids, output_tokens)
 
 
-async def _one(target: str, cfg: dict[str, Any], w: targets.Workload, http: Any, grpc: Any) -> RequestRecord:
+async def _one(target: str, cfg: dict[str, Any], w: targets.Workload, clients: dict[str, Any]) -> RequestRecord:
     if target == "gateway-chat":
-        return await targets.gateway_chat(http, cfg["gateway"], cfg["model"], w)
+        return await targets.gateway_chat(clients["http"], cfg["gateway"], cfg["model"], w)
     if target == "gateway-completions":
-        return await targets.gateway_completions(http, cfg["gateway"], cfg["model"], w)
-    return await targets.triton_direct(grpc, cfg["triton_model"], w)
+        return await targets.gateway_completions(clients["http"], cfg["gateway"], cfg["model"], w)
+    if target == "gateway-grpc":
+        return await targets.gateway_grpc(clients["api"], cfg["model"], w)
+    return await targets.triton_direct(clients["grpc"], cfg["triton_model"], w)
 
 
 # Each generator process keeps one event loop and its clients across phases, so connections made
@@ -63,24 +66,29 @@ _LOOP: asyncio.AbstractEventLoop | None = None
 _CLIENTS: dict[str, Any] = {}
 
 
-async def _clients(cfg: dict[str, Any]) -> tuple[aiohttp.ClientSession, grpcclient.InferenceServerClient]:
+async def _clients(cfg: dict[str, Any]) -> dict[str, Any]:
     if "http" not in _CLIENTS:
         connector = aiohttp.TCPConnector(limit=0)
         timeout = aiohttp.ClientTimeout(total=cfg["request_timeout"])
         _CLIENTS["http"] = aiohttp.ClientSession(connector=connector, timeout=timeout)
         _CLIENTS["grpc"] = grpcclient.InferenceServerClient(cfg["triton"])
-    return _CLIENTS["http"], _CLIENTS["grpc"]
+        if cfg["gateway_grpc"]:
+            from gateway.grpcapi.stubs import pb_grpc
+
+            _CLIENTS["api_channel"] = grpc.aio.insecure_channel(cfg["gateway_grpc"])
+            _CLIENTS["api"] = pb_grpc.LLMGatewayStub(_CLIENTS["api_channel"])  # type: ignore[no-untyped-call]
+    return _CLIENTS
 
 
 async def _phase(
     target: str, cfg: dict[str, Any], w: targets.Workload, requests: int, concurrency: int, rate: float
 ) -> list[RequestRecord]:
-    http, grpc = await _clients(cfg)
+    clients = await _clients(cfg)
     if rate > 0:  # open loop: Poisson arrivals
         rng = random.Random(cfg["seed"])
         tasks = []
         for _ in range(requests):
-            tasks.append(asyncio.create_task(_one(target, cfg, w, http, grpc)))
+            tasks.append(asyncio.create_task(_one(target, cfg, w, clients)))
             await asyncio.sleep(rng.expovariate(rate))
         return list(await asyncio.gather(*tasks))
     records: list[RequestRecord] = []  # closed loop: `concurrency` requests always in flight
@@ -90,7 +98,7 @@ async def _phase(
         nonlocal left
         while left > 0:
             left -= 1
-            records.append(await _one(target, cfg, w, http, grpc))
+            records.append(await _one(target, cfg, w, clients))
 
     await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
     return records
@@ -100,6 +108,8 @@ async def _close_clients() -> None:
     if "http" in _CLIENTS:
         await _CLIENTS.pop("http").close()
         await _CLIENTS.pop("grpc").close()
+    if "api_channel" in _CLIENTS:
+        await _CLIENTS.pop("api_channel").close()
 
 
 def _shutdown() -> None:
@@ -151,6 +161,7 @@ def main() -> int:
     parser.add_argument("--launch", action="store_true", help="start `python -m gateway serve` on free ports")
     parser.add_argument("--gateway", default="http://127.0.0.1:8080")
     parser.add_argument("--triton", default="127.0.0.1:8001")
+    parser.add_argument("--gateway-grpc", default="127.0.0.1:50051", help="the gateway's gRPC API ('' to skip)")
     parser.add_argument("--gateway-pid", type=int, default=0, help="to report the gateway's CPU per token")
     parser.add_argument("--model", default="synthetic", help="OpenAI model id at the gateway")
     parser.add_argument("--triton-model", default="synthetic")
@@ -176,6 +187,7 @@ def main() -> int:
     stack = launch_stack() if args.launch else None
     if stack is not None:
         args.gateway, args.triton, args.gateway_pid = stack.gateway, stack.triton, stack.pid
+        args.gateway_grpc = stack.grpc
     try:
         return _bench(args)
     finally:
@@ -188,10 +200,10 @@ def _bench(args: argparse.Namespace) -> int:
     w = workload(tokenizer, args.input_tokens, args.output_tokens)
     cfg = {
         k: getattr(args, k)
-        for k in ("gateway", "triton", "model", "triton_model", "request_timeout", "seed", "processes")
+        for k in ("gateway", "gateway_grpc", "triton", "model", "triton_model", "request_timeout", "seed", "processes")
     }
     slo = SLO(args.slo_ttft_ms, args.slo_tpot_ms)
-    chosen = [t for t in args.targets.split(",") if t]
+    chosen = [t for t in args.targets.split(",") if t and (t != "gateway-grpc" or args.gateway_grpc)]
     open_loop = bool(args.rate)
     levels = [float(x) for x in args.rate.split(",")] if open_loop else [int(x) for x in args.concurrency.split(",")]
     all_records: list[dict[str, Any]] = []

@@ -40,6 +40,7 @@ def process_cpu_seconds(pid: int) -> float:
 class Stack:
     gateway: str
     triton: str
+    grpc: str  # the gateway's gRPC API
     pid: int
     process: subprocess.Popen[bytes]
 
@@ -54,11 +55,12 @@ class Stack:
 
 def launch_stack(timeout: float = 240.0, log: Path | None = None) -> Stack:
     """`python -m gateway serve` (gateway + embedded Triton) on free loopback ports."""
-    port, http, grpc, metrics = (_free_port() for _ in range(4))
+    port, http, grpc, metrics, api = (_free_port() for _ in range(5))
     log = log or REPO_ROOT / "perf" / "results" / "stack.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
     cmd += ["--triton-http-port", str(http), "--triton-grpc-port", str(grpc), "--triton-metrics-port", str(metrics)]
+    cmd += ["--grpc-port", str(api)]
     print(f"[bench] starting the stack: {' '.join(cmd)} (log: {log})", file=sys.stderr, flush=True)
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
@@ -70,7 +72,7 @@ def launch_stack(timeout: float = 240.0, log: Path | None = None) -> Stack:
         try:
             with urllib.request.urlopen(url + "/ready", timeout=2) as resp:
                 if resp.status == 200:
-                    return Stack(url, f"127.0.0.1:{grpc}", proc.pid, proc)
+                    return Stack(url, f"127.0.0.1:{grpc}", f"127.0.0.1:{api}", proc.pid, proc)
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.5)

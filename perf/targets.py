@@ -2,6 +2,7 @@
 
 - ``gateway-chat``: POST /v1/chat/completions, SSE, parsed incrementally
 - ``gateway-completions``: POST /v1/completions with the prompt as token ids (exact input length)
+- ``gateway-grpc``: the gateway's own gRPC API, ``StreamChatCompletion`` with the chat messages
 - ``direct``: Triton's ModelStreamInfer through ``tritonclient.grpc.aio.stream_infer``, the same
   token ids the gateway sends for the chat target, no gateway code involved
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import grpc
 import numpy as np
 import orjson
 import tritonclient.grpc.aio as grpcclient
@@ -147,5 +149,32 @@ async def triton_direct(client: grpcclient.InferenceServerClient, model: str, w:
     finally:
         done.set()
         responses.cancel()
+    record.end = time.monotonic()
+    return record
+
+
+async def gateway_grpc(stub: Any, model: str, w: Workload) -> RequestRecord:
+    from gateway.grpcapi.stubs import pb
+
+    request = pb.ChatCompletionRequest(
+        model=model,
+        messages=[pb.ChatMessage(role=m["role"], content=m["content"]) for m in w.messages],
+        sampling=pb.SamplingParams(max_tokens=w.output_tokens, temperature=0, ignore_eos=True),
+    )
+    record = RequestRecord("gateway-grpc", time.monotonic(), input_tokens=len(w.chat_ids))
+    try:
+        async for chunk in stub.StreamChatCompletion(request):
+            if chunk.text:
+                now = time.monotonic()
+                if not record.first_token:
+                    record.first_token = now
+                record.chunk_times.append(now)
+            if chunk.HasField("usage"):
+                record.output_tokens = chunk.usage.completion_tokens
+    except asyncio.CancelledError:
+        record.cancelled = True
+        raise
+    except Exception as exc:
+        record.error = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
     record.end = time.monotonic()
     return record
