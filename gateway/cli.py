@@ -1,16 +1,24 @@
-"""Command line: ``python -m gateway serve`` and ``python -m gateway prepare-model``."""
+"""Command line: ``serve``, ``prepare-model`` and ``keys create``.
+
+Settings resolve as: a CLI flag, then its environment variable, then ``--config FILE``, then the
+default. Flags below default to None so that "not given" falls through to the file.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import ipaddress
 import logging
+import os
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
-from gateway.config import REPO_ROOT, GatewayConfig, ModelConfig, embedded_models, env
+from gateway.config import REPO_ROOT, ConfigError, GatewayConfig, ModelConfig, embedded_models, env, load_config
 from gateway.embedded.gguf_convert import prepare
 from gateway.embedded.tritonserver import TritonLaunchError, TritonPorts, TritonServer
 
@@ -35,22 +43,31 @@ def prepare_default_model(model_repository: Path) -> Path:
     return prepare(default_gguf(), model_repository / "smollm2" / "weights", _progress)
 
 
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="OpenAI-compatible gateway for NVIDIA Triton")
     parser.add_argument("--log-level", default=env("GATEWAY_LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command")
 
     serve = sub.add_parser("serve", help="start the gateway (and, by default, an embedded CPU Triton)")
-    serve.add_argument("--host", default=env("GATEWAY_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(env("GATEWAY_PORT", "8080")))
+    serve.add_argument("--config", type=Path, default=os.environ.get("GATEWAY_CONFIG"), help="a TOML file")
+    serve.add_argument("--host", default=os.environ.get("GATEWAY_HOST"), help="default 127.0.0.1")
+    serve.add_argument("--port", type=int, default=_env_int("GATEWAY_PORT"), help="default 8080")
+    serve.add_argument("--grpc-host", default=os.environ.get("GATEWAY_GRPC_HOST"), help="default 127.0.0.1")
+    serve.add_argument("--grpc-port", type=int, default=_env_int("GATEWAY_GRPC_PORT"), help="default 50051")
+    serve.add_argument("--no-grpc", action="store_true", help="serve REST only")
+    serve.add_argument("--max-body-bytes", type=int, default=_env_int("GATEWAY_MAX_BODY_BYTES"))
     serve.add_argument(
-        "--triton-url",
-        default=env("TRITON_URL", ""),
-        help="gRPC host:port of a running Triton; when set nothing is launched",
+        "--triton-url", default=env("TRITON_URL", ""), help="gRPC host:port of a running Triton; nothing is launched"
     )
     serve.add_argument("--triton-model", default=env("TRITON_MODEL", "smollm2"), help="with --triton-url")
     serve.add_argument("--model-id", default=env("GATEWAY_MODEL_ID", "smollm2-135m-instruct"), help="with --triton-url")
     serve.add_argument("--tokenizer-dir", default=env("GATEWAY_TOKENIZER_DIR", ""), help="with --triton-url")
+    serve.add_argument("--default-max-tokens", type=int, default=int(env("GATEWAY_DEFAULT_MAX_TOKENS", "1024")))
     serve.add_argument(
         "--model-repository",
         type=Path,
@@ -61,46 +78,69 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--triton-http-port", type=int, default=int(env("TRITON_HTTP_PORT", "8000")))
     serve.add_argument("--triton-grpc-port", type=int, default=int(env("TRITON_GRPC_PORT", "8001")))
     serve.add_argument("--triton-metrics-port", type=int, default=int(env("TRITON_METRICS_PORT", "8002")))
-    serve.add_argument("--grpc-host", default=env("GATEWAY_GRPC_HOST", "127.0.0.1"))
-    serve.add_argument("--grpc-port", type=int, default=int(env("GATEWAY_GRPC_PORT", "50051")))
-    serve.add_argument("--no-grpc", action="store_true", help="serve REST only")
-    serve.add_argument("--max-body-bytes", type=int, default=int(env("GATEWAY_MAX_BODY_BYTES", str(4 * 1024 * 1024))))
-    serve.add_argument("--default-max-tokens", type=int, default=int(env("GATEWAY_DEFAULT_MAX_TOKENS", "1024")))
 
     prep = sub.add_parser("prepare-model", help="convert the bundled SmolLM2 GGUF for the CPU Triton model")
     prep.add_argument("--gguf", type=Path, default=None)
     prep.add_argument("--model-repository", type=Path, default=REPO_ROOT / "model_repository")
+
+    keys = sub.add_parser("keys", help="API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key, print it once, store only its digest")
+    create.add_argument("--project", required=True, help="the project the key belongs to")
+    create.add_argument("--name", default="", help="a label for logs and metrics")
+    create.add_argument("--config", type=Path, help="append the key's record to this TOML file")
     return parser
 
 
-def _serve(args: argparse.Namespace) -> int:
-    triton: TritonServer | None = None
+def _load(args: argparse.Namespace) -> tuple[GatewayConfig, TritonServer | None]:
+    overrides: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "grpc_host": args.grpc_host,
+        "grpc_port": args.grpc_port,
+        "max_body_bytes": args.max_body_bytes,
+    }
+    config = load_config(args.config, overrides)
+    if args.no_grpc:
+        config = config.model_copy(update={"grpc_port": None})
+    if config.models:
+        return config, None
     if args.triton_url:
         tokenizer_dir = (
             Path(args.tokenizer_dir) if args.tokenizer_dir else args.model_repository / args.triton_model / "weights"
         )
-        models = [
-            ModelConfig(
-                id=args.model_id,
-                triton_url=args.triton_url,
-                triton_model=args.triton_model,
-                tokenizer_dir=tokenizer_dir,
-                default_max_tokens=args.default_max_tokens,
-            )
-        ]
-    else:
-        prepare_default_model(args.model_repository)
-        ports = TritonPorts(args.triton_http_port, args.triton_grpc_port, args.triton_metrics_port)
-        triton = TritonServer(args.model_repository, args.cache_dir, ports, binary=args.tritonserver)
-        models = embedded_models(triton.grpc_url, args.model_repository, args.default_max_tokens)
-    config = GatewayConfig(
-        host=args.host,
-        port=args.port,
-        grpc_host=args.grpc_host,
-        grpc_port=None if args.no_grpc else args.grpc_port,
-        max_body_bytes=args.max_body_bytes,
-        models=models,
-    )
+        model = ModelConfig(
+            id=args.model_id,
+            triton_url=args.triton_url,
+            triton_model=args.triton_model,
+            tokenizer_dir=tokenizer_dir,
+            default_max_tokens=args.default_max_tokens,
+        )
+        return config.model_copy(update={"models": [model]}), None
+    prepare_default_model(args.model_repository)
+    ports = TritonPorts(args.triton_http_port, args.triton_grpc_port, args.triton_metrics_port)
+    triton = TritonServer(args.model_repository, args.cache_dir, ports, binary=args.tritonserver)
+    models = embedded_models(triton.grpc_url, args.model_repository, args.default_max_tokens)
+    return config.model_copy(update={"models": models}), triton
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        config, triton = _load(args)
+    except ConfigError as exc:
+        _progress(f"invalid configuration: {exc}")
+        return 2
+    if not config.keys and not (_loopback(config.host) and _loopback(config.grpc_host)):
+        log.warning(
+            "no API keys configured and bound beyond loopback (%s): anyone who can connect can use it", config.host
+        )
     from gateway.api.app import create_app
 
     app = create_app(config)
@@ -113,6 +153,7 @@ def _serve(args: argparse.Namespace) -> int:
         _progress(f"gateway on http://{config.host}:{config.port}/v1 serving {', '.join(m.id for m in config.models)}")
         if config.grpc_port is not None:
             _progress(f"gRPC API (llmgateway.v1.LLMGateway) on {config.grpc_host}:{config.grpc_port}")
+        _progress(f"auth: {len(config.keys)} API key(s)" if config.keys else "auth: off (no API keys configured)")
         web.run_app(
             app,
             host=config.host,
@@ -131,14 +172,37 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _create_key(args: argparse.Namespace) -> int:
+    from gateway.auth.keys import new_key
+
+    key, record = new_key(args.project, args.name)
+    block = (
+        f'\n[[keys]]\nid = "{record.id}"\nsha256 = "{record.sha256}"\nproject = "{record.project}"\n'
+        f'name = "{record.name}"\n'
+    )
+    if args.config is not None:
+        existing = tomllib.loads(args.config.read_text()) if args.config.exists() else {}
+        if args.project not in {p.get("id") for p in existing.get("projects", [])}:
+            block = f'\n[[projects]]\nid = "{args.project}"\n' + block
+        with open(args.config, "a") as f:
+            f.write(block)
+        load_config(args.config, {})  # the file must still be valid
+        print(f"added key {record.id} of project {args.project} to {args.config}", file=sys.stderr)
+    else:
+        print(f"add this to your config file:{block}", file=sys.stderr)
+    print(key)  # printed once; only its digest is stored
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if not any(cmd in raw for cmd in ("serve", "prepare-model", "keys")):
+        raw.insert(0, "serve")
+    args = _parser().parse_args(raw)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "prepare-model":
         prepare(args.gguf or default_gguf(), args.model_repository / "smollm2" / "weights", _progress)
         return 0
-    if args.command in (None, "serve"):
-        if args.command is None:
-            args = _parser().parse_args([*(argv or sys.argv[1:]), "serve"])
-        return _serve(args)
-    return 2
+    if args.command == "keys":
+        return _create_key(args)
+    return _serve(args)

@@ -1,15 +1,18 @@
-"""Gateway configuration: served models and server settings, validated with pydantic.
+"""Gateway configuration: one TOML file validated with pydantic, every field documented.
 
-The embedded default (one CPU model in a tritonserver the gateway launches) needs no file. Common
-settings have environment overrides (see :func:`from_env`), and the CLI flags override those.
+Precedence: a CLI flag, then its environment variable, then the file, then the default. The
+embedded default (the CPU models in a tritonserver the gateway launches) needs no file at all.
+A file that declares ``[[models]]`` serves those and launches nothing.
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
@@ -34,6 +37,39 @@ class ModelConfig(BaseModel):
     owned_by: str = "triton"
 
 
+class LimitsConfig(BaseModel):
+    """Per key (or project) and model. Unset: unlimited."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: int | None = Field(default=None, ge=1, description="requests started per minute")
+    tokens_per_minute: int | None = Field(
+        default=None, ge=1, description="prompt + completion tokens per minute (prompt + max_tokens reserved up front)"
+    )
+    max_concurrent: int | None = Field(default=None, ge=1, description="requests in flight at once")
+
+
+class ProjectConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="also the base path /{id}/v1/...")
+    models: list[str] | None = Field(default=None, description="models its keys may use (unset: all)")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="shared by all of its keys")
+
+
+class KeyConfig(BaseModel):
+    """An API key, stored only as the SHA-256 digest of the key (``python -m gateway keys create``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[a-f0-9]{8,32}$", description="the key's public id (part of the key)")
+    sha256: str = Field(pattern=r"^[a-f0-9]{64}$", description="hex SHA-256 of the whole key")
+    project: str = Field(description="the project the key belongs to")
+    name: str = Field(default="", description="a label for logs and metrics")
+    models: list[str] | None = Field(default=None, description="models this key may use (unset: the project's)")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="this key's own limits")
+
+
 class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -43,7 +79,45 @@ class GatewayConfig(BaseModel):
     triton_timeout: float = Field(default=5.0, gt=0, description="seconds for Triton health/config calls")
     grpc_host: str = Field(default="127.0.0.1", description="the gRPC API's listen address")
     grpc_port: int | None = Field(default=50051, ge=0, le=65535, description="None: no gRPC API")
-    models: list[ModelConfig]
+    models: list[ModelConfig] = Field(default_factory=list, description="empty: the embedded CPU models")
+    projects: list[ProjectConfig] = Field(default_factory=list)
+    keys: list[KeyConfig] = Field(default_factory=list, description="none: auth is off")
+
+    @model_validator(mode="after")
+    def _references(self) -> GatewayConfig:
+        projects = {p.id for p in self.projects}
+        models = {m.id for m in self.models}
+        for i, key in enumerate(self.keys):
+            if key.project not in projects:
+                raise ValueError(f"keys.{i}.project: unknown project {key.project!r}")
+        for i, project in enumerate(self.projects):
+            for m in project.models or ():
+                if models and m not in models:
+                    raise ValueError(f"projects.{i}.models: unknown model {m!r}")
+        if len({k.id for k in self.keys}) != len(self.keys):
+            raise ValueError("keys: two keys share an id")
+        return self
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the field."""
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> GatewayConfig:
+    """The file's settings (if any) under the given overrides (CLI flags and environment)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        raise ConfigError(f"{path or 'configuration'}: {where}: {first['msg']}") from None
 
 
 def embedded_models(triton_url: str, model_repository: Path, default_max_tokens: int) -> list[ModelConfig]:

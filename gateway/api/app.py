@@ -6,12 +6,14 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from gateway.api.auth import auth_middleware
 from gateway.api.chat import chat_completions
 from gateway.api.completions import completions
-from gateway.api.context import CONFIG, GRPC, REGISTRY
+from gateway.api.context import CONFIG, GRPC, KEYS, REGISTRY
 from gateway.api.errors import error_middleware
 from gateway.api.health import health, ready
 from gateway.api.models import get_model, list_models
+from gateway.auth.keys import KeyStore
 from gateway.config import GatewayConfig
 from gateway.core.models import ModelRegistry
 from gateway.engine.base import Engine
@@ -42,7 +44,7 @@ async def _grpc_api(app: web.Application) -> AsyncIterator[None]:
         return
     from gateway.grpcapi.server import GrpcServer  # builds the stubs on first use
 
-    server = GrpcServer(app[REGISTRY], config.grpc_host, config.grpc_port)
+    server = GrpcServer(app[REGISTRY], app[KEYS], config.grpc_host, config.grpc_port)
     await server.start()
     app[GRPC] = server
     yield
@@ -52,14 +54,16 @@ async def _grpc_api(app: web.Application) -> AsyncIterator[None]:
 def create_app(config: GatewayConfig, engine_for: EngineFactory | None = None) -> web.Application:
     """The gateway app; ``engine_for`` replaces Triton (one engine per URL) in tests."""
     # client_max_size is a backstop; read_json enforces the limit with an OpenAI error first
-    app = web.Application(middlewares=[error_middleware], client_max_size=config.max_body_bytes + 1)
+    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=config.max_body_bytes + 1)
     app[CONFIG] = config
+    app[KEYS] = KeyStore(config)
     app.cleanup_ctx.append(_engines(engine_for))
     app.cleanup_ctx.append(_grpc_api)
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_get("/v1/models", list_models)
-    app.router.add_get("/v1/models/{model_id}", get_model)
+    for base in ("/v1", "/{project_id}/v1"):  # the project-scoped path must match the key's project
+        app.router.add_post(f"{base}/chat/completions", chat_completions)
+        app.router.add_post(f"{base}/completions", completions)
+        app.router.add_get(f"{base}/models", list_models)
+        app.router.add_get(f"{base}/models/{{model_id}}", get_model)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.api.auth import principal_of
 from gateway.api.body import parse, read_json, sampling_input
 from gateway.api.context import CONFIG, REGISTRY, now
 from gateway.api.formats import CompletionFormat
@@ -25,7 +26,13 @@ def _prompts(prompt: Prompt) -> list[PlanPrompt]:
 async def completions(request: web.Request) -> web.StreamResponse:
     body = parse(CompletionRequest, await read_json(request, request.app[CONFIG].max_body_bytes))
     plan = await plan_completion(
-        request.app[REGISTRY], body.model, _prompts(body.prompt), body.n, body.echo, sampling_input(body)
+        principal_of(request),
+        request.app[REGISTRY],
+        body.model,
+        _prompts(body.prompt),
+        body.n,
+        body.echo,
+        sampling_input(body),
     )
     fmt = CompletionFormat(plan.request_id, now(), plan.model.id, plan.echo)
     return await respond(request, fmt, plan, stream=body.stream, include_usage=body.include_usage)

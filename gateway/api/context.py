@@ -6,12 +6,15 @@ import time
 
 from aiohttp import web
 
+from gateway.auth.keys import KeyStore, Principal
 from gateway.config import GatewayConfig
 from gateway.core.models import ModelRegistry
 
 CONFIG = web.AppKey("config", GatewayConfig)
 REGISTRY = web.AppKey("registry", ModelRegistry)
 GRPC = web.AppKey("grpc", object)  # the GrpcServer, when the gRPC API is on
+KEYS = web.AppKey("keys", KeyStore)
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 def now() -> int:

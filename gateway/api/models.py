@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.api.auth import principal_of
 from gateway.api.context import REGISTRY
 from gateway.core.models import ServedModel
 
@@ -15,8 +16,10 @@ def _card(model: ServedModel) -> dict[str, Any]:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    return web.json_response({"object": "list", "data": [_card(m) for m in request.app[REGISTRY].models()]})
+    return web.json_response(
+        {"object": "list", "data": [_card(m) for m in request.app[REGISTRY].visible(principal_of(request))]}
+    )
 
 
 async def get_model(request: web.Request) -> web.Response:
-    return web.json_response(_card(request.app[REGISTRY].get(request.match_info["model_id"])))
+    return web.json_response(_card(request.app[REGISTRY].get(request.match_info["model_id"], principal_of(request))))

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from gateway.auth.keys import Principal
 from gateway.config import ModelConfig
 from gateway.engine.base import Engine
 from gateway.engine.contract import ModelContract
@@ -42,11 +43,16 @@ class ModelRegistry:
             context = cfg.context_length or tokenizer.model_max_length or 2048
             self._models[cfg.id] = ServedModel(cfg, tokenizer, engine_for(cfg.triton_url), context, created)
 
-    def get(self, model_id: str) -> ServedModel:
+    def get(self, model_id: str, principal: Principal) -> ServedModel:
+        """The model, if it exists (404) and the caller may use it (403)."""
         model = self._models.get(model_id)
         if model is None:
             raise ModelNotFound(f"The model '{model_id}' does not exist", param="model")
+        principal.check_model(model_id)
         return model
+
+    def visible(self, principal: Principal) -> list[ServedModel]:
+        return [m for m in self._models.values() if principal.models is None or m.id in principal.models]
 
     def models(self) -> Iterator[ServedModel]:
         return iter(self._models.values())

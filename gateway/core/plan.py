@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
+from gateway.auth.keys import Principal
 from gateway.core.models import ModelRegistry, ServedModel
 from gateway.core.sampling import resolve_sampling
 from gateway.core.types import Choice, SamplingInput, SamplingParams
@@ -44,9 +45,14 @@ def _choices(prompts: list[list[int]], n: int, seed: int | None) -> list[Choice]
 
 
 async def plan_chat(
-    registry: ModelRegistry, model_id: str, messages: list[dict[str, str]], n: int, given: SamplingInput
+    principal: Principal,
+    registry: ModelRegistry,
+    model_id: str,
+    messages: list[dict[str, str]],
+    n: int,
+    given: SamplingInput,
 ) -> Plan:
-    model = registry.get(model_id)
+    model = registry.get(model_id, principal)
     tokenizer = model.tokenizer
     prompt_ids = tokenizer.encode(tokenizer.apply_chat_template(messages))
     sampling = resolve_sampling(
@@ -61,9 +67,15 @@ async def plan_chat(
 
 
 async def plan_completion(
-    registry: ModelRegistry, model_id: str, prompts: list[Prompt], n: int, echo: bool, given: SamplingInput
+    principal: Principal,
+    registry: ModelRegistry,
+    model_id: str,
+    prompts: list[Prompt],
+    n: int,
+    echo: bool,
+    given: SamplingInput,
 ) -> Plan:
-    model = registry.get(model_id)
+    model = registry.get(model_id, principal)
     tokenizer = model.tokenizer
     vocab = tokenizer.vocab_size
     ids_list: list[list[int]] = []

@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from gateway.auth.keys import KeyStore
 from gateway.core.models import ModelRegistry
 from gateway.grpcapi.service import LLMGatewayService
 from gateway.grpcapi.stubs import SERVICE_NAME, pb_grpc
@@ -29,11 +30,11 @@ _OPTIONS = [
 
 
 class GrpcServer:
-    def __init__(self, registry: ModelRegistry, host: str, port: int, interval: float = 2.0) -> None:
+    def __init__(self, registry: ModelRegistry, keys: KeyStore, host: str, port: int, interval: float = 2.0) -> None:
         self._registry = registry
         self._interval = interval
         self._server = grpc.aio.server(options=_OPTIONS)
-        pb_grpc.add_LLMGatewayServicer_to_server(LLMGatewayService(registry), self._server)  # type: ignore[no-untyped-call]
+        pb_grpc.add_LLMGatewayServicer_to_server(LLMGatewayService(registry, keys), self._server)  # type: ignore[no-untyped-call]
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name

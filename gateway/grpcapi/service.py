@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from gateway.auth.keys import KeyStore, Principal
 from gateway.core.generate import collect, generate
 from gateway.core.models import ModelRegistry
 from gateway.core.plan import Plan, plan_chat, plan_completion
@@ -19,11 +20,18 @@ Context = Any  # grpc.aio.ServicerContext
 
 
 class LLMGatewayService(pb_grpc.LLMGatewayServicer):
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, keys: KeyStore) -> None:
         self._registry = registry
+        self._keys = keys
 
-    async def _chat_plan(self, request: pb.ChatCompletionRequest) -> Plan:
+    def _principal(self, context: Context) -> Principal:
+        """The caller, from ``authorization: Bearer ...`` metadata (the REST API's keys)."""
+        metadata = dict(context.invocation_metadata() or ())
+        return self._keys.authenticate(metadata.get("authorization"))
+
+    async def _chat_plan(self, request: pb.ChatCompletionRequest, context: Context) -> Plan:
         return await plan_chat(
+            self._principal(context),
             self._registry,
             request.model,
             convert.messages(request.messages),
@@ -31,8 +39,9 @@ class LLMGatewayService(pb_grpc.LLMGatewayServicer):
             convert.sampling_input(request.sampling),
         )
 
-    async def _completion_plan(self, request: pb.CompletionRequest) -> Plan:
+    async def _completion_plan(self, request: pb.CompletionRequest, context: Context) -> Plan:
         return await plan_completion(
+            self._principal(context),
             self._registry,
             request.model,
             convert.prompt(request),
@@ -43,24 +52,24 @@ class LLMGatewayService(pb_grpc.LLMGatewayServicer):
 
     @unary
     async def ChatCompletion(self, request: pb.ChatCompletionRequest, context: Context) -> pb.CompletionResponse:
-        return await _whole(await self._chat_plan(request))
+        return await _whole(await self._chat_plan(request, context))
 
     @unary
     async def Completion(self, request: pb.CompletionRequest, context: Context) -> pb.CompletionResponse:
-        return await _whole(await self._completion_plan(request))
+        return await _whole(await self._completion_plan(request, context))
 
     @streaming
     async def StreamChatCompletion(
         self, request: pb.ChatCompletionRequest, context: Context
     ) -> AsyncIterator[pb.CompletionChunk]:
-        async for chunk in _stream(await self._chat_plan(request)):
+        async for chunk in _stream(await self._chat_plan(request, context)):
             yield chunk
 
     @streaming
     async def StreamCompletion(
         self, request: pb.CompletionRequest, context: Context
     ) -> AsyncIterator[pb.CompletionChunk]:
-        async for chunk in _stream(await self._completion_plan(request)):
+        async for chunk in _stream(await self._completion_plan(request, context)):
             yield chunk
 
     @unary
@@ -74,13 +83,13 @@ class LLMGatewayService(pb_grpc.LLMGatewayServicer):
                     context_length=m.context_length,
                     max_output_tokens=m.config.max_output_tokens,
                 )
-                for m in self._registry.models()
+                for m in self._registry.visible(self._principal(context))
             ]
         )
 
     @unary
     async def Tokenize(self, request: pb.TokenizeRequest, context: Context) -> pb.TokenizeResponse:
-        tokenizer = self._registry.get(request.model).tokenizer
+        tokenizer = self._registry.get(request.model, self._principal(context)).tokenizer
         kind = request.WhichOneof("input")
         if kind == "text":
             ids = tokenizer.encode(request.text)
@@ -92,7 +101,7 @@ class LLMGatewayService(pb_grpc.LLMGatewayServicer):
 
     @unary
     async def Detokenize(self, request: pb.DetokenizeRequest, context: Context) -> pb.DetokenizeResponse:
-        tokenizer = self._registry.get(request.model).tokenizer
+        tokenizer = self._registry.get(request.model, self._principal(context)).tokenizer
         vocab = tokenizer.vocab_size
         if any(i >= vocab for i in request.ids):
             raise InvalidRequest(f"token ids must be in [0, {vocab})", param="ids")

@@ -1,0 +1,91 @@
+"""API keys: ``sk-<id>-<secret>``, stored only as the SHA-256 digest of the whole key.
+
+The id (public, 8 hex) finds the record; the digest is compared in constant time. A key never
+appears in logs: only its name and id do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from gateway.config import GatewayConfig, KeyConfig, LimitsConfig, ProjectConfig
+from gateway.errors import Forbidden, Unauthorized
+
+PREFIX = "sk-"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a key of a project (or the anonymous caller when auth is off)."""
+
+    key_id: str
+    key_name: str
+    project: str
+    models: frozenset[str] | None  # None: any model
+    key_limits: LimitsConfig
+    project_limits: LimitsConfig
+
+    def check_model(self, model_id: str) -> None:
+        if self.models is not None and model_id not in self.models:
+            raise Forbidden(f"This key may not use the model '{model_id}'", param="model")
+
+    def check_project(self, project_id: str | None) -> None:
+        if project_id is not None and project_id != self.project:
+            raise Forbidden(f"This key does not belong to the project '{project_id}'")
+
+
+ANONYMOUS = Principal("", "anonymous", "default", None, LimitsConfig(), LimitsConfig())
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key(project: str, name: str = "") -> tuple[str, KeyConfig]:
+    """A fresh key (to print once) and the record to store."""
+    key_id = secrets.token_hex(4)
+    key = f"{PREFIX}{key_id}-{secrets.token_urlsafe(32)}"
+    return key, KeyConfig(id=key_id, sha256=digest(key), project=project, name=name)
+
+
+class KeyStore:
+    def __init__(self, config: GatewayConfig) -> None:
+        projects: dict[str, ProjectConfig] = {p.id: p for p in config.projects}
+        self._keys: dict[str, tuple[KeyConfig, Principal]] = {}
+        for key in config.keys:
+            project = projects[key.project]
+            allowed = key.models if key.models is not None else project.models
+            principal = Principal(
+                key.id,
+                key.name or key.id,
+                key.project,
+                None if allowed is None else frozenset(allowed),
+                key.limits,
+                project.limits,
+            )
+            self._keys[key.id] = (key, principal)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The caller of an ``Authorization: Bearer ...`` header; 401 when missing or wrong."""
+        if not self._keys:
+            return ANONYMOUS
+        if not authorization:
+            raise Unauthorized("You didn't provide an API key. Use 'Authorization: Bearer YOUR_KEY'.")
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("Malformed Authorization header: expected 'Bearer YOUR_KEY'.")
+        key_id = token[len(PREFIX) :].split("-", 1)[0] if token.startswith(PREFIX) else ""
+        found = self._keys.get(key_id)
+        presented = digest(token)
+        stored = found[0].sha256 if found else "0" * 64
+        if not hmac.compare_digest(presented, stored) or found is None:
+            raise Unauthorized("Incorrect API key provided.")
+        return found[1]

@@ -1,0 +1,68 @@
+"""API keys (digest-only storage, constant-time check, model and project scope) and config loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.auth.keys import ANONYMOUS, KeyStore, digest, new_key
+from gateway.config import ConfigError, GatewayConfig, KeyConfig, ProjectConfig, load_config
+from gateway.errors import Forbidden, Unauthorized
+
+
+def store(*keys: KeyConfig, models: list[str] | None = None) -> KeyStore:
+    projects = [ProjectConfig(id="team-a", models=models), ProjectConfig(id="team-b")]
+    return KeyStore(GatewayConfig(projects=projects, keys=list(keys)))
+
+
+def test_no_keys_means_auth_off() -> None:
+    assert store().authenticate(None) is ANONYMOUS
+
+
+def test_key_is_stored_as_a_digest_and_checked() -> None:
+    key, record = new_key("team-a", "ci")
+    assert key.startswith(f"sk-{record.id}-") and record.sha256 == digest(key)
+    assert key not in record.model_dump_json()
+    keys = store(record)
+    principal = keys.authenticate(f"Bearer {key}")
+    assert (principal.project, principal.key_name) == ("team-a", "ci")
+    for bad in (None, "", "Bearer", f"Basic {key}", f"Bearer {key}x", "Bearer sk-00000000-nope", "Bearer garbage"):
+        with pytest.raises(Unauthorized):
+            keys.authenticate(bad)
+
+
+def test_model_and_project_scope() -> None:
+    key, record = new_key("team-a")
+    principal = store(record, models=["m1"]).authenticate(f"Bearer {key}")
+    principal.check_model("m1")
+    with pytest.raises(Forbidden):
+        principal.check_model("m2")
+    principal.check_project("team-a")
+    principal.check_project(None)
+    with pytest.raises(Forbidden):
+        principal.check_project("team-b")
+    own = record.model_copy(update={"models": ["m2"]})  # a key's own list replaces the project's
+    store(own, models=["m1"]).authenticate(f"Bearer {key}").check_model("m2")
+
+
+def test_config_file_overrides_and_field_errors(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        'port = 9000\nhost = "0.0.0.0"\n[[projects]]\nid = "p"\n[projects.limits]\nrequests_per_minute = 5\n'
+    )
+    config = load_config(path, {"port": 9100, "host": None})
+    assert (config.port, config.host) == (9100, "0.0.0.0")  # a flag beats the file; None falls through
+    assert config.projects[0].limits.requests_per_minute == 5
+    path.write_text("port = 9000\nportt = 1\n")
+    with pytest.raises(ConfigError, match="portt"):
+        load_config(path, {})
+    path.write_text('[[projects]]\nid = "p"\n[projects.limits]\nrequests_per_minute = 0\n')
+    with pytest.raises(ConfigError, match=r"projects\.0\.limits\.requests_per_minute"):
+        load_config(path, {})
+    path.write_text('[[keys]]\nid = "abcd1234"\nsha256 = "' + "0" * 64 + '"\nproject = "ghost"\n')
+    with pytest.raises(ConfigError, match="unknown project 'ghost'"):
+        load_config(path, {})
+    path.write_text("port = [")
+    with pytest.raises(ConfigError):
+        load_config(path, {})
