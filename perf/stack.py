@@ -18,7 +18,7 @@ from gateway.config import REPO_ROOT
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -55,7 +55,7 @@ class Stack:
 
 def launch_stack(timeout: float = 240.0, log: Path | None = None) -> Stack:
     """`python -m gateway serve` (gateway + embedded Triton) on free loopback ports."""
-    port, http, grpc, metrics, api = (_free_port() for _ in range(5))
+    port, http, grpc, metrics, api = (free_port() for _ in range(5))
     log = log or REPO_ROOT / "perf" / "results" / "stack.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(port)]

@@ -56,29 +56,25 @@ async def _sse(record: RequestRecord, resp: aiohttp.ClientResponse, content_mark
                 record.chunk_times.append(now)
 
 
-async def gateway_chat(session: aiohttp.ClientSession, base: str, model: str, w: Workload) -> RequestRecord:
-    body = {
+def _body(model: str, w: Workload, **payload: Any) -> dict[str, Any]:
+    return {
         "model": model,
-        "messages": w.messages,
+        **payload,
         "max_tokens": w.output_tokens,
         "ignore_eos": True,
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+
+
+async def gateway_chat(session: aiohttp.ClientSession, base: str, model: str, w: Workload) -> RequestRecord:
+    body = _body(model, w, messages=w.messages)
     return await _post(session, base + "/v1/chat/completions", body, "gateway-chat", len(w.chat_ids), b'"content":')
 
 
 async def gateway_completions(session: aiohttp.ClientSession, base: str, model: str, w: Workload) -> RequestRecord:
-    body = {
-        "model": model,
-        "prompt": w.prompt_ids,
-        "max_tokens": w.output_tokens,
-        "ignore_eos": True,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
+    body = _body(model, w, prompt=w.prompt_ids)
     return await _post(session, base + "/v1/completions", body, "gateway-completions", len(w.prompt_ids), b'"text":')
 
 

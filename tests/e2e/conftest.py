@@ -19,16 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from perf.stack import free_port
 from tests.conftest import REPO
 
 MODEL = "smollm2-135m-instruct"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def port_open(port: int) -> bool:

@@ -13,10 +13,10 @@ from gateway.api.app import create_app
 from gateway.auth.keys import new_key
 from gateway.config import GatewayConfig, ModelConfig, ProjectConfig
 from gateway.grpcapi.stubs import pb, pb_grpc
+from perf.stack import free_port
 from tests.conftest import WEIGHTS
 from tests.integration.conftest import MODEL, REPLY
 from tests.integration.fake_engine import FakeEngine
-from tests.integration.test_grpc_api import free_port
 
 OTHER = "other-model"
 KEY, KEY_RECORD = new_key("team-a", "full")

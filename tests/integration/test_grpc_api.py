@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
@@ -20,16 +19,10 @@ from gateway.errors import RateLimited
 from gateway.grpcapi.errors import status_of
 from gateway.grpcapi.stubs import pb, pb_grpc
 from gateway.text.tokenizer import Tokenizer
+from perf.stack import free_port
 from tests.conftest import WEIGHTS
 from tests.integration.conftest import MODEL, REPLY
 from tests.integration.fake_engine import FakeEngine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
