@@ -13,6 +13,7 @@ from gateway.api.context import CONFIG, GRPC, KEYS, REGISTRY
 from gateway.api.errors import error_middleware
 from gateway.api.health import health, ready
 from gateway.api.models import get_model, list_models
+from gateway.api.observe import metrics, observe_middleware
 from gateway.auth.keys import KeyStore
 from gateway.config import GatewayConfig
 from gateway.core.models import ModelRegistry
@@ -54,7 +55,9 @@ async def _grpc_api(app: web.Application) -> AsyncIterator[None]:
 def create_app(config: GatewayConfig, engine_for: EngineFactory | None = None) -> web.Application:
     """The gateway app; ``engine_for`` replaces Triton (one engine per URL) in tests."""
     # client_max_size is a backstop; read_json enforces the limit with an OpenAI error first
-    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=config.max_body_bytes + 1)
+    app = web.Application(
+        middlewares=[observe_middleware, error_middleware, auth_middleware], client_max_size=config.max_body_bytes + 1
+    )
     app[CONFIG] = config
     app[KEYS] = KeyStore(config)
     app.cleanup_ctx.append(_engines(engine_for))
@@ -66,4 +69,5 @@ def create_app(config: GatewayConfig, engine_for: EngineFactory | None = None) -
         app.router.add_get(f"{base}/models/{{model_id}}", get_model)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics)
     return app

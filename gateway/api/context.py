@@ -9,12 +9,16 @@ from aiohttp import web
 from gateway.auth.keys import KeyStore, Principal
 from gateway.config import GatewayConfig
 from gateway.core.models import ModelRegistry
+from gateway.core.plan import Plan
 
 CONFIG = web.AppKey("config", GatewayConfig)
 REGISTRY = web.AppKey("registry", ModelRegistry)
 GRPC = web.AppKey("grpc", object)  # the GrpcServer, when the gRPC API is on
 KEYS = web.AppKey("keys", KeyStore)
 PRINCIPAL = web.RequestKey("principal", Principal)
+REQUEST_ID = web.RequestKey("request_id", str)
+STARTED = web.RequestKey("started", float)  # time.monotonic() at arrival
+PLAN = web.RequestKey("plan", Plan)  # set once the request is planned
 
 
 def now() -> int:

@@ -8,6 +8,7 @@ error becomes an in-band ``data: {"error": ...}`` event and the stream ends.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator
@@ -15,11 +16,14 @@ from collections.abc import AsyncGenerator
 import orjson
 from aiohttp import web
 
+from gateway.api.context import PLAN
 from gateway.api.formats import SSE_DONE, ResponseFormat, sse_event
+from gateway.api.observe import stamp_headers
 from gateway.core.generate import collect, generate
 from gateway.core.plan import Plan
 from gateway.core.types import Delta, Usage
 from gateway.errors import GatewayError, InternalError
+from gateway.observability.metrics import DISCONNECTS
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +38,14 @@ SSE_HEADERS = {
 async def respond(
     request: web.Request, fmt: ResponseFormat, plan: Plan, *, stream: bool, include_usage: bool
 ) -> web.StreamResponse:
-    if not stream:
-        texts, reasons, usage = await collect(plan)
-        return web.Response(body=orjson.dumps(fmt.whole(texts, reasons, usage)), content_type="application/json")
-    return await _stream(request, fmt, generate(plan), len(plan.choices), Usage(plan.prompt_tokens), include_usage)
+    try:
+        if not stream:
+            texts, reasons, usage = await collect(plan)
+            return web.Response(body=orjson.dumps(fmt.whole(texts, reasons, usage)), content_type="application/json")
+        return await _stream(request, fmt, generate(plan), len(plan.choices), Usage(plan.prompt_tokens), include_usage)
+    except asyncio.CancelledError:  # the client went away (handler cancellation)
+        DISCONNECTS.labels(plan.model.id).inc()
+        raise
 
 
 async def _stream(
@@ -57,6 +65,7 @@ async def _stream(
         raise
     response = web.StreamResponse(headers=SSE_HEADERS)
     response.enable_chunked_encoding()
+    stamp_headers(request, response)
     try:
         await response.prepare(request)
         opening = b"".join(fmt.opening(i) for i in range(n))
@@ -70,6 +79,7 @@ async def _stream(
         await response.write(tail)
     except ConnectionError:
         log.info("client disconnected; generation cancelled")
+        DISCONNECTS.labels(request[PLAN].model.id).inc()
         return response
     except GatewayError as exc:
         log.warning("stream failed after the first byte: %s", exc.message)

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import AsyncGenerator
 
 from gateway.core.models import ServedModel
 from gateway.core.plan import Plan
-from gateway.core.types import Choice, Delta, FinishReason, GenerateRequest, SamplingParams, Usage
+from gateway.core.types import Choice, Delta, FinishReason, GenerateRequest, RequestStats, SamplingParams, Usage
+from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from gateway.observability.metrics import IN_FLIGHT, TOKENS, UPSTREAM_ERRORS, ChoiceObserver
 from gateway.text.stream_state import StreamState
 
 
 async def generate_choice(
-    model: ServedModel, request_id: str, choice: Choice, sampling: SamplingParams
+    model: ServedModel, request_id: str, choice: Choice, sampling: SamplingParams, stats: RequestStats
 ) -> AsyncGenerator[Delta, None]:
     """Deltas of one choice; the last one carries the finish reason."""
     if choice.seed is not None and choice.seed != sampling.seed:
@@ -31,9 +34,14 @@ async def generate_choice(
     end_id = -1 if sampling.ignore_eos else tokenizer.eos_token_id
     tokens = model.client.generate(contract, request, end_id, tokenizer.pad_token_id)
     index = choice.index
+    observer = ChoiceObserver(model.id, stats.started)
     try:
         async for ids in tokens:
             text = state.feed(ids)
+            if text:
+                observer.delta()
+                if not stats.first_token:
+                    stats.first_token = time.monotonic()
             if state.finish_reason is not None:
                 yield Delta(index, text, state.finish_reason, state.completion_tokens)
                 return
@@ -41,22 +49,39 @@ async def generate_choice(
                 yield Delta(index, text, None, state.completion_tokens)
         text = state.finish()
         yield Delta(index, text, state.finish_reason, state.completion_tokens)
+    except (UpstreamError, UpstreamUnavailable, UpstreamTimeout) as exc:
+        UPSTREAM_ERRORS.labels(model.id, exc.kind.code or "").inc()
+        raise
     finally:
+        stats.completion_tokens += state.completion_tokens
         await tokens.aclose()  # cancels the Triton request if it is still running
 
 
 async def generate(plan: Plan) -> AsyncGenerator[Delta, None]:
-    """Deltas of every choice of the plan, interleaved as they arrive."""
-    model, request_id, sampling = plan.model, plan.request_id, plan.sampling
+    """Deltas of every choice of the plan, interleaved as they arrive; counted in the metrics."""
+    in_flight = IN_FLIGHT.labels(plan.model.id)
+    in_flight.inc()
+    try:
+        async for delta in _generate(plan):
+            yield delta
+    finally:
+        in_flight.dec()
+        stats = plan.stats
+        TOKENS.labels(plan.model.id, plan.project, "input_tokens").inc(stats.prompt_tokens)
+        TOKENS.labels(plan.model.id, plan.project, "output_tokens").inc(stats.completion_tokens)
+
+
+async def _generate(plan: Plan) -> AsyncGenerator[Delta, None]:
+    model, request_id, sampling, stats = plan.model, plan.request_id, plan.sampling, plan.stats
     if len(plan.choices) == 1:
-        async for delta in generate_choice(model, request_id, plan.choices[0], sampling):
+        async for delta in generate_choice(model, request_id, plan.choices[0], sampling, stats):
             yield delta
         return
     queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
 
     async def pump(choice: Choice) -> None:
         try:
-            async for delta in generate_choice(model, request_id, choice, sampling):
+            async for delta in generate_choice(model, request_id, choice, sampling, stats):
                 queue.put_nowait(delta)
         except asyncio.CancelledError:
             raise

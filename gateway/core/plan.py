@@ -7,13 +7,15 @@ choice and the model's limits are written once.
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass
 
 from gateway.auth.keys import Principal
 from gateway.core.models import ModelRegistry, ServedModel
 from gateway.core.sampling import resolve_sampling
-from gateway.core.types import Choice, SamplingInput, SamplingParams
+from gateway.core.types import Choice, RequestStats, SamplingInput, SamplingParams
 from gateway.errors import InvalidRequest
+from gateway.observability.metrics import OVERHEAD
 
 # OpenAI's legacy completions API generates 16 tokens when max_tokens is not given
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
@@ -28,6 +30,8 @@ class Plan:
     choices: list[Choice]
     sampling: SamplingParams
     prompt_tokens: int  # all prompts, each counted once (not once per choice)
+    stats: RequestStats
+    project: str
     echo: list[str] | None = None  # per choice: the prompt text to prepend (completions' echo)
 
 
@@ -51,7 +55,9 @@ async def plan_chat(
     messages: list[dict[str, str]],
     n: int,
     given: SamplingInput,
+    started: float | None = None,
 ) -> Plan:
+    stats = RequestStats(started or time.monotonic())
     model = registry.get(model_id, principal)
     tokenizer = model.tokenizer
     prompt_ids = tokenizer.encode(tokenizer.apply_chat_template(messages))
@@ -63,7 +69,8 @@ async def plan_chat(
         default_max_tokens=model.config.default_max_tokens,
         prompt_param="messages",
     )
-    return Plan(model, new_id("chatcmpl"), _choices([prompt_ids], n, given.seed), sampling, len(prompt_ids))
+    choices = _choices([prompt_ids], n, given.seed)
+    return _planned(Plan(model, new_id("chatcmpl"), choices, sampling, len(prompt_ids), stats, principal.project))
 
 
 async def plan_completion(
@@ -74,7 +81,9 @@ async def plan_completion(
     n: int,
     echo: bool,
     given: SamplingInput,
+    started: float | None = None,
 ) -> Plan:
+    stats = RequestStats(started or time.monotonic())
     model = registry.get(model_id, principal)
     tokenizer = model.tokenizer
     vocab = tokenizer.vocab_size
@@ -95,11 +104,13 @@ async def plan_completion(
         prompt_param="prompt",
     )
     echo_texts = [tokenizer.decode(ids) for ids in ids_list for _ in range(n)] if echo else None
-    return Plan(
-        model,
-        new_id("cmpl"),
-        _choices(ids_list, n, given.seed),
-        sampling,
-        sum(len(ids) for ids in ids_list),
-        echo_texts,
-    )
+    prompt_tokens = sum(len(ids) for ids in ids_list)
+    choices = _choices(ids_list, n, given.seed)
+    return _planned(Plan(model, new_id("cmpl"), choices, sampling, prompt_tokens, stats, principal.project, echo_texts))
+
+
+def _planned(plan: Plan) -> Plan:
+    plan.stats.prompt_tokens = plan.prompt_tokens
+    plan.stats.dispatched = time.monotonic()
+    OVERHEAD.labels(plan.model.id).observe(plan.stats.dispatched - plan.stats.started)
+    return plan

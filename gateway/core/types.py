@@ -58,6 +58,17 @@ class GenerateRequest:
 
 
 @dataclass(slots=True)
+class RequestStats:
+    """Timings and counts of one request, for metrics and the access log (monotonic seconds)."""
+
+    started: float  # the request arrived
+    dispatched: float = 0.0  # planning done: the upstream requests are about to be sent
+    first_token: float = 0.0  # the first text of any choice
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(slots=True)
 class Delta:
     """A piece of one choice's output, as the transports see it."""
 

@@ -13,6 +13,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from gateway.errors import GatewayError, InternalError
+from gateway.observability.metrics import REQUESTS
 
 log = logging.getLogger(__name__)
 
@@ -44,25 +45,40 @@ class _Status(grpc.Status):
 def _translate(exc: Exception) -> GatewayError:
     if isinstance(exc, GatewayError):
         return exc
-    log.exception("unhandled error in a gRPC call")
     return InternalError("The server had an error while processing your request")
 
 
+def _log_unexpected(exc: Exception) -> None:
+    if not isinstance(exc, GatewayError):
+        log.error("unhandled error in a gRPC call", exc_info=exc)
+
+
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+    _log_unexpected(exc)
     status = status_of(_translate(exc))
     await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _count(route: str, request: object, exc: Exception | None) -> None:
+    status = "OK" if exc is None else _translate(exc).kind.grpc_status
+    REQUESTS.labels(route, getattr(request, "model", ""), status).inc()
 
 
 def unary(
     method: Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]],
 ) -> Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
+    route = f"grpc:{method.__name__}"
+
     @functools.wraps(method)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
         try:
-            return await method(self, request, context)
+            response = await method(self, request, context)
         except Exception as exc:  # the one translation point for unary calls
+            _count(route, request, exc)
             await _abort(context, exc)
             raise  # unreachable: abort raises
+        _count(route, request, None)
+        return response
 
     return wrapper
 
@@ -70,12 +86,17 @@ def unary(
 def streaming(
     method: Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]],
 ) -> Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]]:
+    route = f"grpc:{method.__name__}"
+
     @functools.wraps(method)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> AsyncIterator[Resp]:
         try:
             async for item in method(self, request, context):
                 yield item
         except Exception as exc:  # the one translation point for streaming calls
+            _count(route, request, exc)
             await _abort(context, exc)
+            return
+        _count(route, request, None)
 
     return wrapper

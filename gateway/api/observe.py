@@ -1,0 +1,79 @@
+"""Request ids, the JSON access log, per-route metrics and GET /metrics."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from gateway.api.context import PLAN, REQUEST_ID, STARTED
+from gateway.observability.metrics import REQUEST_DURATION, REQUESTS, render
+
+access_log = logging.getLogger("gateway.access")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_CLIENT_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable, no spaces, bounded
+
+
+def request_id_of(request: web.Request) -> str:
+    given = request.headers.get("x-request-id", "")
+    return given if _CLIENT_ID.match(given) else f"req_{secrets.token_hex(12)}"
+
+
+def stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """x-request-id and the gateway's own overhead; called before a response's headers go out."""
+    response.headers["x-request-id"] = request[REQUEST_ID]
+    plan = request.get(PLAN)
+    if plan is not None:
+        overhead = (plan.stats.dispatched - plan.stats.started) * 1000
+        response.headers["x-gateway-overhead-ms"] = f"{overhead:.3f}"
+
+
+@web.middleware
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request[STARTED] = time.monotonic()
+    request[REQUEST_ID] = request_id_of(request)
+    response = await handler(request)
+    if not response.prepared:
+        stamp_headers(request, response)
+    _account(request, response.status)
+    return response
+
+
+def _account(request: web.Request, status: int) -> None:
+    now = time.monotonic()
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    plan = request.get(PLAN)
+    model = plan.model.id if plan is not None else ""
+    REQUESTS.labels(route, model, str(status)).inc()
+    REQUEST_DURATION.labels(route, model).observe(now - request[STARTED])
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    line: dict[str, object] = {
+        "request_id": request[REQUEST_ID],
+        "method": request.method,
+        "path": request.path,
+        "status": status,
+        "total_ms": round((now - request[STARTED]) * 1000, 3),
+    }
+    if plan is not None:
+        stats = plan.stats
+        line |= {
+            "id": plan.request_id,
+            "model": model,
+            "project": plan.project,
+            "overhead_ms": round((stats.dispatched - stats.started) * 1000, 3),
+            "ttft_ms": round((stats.first_token - stats.started) * 1000, 3) if stats.first_token else None,
+            "prompt_tokens": stats.prompt_tokens,
+            "completion_tokens": stats.completion_tokens,
+        }
+    access_log.info("%s", orjson.dumps(line).decode())
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = render()
+    return web.Response(body=body, headers={"Content-Type": content_type})

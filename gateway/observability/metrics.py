@@ -1,0 +1,73 @@
+"""Prometheus metrics, defined once, shared by REST and gRPC.
+
+Per-token observations go through a :class:`ChoiceObserver` whose labelled children are resolved
+once per request, so each token costs one histogram observe and no label lookup.
+With several worker processes, prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR)
+aggregates them; /metrics reads whichever registry applies.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_ITL = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
+
+REQUESTS = Counter(
+    "gateway_requests_total", "Requests answered, by API route, model and status", ["route", "model", "status"]
+)
+REQUEST_DURATION = Histogram(
+    "gateway_request_duration_seconds", "End-to-end request latency", ["route", "model"], buckets=_LATENCY
+)
+TTFT = Histogram("gateway_time_to_first_token_seconds", "Request arrival to first text", ["model"], buckets=_LATENCY)
+ITL = Histogram("gateway_inter_token_latency_seconds", "Gap between text deltas of a choice", ["model"], buckets=_ITL)
+OVERHEAD = Histogram(
+    "gateway_overhead_seconds",
+    "Gateway time before the upstream request is sent (parse, auth, template, tokenize)",
+    ["model"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
+IN_FLIGHT = Gauge("gateway_requests_in_flight", "Generations running", ["model"], multiprocess_mode="livesum")
+TOKENS = Counter("gateway_tokens_total", "Tokens by model, project and type", ["model", "project", "type"])
+UPSTREAM_ERRORS = Counter("gateway_upstream_errors_total", "Failed upstream calls by error code", ["model", "code"])
+DISCONNECTS = Counter("gateway_client_disconnects_total", "Clients gone before their response ended", ["model"])
+
+
+class ChoiceObserver:
+    """TTFT and inter-token gaps of one choice."""
+
+    __slots__ = ("_itl", "_last", "_started", "_ttft")
+
+    def __init__(self, model: str, started: float) -> None:
+        self._ttft = TTFT.labels(model)
+        self._itl = ITL.labels(model)
+        self._started = started
+        self._last = 0.0
+
+    def delta(self) -> None:
+        now = time.monotonic()
+        if self._last:
+            self._itl.observe(now - self._last)
+        else:
+            self._ttft.observe(now - self._started)
+        self._last = now
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text, aggregated over worker processes when there are several."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
