@@ -23,11 +23,19 @@ class ErrorKind:
 class GatewayError(Exception):
     kind: ErrorKind = ErrorKind(500, "internal_error", "internal_error", "INTERNAL")
 
-    def __init__(self, message: str, *, param: str | None = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.retry_after = retry_after
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         """OpenAI's error object."""

@@ -9,7 +9,7 @@ from aiohttp import web
 from gateway.api.auth import auth_middleware
 from gateway.api.chat import chat_completions
 from gateway.api.completions import completions
-from gateway.api.context import CONFIG, GRPC, KEYS, REGISTRY
+from gateway.api.context import CONFIG, GRPC, KEYS, LIMITER, REGISTRY
 from gateway.api.errors import error_middleware
 from gateway.api.health import health, ready
 from gateway.api.models import get_model, list_models
@@ -19,6 +19,7 @@ from gateway.config import GatewayConfig
 from gateway.core.models import ModelRegistry
 from gateway.engine.base import Engine
 from gateway.engine.triton import TritonPool
+from gateway.limits.ratelimit import RateLimiter
 
 EngineFactory = Callable[[str], Engine]
 
@@ -45,7 +46,7 @@ async def _grpc_api(app: web.Application) -> AsyncIterator[None]:
         return
     from gateway.grpcapi.server import GrpcServer  # builds the stubs on first use
 
-    server = GrpcServer(app[REGISTRY], app[KEYS], config.grpc_host, config.grpc_port)
+    server = GrpcServer(app[REGISTRY], app[KEYS], app[LIMITER], config.grpc_host, config.grpc_port)
     await server.start()
     app[GRPC] = server
     yield
@@ -60,6 +61,7 @@ def create_app(config: GatewayConfig, engine_for: EngineFactory | None = None) -
     )
     app[CONFIG] = config
     app[KEYS] = KeyStore(config)
+    app[LIMITER] = RateLimiter()
     app.cleanup_ctx.append(_engines(engine_for))
     app.cleanup_ctx.append(_grpc_api)
     for base in ("/v1", "/{project_id}/v1"):  # the project-scoped path must match the key's project

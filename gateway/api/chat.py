@@ -6,7 +6,7 @@ from aiohttp import web
 
 from gateway.api.auth import principal_of
 from gateway.api.body import parse, read_json, sampling_input
-from gateway.api.context import CONFIG, PLAN, REGISTRY, STARTED, now
+from gateway.api.context import CONFIG, LIMITER, PLAN, REGISTRY, STARTED, now
 from gateway.api.formats import ChatFormat
 from gateway.api.respond import respond
 from gateway.api.schema import ChatCompletionRequest
@@ -23,6 +23,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         messages,
         body.n,
         sampling_input(body),
+        limiter=request.app[LIMITER],
         started=request[STARTED],
     )
     request[PLAN] = plan

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from gateway.api.auth import principal_of
 from gateway.api.body import parse, read_json, sampling_input
-from gateway.api.context import CONFIG, PLAN, REGISTRY, STARTED, now
+from gateway.api.context import CONFIG, LIMITER, PLAN, REGISTRY, STARTED, now
 from gateway.api.formats import CompletionFormat
 from gateway.api.respond import respond
 from gateway.api.schema import CompletionRequest, Prompt
@@ -33,6 +33,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         body.n,
         body.echo,
         sampling_input(body),
+        limiter=request.app[LIMITER],
         started=request[STARTED],
     )
     request[PLAN] = plan

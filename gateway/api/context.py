@@ -10,6 +10,7 @@ from gateway.auth.keys import KeyStore, Principal
 from gateway.config import GatewayConfig
 from gateway.core.models import ModelRegistry
 from gateway.core.plan import Plan
+from gateway.limits.ratelimit import RateLimiter
 
 CONFIG = web.AppKey("config", GatewayConfig)
 REGISTRY = web.AppKey("registry", ModelRegistry)
@@ -19,6 +20,7 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_ID = web.RequestKey("request_id", str)
 STARTED = web.RequestKey("started", float)  # time.monotonic() at arrival
 PLAN = web.RequestKey("plan", Plan)  # set once the request is planned
+LIMITER = web.AppKey("limiter", RateLimiter)
 
 
 def now() -> int:

@@ -31,6 +31,8 @@ def stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
     if plan is not None:
         overhead = (plan.stats.dispatched - plan.stats.started) * 1000
         response.headers["x-gateway-overhead-ms"] = f"{overhead:.3f}"
+        if plan.grant is not None:
+            response.headers.update(plan.grant.headers)
 
 
 @web.middleware

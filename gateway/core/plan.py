@@ -15,6 +15,7 @@ from gateway.core.models import ModelRegistry, ServedModel
 from gateway.core.sampling import resolve_sampling
 from gateway.core.types import Choice, RequestStats, SamplingInput, SamplingParams
 from gateway.errors import InvalidRequest
+from gateway.limits.ratelimit import Grant, RateLimiter
 from gateway.observability.metrics import OVERHEAD
 
 # OpenAI's legacy completions API generates 16 tokens when max_tokens is not given
@@ -33,6 +34,7 @@ class Plan:
     stats: RequestStats
     project: str
     echo: list[str] | None = None  # per choice: the prompt text to prepend (completions' echo)
+    grant: Grant | None = None  # the rate limiter's admission, settled when generation ends
 
 
 def new_id(prefix: str) -> str:
@@ -55,6 +57,7 @@ async def plan_chat(
     messages: list[dict[str, str]],
     n: int,
     given: SamplingInput,
+    limiter: RateLimiter | None = None,
     started: float | None = None,
 ) -> Plan:
     stats = RequestStats(started or time.monotonic())
@@ -70,7 +73,8 @@ async def plan_chat(
         prompt_param="messages",
     )
     choices = _choices([prompt_ids], n, given.seed)
-    return _planned(Plan(model, new_id("chatcmpl"), choices, sampling, len(prompt_ids), stats, principal.project))
+    plan = Plan(model, new_id("chatcmpl"), choices, sampling, len(prompt_ids), stats, principal.project)
+    return _planned(plan, principal, limiter)
 
 
 async def plan_completion(
@@ -81,6 +85,7 @@ async def plan_completion(
     n: int,
     echo: bool,
     given: SamplingInput,
+    limiter: RateLimiter | None = None,
     started: float | None = None,
 ) -> Plan:
     stats = RequestStats(started or time.monotonic())
@@ -106,10 +111,15 @@ async def plan_completion(
     echo_texts = [tokenizer.decode(ids) for ids in ids_list for _ in range(n)] if echo else None
     prompt_tokens = sum(len(ids) for ids in ids_list)
     choices = _choices(ids_list, n, given.seed)
-    return _planned(Plan(model, new_id("cmpl"), choices, sampling, prompt_tokens, stats, principal.project, echo_texts))
+    plan = Plan(model, new_id("cmpl"), choices, sampling, prompt_tokens, stats, principal.project, echo_texts)
+    return _planned(plan, principal, limiter)
 
 
-def _planned(plan: Plan) -> Plan:
+def _planned(plan: Plan, principal: Principal, limiter: RateLimiter | None) -> Plan:
+    """Admit the plan (429 past a limit; prompt + max_tokens of every choice reserved) and time it."""
+    if limiter is not None:
+        reserve = plan.prompt_tokens + plan.sampling.max_tokens * len(plan.choices)
+        plan.grant = limiter.acquire(principal, plan.model.id, reserve)
     plan.stats.prompt_tokens = plan.prompt_tokens
     plan.stats.dispatched = time.monotonic()
     OVERHEAD.labels(plan.model.id).observe(plan.stats.dispatched - plan.stats.started)

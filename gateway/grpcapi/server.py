@@ -19,6 +19,7 @@ from gateway.auth.keys import KeyStore
 from gateway.core.models import ModelRegistry
 from gateway.grpcapi.service import LLMGatewayService
 from gateway.grpcapi.stubs import SERVICE_NAME, pb_grpc
+from gateway.limits.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,19 @@ _OPTIONS = [
 
 
 class GrpcServer:
-    def __init__(self, registry: ModelRegistry, keys: KeyStore, host: str, port: int, interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        keys: KeyStore,
+        limiter: RateLimiter,
+        host: str,
+        port: int,
+        interval: float = 2.0,
+    ) -> None:
         self._registry = registry
         self._interval = interval
         self._server = grpc.aio.server(options=_OPTIONS)
-        pb_grpc.add_LLMGatewayServicer_to_server(LLMGatewayService(registry, keys), self._server)  # type: ignore[no-untyped-call]
+        pb_grpc.add_LLMGatewayServicer_to_server(LLMGatewayService(registry, keys, limiter), self._server)  # type: ignore[no-untyped-call]
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name

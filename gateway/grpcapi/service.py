@@ -15,14 +15,16 @@ from gateway.errors import InvalidRequest
 from gateway.grpcapi import convert
 from gateway.grpcapi.errors import streaming, unary
 from gateway.grpcapi.stubs import pb, pb_grpc
+from gateway.limits.ratelimit import RateLimiter
 
 Context = Any  # grpc.aio.ServicerContext
 
 
 class LLMGatewayService(pb_grpc.LLMGatewayServicer):
-    def __init__(self, registry: ModelRegistry, keys: KeyStore) -> None:
+    def __init__(self, registry: ModelRegistry, keys: KeyStore, limiter: RateLimiter) -> None:
         self._registry = registry
         self._keys = keys
+        self._limiter = limiter
 
     def _principal(self, context: Context) -> Principal:
         """The caller, from ``authorization: Bearer ...`` metadata (the REST API's keys)."""
@@ -37,6 +39,7 @@ class LLMGatewayService(pb_grpc.LLMGatewayServicer):
             convert.messages(request.messages),
             convert.choices_count(request.n),
             convert.sampling_input(request.sampling),
+            limiter=self._limiter,
         )
 
     async def _completion_plan(self, request: pb.CompletionRequest, context: Context) -> Plan:
@@ -48,6 +51,7 @@ class LLMGatewayService(pb_grpc.LLMGatewayServicer):
             convert.choices_count(request.n),
             request.echo,
             convert.sampling_input(request.sampling),
+            limiter=self._limiter,
         )
 
     @unary

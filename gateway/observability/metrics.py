@@ -41,6 +41,9 @@ OVERHEAD = Histogram(
 IN_FLIGHT = Gauge("gateway_requests_in_flight", "Generations running", ["model"], multiprocess_mode="livesum")
 TOKENS = Counter("gateway_tokens_total", "Tokens by model, project and type", ["model", "project", "type"])
 UPSTREAM_ERRORS = Counter("gateway_upstream_errors_total", "Failed upstream calls by error code", ["model", "code"])
+RATE_LIMITED = Counter(
+    "gateway_rate_limit_rejections_total", "Requests refused by a limit", ["model", "project", "limit"]
+)
 DISCONNECTS = Counter("gateway_client_disconnects_total", "Clients gone before their response ended", ["model"])
 
 
