@@ -35,6 +35,9 @@ class ModelConfig(BaseModel):
     max_output_tokens: int = Field(default=4096, ge=1, description="largest max_tokens a request may ask for")
     default_max_tokens: int = Field(default=1024, ge=1, description="chat output limit when the request sets none")
     owned_by: str = "triton"
+    max_in_flight: int | None = Field(default=None, ge=1, description="requests sent upstream at once (unset: no cap)")
+    max_queue: int = Field(default=0, ge=0, description="requests that may wait for a slot; more get 503")
+    queue_timeout: float = Field(default=5.0, gt=0, description="seconds a request may wait for a slot")
 
 
 class LimitsConfig(BaseModel):

@@ -105,6 +105,12 @@ class UpstreamUnavailable(GatewayError):
     kind = ErrorKind(503, "service_unavailable", "upstream_unavailable", "UNAVAILABLE")
 
 
+class Overloaded(GatewayError):
+    """The upstream model's in-flight cap and wait queue are full."""
+
+    kind = ErrorKind(503, "service_unavailable", "server_overloaded", "UNAVAILABLE")
+
+
 class UpstreamTimeout(GatewayError):
     kind = ErrorKind(504, "timeout", "upstream_timeout", "DEADLINE_EXCEEDED")
 
@@ -135,6 +141,7 @@ ERROR_TABLE: dict[type[GatewayError], ErrorKind] = {
         UnsupportedMediaType,
         RateLimited,
         UpstreamUnavailable,
+        Overloaded,
         UpstreamTimeout,
         UpstreamError,
         InternalError,

@@ -62,8 +62,9 @@ async def generate(plan: Plan) -> AsyncGenerator[Delta, None]:
     in_flight = IN_FLIGHT.labels(plan.model.id)
     in_flight.inc()
     try:
-        async for delta in _generate(plan):
-            yield delta
+        async with plan.model.admission.slot():  # 503 at once when the upstream is saturated
+            async for delta in _generate(plan):
+                yield delta
     finally:
         in_flight.dec()
         stats = plan.stats

@@ -11,6 +11,7 @@ from gateway.config import ModelConfig
 from gateway.engine.base import Engine
 from gateway.engine.contract import ModelContract
 from gateway.errors import ModelNotFound
+from gateway.limits.admission import Admission
 from gateway.text.tokenizer import Tokenizer
 
 
@@ -21,6 +22,7 @@ class ServedModel:
     client: Engine
     context_length: int
     created: int
+    admission: Admission
 
     @property
     def id(self) -> str:
@@ -41,7 +43,8 @@ class ModelRegistry:
         for cfg in configs:
             tokenizer = Tokenizer(cfg.tokenizer_dir)
             context = cfg.context_length or tokenizer.model_max_length or 2048
-            self._models[cfg.id] = ServedModel(cfg, tokenizer, engine_for(cfg.triton_url), context, created)
+            admission = Admission(cfg.id, cfg.max_in_flight, cfg.max_queue, cfg.queue_timeout)
+            self._models[cfg.id] = ServedModel(cfg, tokenizer, engine_for(cfg.triton_url), context, created, admission)
 
     def get(self, model_id: str, principal: Principal) -> ServedModel:
         """The model, if it exists (404) and the caller may use it (403)."""

@@ -38,6 +38,9 @@ OVERHEAD = Histogram(
     ["model"],
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
 )
+QUEUE_WAIT = Histogram(
+    "gateway_queue_wait_seconds", "Time waiting for an upstream slot (admission)", ["model"], buckets=_LATENCY
+)
 IN_FLIGHT = Gauge("gateway_requests_in_flight", "Generations running", ["model"], multiprocess_mode="livesum")
 TOKENS = Counter("gateway_tokens_total", "Tokens by model, project and type", ["model", "project", "type"])
 UPSTREAM_ERRORS = Counter("gateway_upstream_errors_total", "Failed upstream calls by error code", ["model", "code"])

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from gateway.api.app import create_app
+from gateway.config import GatewayConfig, ModelConfig
 from gateway.text.tokenizer import Tokenizer
+from tests.conftest import WEIGHTS
 from tests.integration.conftest import MAX_BODY, MODEL, REPLY
 from tests.integration.fake_engine import FakeEngine
 from tests.sse import chat_text, finish_reasons, parse_sse
@@ -253,3 +258,21 @@ async def test_client_disconnect_closes_the_upstream_stream(client: TestClient, 
             break
         await asyncio.sleep(0.02)
     assert engine.closed == 1
+
+
+async def test_saturated_upstream_is_refused_fast(
+    aiohttp_client: Callable[[web.Application], Awaitable[TestClient]], engine: FakeEngine
+) -> None:
+    config = GatewayConfig(
+        models=[ModelConfig(id=MODEL, triton_model="smollm2", tokenizer_dir=WEIGHTS, max_in_flight=1, max_queue=0)]
+    )
+    client = await aiohttp_client(create_app(config, lambda url: engine))
+    engine.delay = 0.05
+    busy = await client.post(CHAT, json=chat(stream=True))
+    assert busy.status == 200
+    refused = await client.post(CHAT, json=chat())
+    assert refused.status == 503 and refused.headers["Retry-After"] == "1"
+    assert (await refused.json())["error"]["code"] == "server_overloaded"
+    await busy.read()
+    engine.delay = 0
+    assert (await client.post(CHAT, json=chat())).status == 200

@@ -19,7 +19,7 @@ def model(tokenizer: Tokenizer) -> ServedModel:
     config = ModelConfig(
         id="m", triton_model="smollm2", tokenizer_dir=Path(WEIGHTS), context_length=100, max_output_tokens=50
     )
-    return ServedModel(config, tokenizer, None, 100, 0)  # type: ignore[arg-type]
+    return ServedModel(config, tokenizer, None, 100, 0, None)  # type: ignore[arg-type]
 
 
 def resolve(
