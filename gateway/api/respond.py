@@ -89,7 +89,8 @@ async def _stream(
         await _write_error(response, InternalError(f"internal error: {type(exc).__name__}"))
     finally:
         await deltas.aclose()
-    await response.write_eof()
+    with contextlib.suppress(ConnectionError):
+        await response.write_eof()
     return response
 
 
