@@ -7,6 +7,7 @@ default. Flags below default to None so that "not given" falls through to the fi
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import ipaddress
 import logging
@@ -15,8 +16,6 @@ import sys
 import tomllib
 from pathlib import Path
 from typing import Any
-
-from aiohttp import web
 
 from gateway.config import REPO_ROOT, ConfigError, GatewayConfig, ModelConfig, embedded_models, env, load_config
 from gateway.embedded.gguf_convert import prepare
@@ -142,6 +141,7 @@ def _serve(args: argparse.Namespace) -> int:
             "no API keys configured and bound beyond loopback (%s): anyone who can connect can use it", config.host
         )
     from gateway.api.app import create_app
+    from gateway.api.run import serve
 
     app = create_app(config)
     try:
@@ -154,14 +154,7 @@ def _serve(args: argparse.Namespace) -> int:
         if config.grpc_port is not None:
             _progress(f"gRPC API (llmgateway.v1.LLMGateway) on {config.grpc_host}:{config.grpc_port}")
         _progress(f"auth: {len(config.keys)} API key(s)" if config.keys else "auth: off (no API keys configured)")
-        web.run_app(
-            app,
-            host=config.host,
-            port=config.port,
-            handler_cancellation=True,  # a client that goes away cancels its Triton request at once
-            print=None,
-            access_log=None,
-        )
+        asyncio.run(serve(app))  # a client that goes away cancels its Triton request at once
     except TritonLaunchError as exc:
         _progress(f"error: {exc}")
         return 1

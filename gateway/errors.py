@@ -111,6 +111,12 @@ class Overloaded(GatewayError):
     kind = ErrorKind(503, "service_unavailable", "server_overloaded", "UNAVAILABLE")
 
 
+class ShuttingDown(GatewayError):
+    """This gateway process is draining: in-flight work finishes, new work goes elsewhere."""
+
+    kind = ErrorKind(503, "service_unavailable", "shutting_down", "UNAVAILABLE")
+
+
 class UpstreamTimeout(GatewayError):
     kind = ErrorKind(504, "timeout", "upstream_timeout", "DEADLINE_EXCEEDED")
 
@@ -142,6 +148,7 @@ ERROR_TABLE: dict[type[GatewayError], ErrorKind] = {
         RateLimited,
         UpstreamUnavailable,
         Overloaded,
+        ShuttingDown,
         UpstreamTimeout,
         UpstreamError,
         InternalError,

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from gateway.api.context import KEYS, PRINCIPAL
 from gateway.auth.keys import Principal
+from gateway.core.lifecycle import LIFECYCLE
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
@@ -16,6 +17,7 @@ OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path not in OPEN_PATHS:
+        LIFECYCLE.accept()
         principal = request.app[KEYS].authenticate(request.headers.get("Authorization"))
         principal.check_project(request.match_info.get("project_id"))
         request[PRINCIPAL] = principal

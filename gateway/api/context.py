@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -12,9 +13,12 @@ from gateway.core.models import ModelRegistry
 from gateway.core.plan import Plan
 from gateway.limits.ratelimit import RateLimiter
 
+if TYPE_CHECKING:  # importing the server builds the gRPC stubs: only when the API is on
+    from gateway.grpcapi.server import GrpcServer
+
 CONFIG = web.AppKey("config", GatewayConfig)
 REGISTRY = web.AppKey("registry", ModelRegistry)
-GRPC = web.AppKey("grpc", object)  # the GrpcServer, when the gRPC API is on
+GRPC: web.AppKey[GrpcServer] = web.AppKey("grpc")  # when the gRPC API is on
 KEYS = web.AppKey("keys", KeyStore)
 PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -7,6 +7,7 @@ import asyncio
 from aiohttp import web
 
 from gateway.api.context import REGISTRY
+from gateway.core.lifecycle import LIFECYCLE
 
 
 async def health(request: web.Request) -> web.Response:
@@ -14,6 +15,8 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
+    if LIFECYCLE.draining:
+        return web.json_response({"status": "draining"}, status=503)
     models = list(request.app[REGISTRY].models())
     states = await asyncio.gather(*(m.ready() for m in models))
     report = {m.id: "ready" if ok else "unavailable" for m, ok in zip(models, states, strict=True)}

@@ -13,6 +13,7 @@ import dataclasses
 import time
 from collections.abc import AsyncGenerator
 
+from gateway.core.lifecycle import LIFECYCLE
 from gateway.core.models import ServedModel
 from gateway.core.plan import Plan
 from gateway.core.types import Choice, Delta, FinishReason, GenerateRequest, RequestStats, SamplingParams, Usage
@@ -61,11 +62,13 @@ async def generate(plan: Plan) -> AsyncGenerator[Delta, None]:
     """Deltas of every choice of the plan, interleaved as they arrive; counted in the metrics."""
     in_flight = IN_FLIGHT.labels(plan.model.id)
     in_flight.inc()
+    LIFECYCLE.begin()
     try:
         async with plan.model.admission.slot():  # 503 at once when the upstream is saturated
             async for delta in _generate(plan):
                 yield delta
     finally:
+        LIFECYCLE.end()
         in_flight.dec()
         stats = plan.stats
         if plan.grant is not None:

@@ -16,6 +16,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from gateway.auth.keys import KeyStore
+from gateway.core.lifecycle import LIFECYCLE
 from gateway.core.models import ModelRegistry
 from gateway.grpcapi.service import LLMGatewayService
 from gateway.grpcapi.stubs import SERVICE_NAME, pb_grpc
@@ -60,7 +61,7 @@ class GrpcServer:
 
     async def _check_health(self) -> None:
         models = list(self._registry.models())
-        ready = all(await asyncio.gather(*(m.ready() for m in models)))
+        ready = not LIFECYCLE.draining and all(await asyncio.gather(*(m.ready() for m in models)))
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in ("", SERVICE_NAME):
             await self._health.set(service, status)
@@ -69,6 +70,10 @@ class GrpcServer:
         while True:
             await asyncio.sleep(self._interval)
             await self._check_health()
+
+    async def drain(self) -> None:
+        """Report NOT_SERVING at once (new calls are refused by the service)."""
+        await self._check_health()
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._watch is not None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from gateway.auth.keys import KeyStore, Principal
 from gateway.core.generate import collect, generate
+from gateway.core.lifecycle import LIFECYCLE
 from gateway.core.models import ModelRegistry
 from gateway.core.plan import Plan, plan_chat, plan_completion
 from gateway.core.types import Usage
@@ -28,6 +29,7 @@ class LLMGatewayService(pb_grpc.LLMGatewayServicer):
 
     def _principal(self, context: Context) -> Principal:
         """The caller, from ``authorization: Bearer ...`` metadata (the REST API's keys)."""
+        LIFECYCLE.accept()
         metadata = dict(context.invocation_metadata() or ())
         return self._keys.authenticate(metadata.get("authorization"))
 
