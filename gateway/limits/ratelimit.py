@@ -2,8 +2,12 @@
 
 Token buckets refill continuously up to the per-minute limit. Tokens are reserved up front
 (prompt + max_tokens for every choice) and settled to the real count when the request ends, so a
-burst cannot overshoot a budget it only learns about afterwards. State is in this process; every
-scope is checked before any is charged, so a rejection consumes nothing.
+burst cannot overshoot a budget it only learns about afterwards. Every scope is checked before
+any is charged, so a rejection consumes nothing.
+
+The bucket state lives in a :class:`~gateway.limits.store.LimitStore`: in this process, or in a
+SQLite file every worker process of the machine shares (``--workers``). Each acquire and release
+is one atomic read-modify-write of the scopes it touches.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass, field
 from gateway.auth.keys import Principal
 from gateway.config import LimitsConfig
 from gateway.errors import RateLimited
+from gateway.limits.store import LimitStore, MemoryStore, ScopeState
 from gateway.observability.metrics import RATE_LIMITED
 
 
@@ -28,128 +33,122 @@ def duration(seconds: float) -> str:
     return f"{minutes}m{rest}s"
 
 
-@dataclass(slots=True)
-class Bucket:
-    capacity: float  # per minute
-    level: float
-    updated: float
-
-    def refill(self, now: float) -> None:
-        self.level = min(self.capacity, self.level + (now - self.updated) * self.capacity / 60.0)
-        self.updated = now
-
-    def wait_for(self, amount: float) -> float:
-        """Seconds until ``amount`` is available (0: now; inf: never, it exceeds the capacity)."""
-        if amount > self.capacity:
-            return math.inf
-        return 0.0 if self.level >= amount else (amount - self.level) * 60.0 / self.capacity
-
-    def reset_in(self) -> float:
-        return (self.capacity - self.level) * 60.0 / self.capacity
+def _wait_for(level: float, capacity: float, amount: float) -> float:
+    """Seconds until ``amount`` is available (0: now; inf: never, it exceeds the capacity)."""
+    if amount > capacity:
+        return math.inf
+    return 0.0 if level >= amount else (amount - level) * 60.0 / capacity
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Scope:
+    key: str  # "kind:owner:model"
+    kind: str  # "key" or "project"
     limits: LimitsConfig
-    requests: Bucket | None
-    tokens: Bucket | None
-    in_flight: int = 0
+
+    def refill(self, state: ScopeState | None, now: float) -> ScopeState:
+        rpm, tpm = self.limits.requests_per_minute, self.limits.tokens_per_minute
+        if state is None:
+            return ScopeState(float(rpm or 0), float(tpm or 0), now, 0)
+        elapsed = max(0.0, now - state.updated)
+        if rpm:
+            state.requests = min(rpm, state.requests + elapsed * rpm / 60.0)
+        if tpm:
+            state.tokens = min(tpm, state.tokens + elapsed * tpm / 60.0)
+        state.updated = now
+        return state
+
+    def headers(self, state: ScopeState) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for name, capacity, level in (
+            ("requests", self.limits.requests_per_minute, state.requests),
+            ("tokens", self.limits.tokens_per_minute, state.tokens),
+        ):
+            if capacity:
+                headers[f"x-ratelimit-limit-{name}"] = str(capacity)
+                headers[f"x-ratelimit-remaining-{name}"] = str(max(0, int(level)))
+                headers[f"x-ratelimit-reset-{name}"] = duration((capacity - level) * 60.0 / capacity)
+        return headers
 
 
 @dataclass(slots=True)
 class Grant:
     """An admitted request: its headers now, its settlement when it ends."""
 
+    store: LimitStore
     scopes: list[Scope]
     reserved: int
     headers: dict[str, str] = field(default_factory=dict)
     released: bool = False
 
     def release(self, used_tokens: int) -> None:
-        if self.released:
+        if self.released or not self.scopes:
             return
         self.released = True
-        now = time.monotonic()
-        for scope in self.scopes:
-            scope.in_flight -= 1
-            if scope.tokens is not None:
-                scope.tokens.refill(now)
-                # give back what was reserved and not used (or charge the excess)
-                scope.tokens.level = min(scope.tokens.capacity, scope.tokens.level + self.reserved - used_tokens)
+        now = time.time()
+        with self.store.locked([s.key for s in self.scopes]) as states:
+            for scope in self.scopes:
+                state = scope.refill(states.get(scope.key), now)
+                state.in_flight = max(0, state.in_flight - 1)
+                if scope.limits.tokens_per_minute:
+                    # give back what was reserved and not used (or charge the excess)
+                    state.tokens = min(scope.limits.tokens_per_minute, state.tokens + self.reserved - used_tokens)
+                states[scope.key] = state
 
 
 class RateLimiter:
-    def __init__(self) -> None:
-        self._scopes: dict[tuple[str, str, str], Scope] = {}
+    def __init__(self, store: LimitStore | None = None) -> None:
+        self._store = store or MemoryStore()
 
-    def _scope(self, kind: str, owner: str, model: str, limits: LimitsConfig, now: float) -> Scope | None:
-        if limits.requests_per_minute is None and limits.tokens_per_minute is None and limits.max_concurrent is None:
-            return None
-        key = (kind, owner, model)
-        scope = self._scopes.get(key)
-        if scope is None:
-            rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
-            scope = self._scopes[key] = Scope(
-                limits,
-                Bucket(rpm, rpm, now) if rpm else None,
-                Bucket(tpm, tpm, now) if tpm else None,
-            )
-        return scope
+    @staticmethod
+    def _scopes(principal: Principal, model: str) -> list[Scope]:
+        scopes = []
+        for kind, owner, limits in (
+            ("key", principal.key_id, principal.key_limits),
+            ("project", principal.project, principal.project_limits),
+        ):
+            if limits.requests_per_minute or limits.tokens_per_minute or limits.max_concurrent:
+                scopes.append(Scope(f"{kind}:{owner}:{model}", kind, limits))
+        return scopes
 
     def acquire(self, principal: Principal, model: str, tokens: int) -> Grant:
         """Admit a request that may use ``tokens`` (prompt + max_tokens), or raise 429."""
-        now = time.monotonic()
-        scopes = [
-            s
-            for s in (
-                self._scope("key", principal.key_id, model, principal.key_limits, now),
-                self._scope("project", principal.project, model, principal.project_limits, now),
-            )
-            if s is not None
-        ]
-        for kind, scope in zip(("key", "project"), scopes, strict=False):
-            for bucket in (scope.requests, scope.tokens):
-                if bucket is not None:
-                    bucket.refill(now)
-            self._check(kind, scope, tokens, principal, model)
-        for scope in scopes:
-            scope.in_flight += 1
-            if scope.requests is not None:
-                scope.requests.level -= 1
-            if scope.tokens is not None:
-                scope.tokens.level -= tokens
-        return Grant(scopes, tokens, _headers(scopes[0]) if scopes else {})
-
-    @staticmethod
-    def _check(kind: str, scope: Scope, tokens: int, principal: Principal, model: str) -> None:
-        limits = scope.limits
-        if limits.max_concurrent is not None and scope.in_flight >= limits.max_concurrent:
-            _reject(kind, "concurrency", principal, model, 1.0, f"{limits.max_concurrent} concurrent requests", scope)
-        if scope.requests is not None and (wait := scope.requests.wait_for(1)) > 0:
-            _reject(
-                kind, "requests", principal, model, wait, f"{limits.requests_per_minute} requests per minute", scope
-            )
-        if scope.tokens is not None and (wait := scope.tokens.wait_for(tokens)) > 0:
-            if math.isinf(wait):
-                wait = 60.0
-            _reject(kind, "tokens", principal, model, wait, f"{limits.tokens_per_minute} tokens per minute", scope)
+        scopes = self._scopes(principal, model)
+        if not scopes:
+            return Grant(self._store, [], tokens)
+        now = time.time()
+        with self._store.locked([s.key for s in scopes]) as states:
+            refilled = [(scope, scope.refill(states.get(scope.key), now)) for scope in scopes]
+            for scope, state in refilled:
+                states[scope.key] = state  # keep the refill even when refusing
+                _check(scope, state, tokens, principal, model)
+            for scope, state in refilled:
+                state.in_flight += 1
+                if scope.limits.requests_per_minute:
+                    state.requests -= 1
+                if scope.limits.tokens_per_minute:
+                    state.tokens -= tokens
+        return Grant(self._store, scopes, tokens, scopes[0].headers(refilled[0][1]))
 
 
-def _headers(scope: Scope) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for name, bucket in (("requests", scope.requests), ("tokens", scope.tokens)):
-        if bucket is not None:
-            headers[f"x-ratelimit-limit-{name}"] = str(int(bucket.capacity))
-            headers[f"x-ratelimit-remaining-{name}"] = str(max(0, int(bucket.level)))
-            headers[f"x-ratelimit-reset-{name}"] = duration(bucket.reset_in())
-    return headers
+def _check(scope: Scope, state: ScopeState, tokens: int, principal: Principal, model: str) -> None:
+    limits = scope.limits
+    if limits.max_concurrent is not None and state.in_flight >= limits.max_concurrent:
+        _reject(scope, state, "concurrency", principal, model, 1.0, f"{limits.max_concurrent} concurrent requests")
+    if limits.requests_per_minute and (wait := _wait_for(state.requests, limits.requests_per_minute, 1)) > 0:
+        _reject(scope, state, "requests", principal, model, wait, f"{limits.requests_per_minute} requests per minute")
+    if limits.tokens_per_minute and (wait := _wait_for(state.tokens, limits.tokens_per_minute, tokens)) > 0:
+        wait = 60.0 if math.isinf(wait) else wait
+        _reject(scope, state, "tokens", principal, model, wait, f"{limits.tokens_per_minute} tokens per minute")
 
 
-def _reject(kind: str, limit: str, principal: Principal, model: str, wait: float, what: str, scope: Scope) -> None:
+def _reject(
+    scope: Scope, state: ScopeState, limit: str, principal: Principal, model: str, wait: float, what: str
+) -> None:
     RATE_LIMITED.labels(model, principal.project, limit).inc()
-    owner = f"project {principal.project}" if kind == "project" else f"key {principal.key_name}"
+    owner = f"project {principal.project}" if scope.kind == "project" else f"key {principal.key_name}"
     raise RateLimited(
         f"Rate limit reached for {model} on {owner}: {what}. Please try again in {duration(wait)}.",
         retry_after=wait,
-        headers=_headers(scope),
+        headers=scope.headers(state),
     )

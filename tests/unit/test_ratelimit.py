@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gateway.auth.keys import Principal
 from gateway.config import LimitsConfig
 from gateway.errors import RateLimited
 from gateway.limits.ratelimit import RateLimiter, duration
+from gateway.limits.store import LimitStore, MemoryStore, SqliteStore
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> LimitStore:
+    return MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "limits.db")
 
 
 def principal(key: LimitsConfig | None = None, project: LimitsConfig | None = None, key_id: str = "k1") -> Principal:
     return Principal(key_id, key_id, "team", None, key or LimitsConfig(), project or LimitsConfig())
 
 
-def test_requests_per_minute() -> None:
-    limiter, who = RateLimiter(), principal(LimitsConfig(requests_per_minute=2))
+def test_requests_per_minute(store: LimitStore) -> None:
+    limiter, who = RateLimiter(store), principal(LimitsConfig(requests_per_minute=2))
     first = limiter.acquire(who, "m", 10)
     assert first.headers["x-ratelimit-limit-requests"] == "2"
     assert first.headers["x-ratelimit-remaining-requests"] == "1"
@@ -28,8 +36,8 @@ def test_requests_per_minute() -> None:
     limiter.acquire(who, "other-model", 10)  # limits are per model
 
 
-def test_tokens_are_reserved_then_settled() -> None:
-    limiter, who = RateLimiter(), principal(LimitsConfig(tokens_per_minute=1000))
+def test_tokens_are_reserved_then_settled(store: LimitStore) -> None:
+    limiter, who = RateLimiter(store), principal(LimitsConfig(tokens_per_minute=1000))
     grant = limiter.acquire(who, "m", 800)  # prompt + max_tokens
     assert int(grant.headers["x-ratelimit-remaining-tokens"]) == 200
     with pytest.raises(RateLimited):
@@ -42,8 +50,8 @@ def test_tokens_are_reserved_then_settled() -> None:
         limiter.acquire(who, "m", 5000)  # larger than the budget itself
 
 
-def test_concurrency_and_shared_project_budget() -> None:
-    limiter = RateLimiter()
+def test_concurrency_and_shared_project_budget(store: LimitStore) -> None:
+    limiter = RateLimiter(store)
     project = LimitsConfig(max_concurrent=2)
     a, b = principal(project=project, key_id="a"), principal(project=project, key_id="b")
     grant_a = limiter.acquire(a, "m", 1)
@@ -54,8 +62,8 @@ def test_concurrency_and_shared_project_budget() -> None:
     limiter.acquire(b, "m", 1)
 
 
-def test_a_rejection_consumes_nothing() -> None:
-    limiter = RateLimiter()
+def test_a_rejection_consumes_nothing(store: LimitStore) -> None:
+    limiter = RateLimiter(store)
     who = principal(LimitsConfig(requests_per_minute=5), LimitsConfig(max_concurrent=1))
     held = limiter.acquire(who, "m", 1)
     for _ in range(3):
@@ -74,3 +82,18 @@ def test_duration_format() -> None:
     assert duration(0.02) == "20ms"
     assert duration(1.5) == "1.5s"
     assert duration(360) == "6m0s"
+
+
+def test_two_workers_share_one_budget(tmp_path: Path) -> None:
+    # two limiters over one SQLite file stand for two worker processes of one machine
+    path = tmp_path / "limits.db"
+    workers = [RateLimiter(SqliteStore(path)), RateLimiter(SqliteStore(path))]
+    who = principal(LimitsConfig(requests_per_minute=4, max_concurrent=3))
+    grants = [workers[i % 2].acquire(who, "m", 1) for i in range(3)]
+    with pytest.raises(RateLimited, match="concurrent"):
+        workers[1].acquire(who, "m", 1)
+    grants[0].release(1)
+    workers[1].acquire(who, "m", 1)  # the 4th request of the minute, on either worker
+    grants[1].release(1)  # a free slot, but the minute's requests are spent
+    with pytest.raises(RateLimited, match="requests per minute"):
+        workers[0].acquire(who, "m", 1)
