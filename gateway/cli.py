@@ -20,6 +20,7 @@ from typing import Any
 from gateway.config import REPO_ROOT, ConfigError, GatewayConfig, ModelConfig, embedded_models, env, load_config
 from gateway.embedded.gguf_convert import prepare
 from gateway.embedded.tritonserver import TritonLaunchError, TritonPorts, TritonServer
+from gateway.workers import supervise
 
 log = logging.getLogger("gateway")
 
@@ -59,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--grpc-host", default=os.environ.get("GATEWAY_GRPC_HOST"), help="default 127.0.0.1")
     serve.add_argument("--grpc-port", type=int, default=_env_int("GATEWAY_GRPC_PORT"), help="default 50051")
     serve.add_argument("--no-grpc", action="store_true", help="serve REST only")
+    serve.add_argument(
+        "--workers", type=int, default=int(env("GATEWAY_WORKERS", "1")), help="gateway processes sharing the ports"
+    )
     serve.add_argument("--max-body-bytes", type=int, default=_env_int("GATEWAY_MAX_BODY_BYTES"))
     serve.add_argument(
         "--triton-url", default=env("TRITON_URL", ""), help="gRPC host:port of a running Triton; nothing is launched"
@@ -136,14 +140,13 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _progress(f"invalid configuration: {exc}")
         return 2
+    from gateway.api.app import create_app
+    from gateway.api.run import serve
+
     if not config.keys and not (_loopback(config.host) and _loopback(config.grpc_host)):
         log.warning(
             "no API keys configured and bound beyond loopback (%s): anyone who can connect can use it", config.host
         )
-    from gateway.api.app import create_app
-    from gateway.api.run import serve
-
-    app = create_app(config)
     try:
         if triton is not None:
             _progress(f"starting tritonserver ({triton.binary})")
@@ -154,7 +157,10 @@ def _serve(args: argparse.Namespace) -> int:
         if config.grpc_port is not None:
             _progress(f"gRPC API (llmgateway.v1.LLMGateway) on {config.grpc_host}:{config.grpc_port}")
         _progress(f"auth: {len(config.keys)} API key(s)" if config.keys else "auth: off (no API keys configured)")
-        asyncio.run(serve(app))  # a client that goes away cancels its Triton request at once
+        if args.workers > 1:
+            _progress(f"{args.workers} worker processes")
+            return supervise(config, args.workers, args.log_level.upper())
+        asyncio.run(serve(create_app(config)))
     except TritonLaunchError as exc:
         _progress(f"error: {exc}")
         return 1

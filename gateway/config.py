@@ -83,6 +83,9 @@ class GatewayConfig(BaseModel):
     grpc_host: str = Field(default="127.0.0.1", description="the gRPC API's listen address")
     grpc_port: int | None = Field(default=50051, ge=0, le=65535, description="None: no gRPC API")
     drain_timeout: float = Field(default=30.0, ge=0, description="SIGTERM: seconds in-flight requests may finish")
+    limits_db: Path | None = Field(
+        default=None, description="SQLite file for limit state shared by worker processes (--workers sets one)"
+    )
     models: list[ModelConfig] = Field(default_factory=list, description="empty: the embedded CPU models")
     projects: list[ProjectConfig] = Field(default_factory=list)
     keys: list[KeyConfig] = Field(default_factory=list, description="none: auth is off")

@@ -20,6 +20,7 @@ from gateway.core.models import ModelRegistry
 from gateway.engine.base import Engine
 from gateway.engine.triton import TritonPool
 from gateway.limits.ratelimit import RateLimiter
+from gateway.limits.store import MemoryStore, SqliteStore
 
 EngineFactory = Callable[[str], Engine]
 
@@ -61,7 +62,7 @@ def create_app(config: GatewayConfig, engine_for: EngineFactory | None = None) -
     )
     app[CONFIG] = config
     app[KEYS] = KeyStore(config)
-    app[LIMITER] = RateLimiter()
+    app[LIMITER] = RateLimiter(SqliteStore(config.limits_db) if config.limits_db else MemoryStore())
     app.cleanup_ctx.append(_engines(engine_for))
     app.cleanup_ctx.append(_grpc_api)
     for base in ("/v1", "/{project_id}/v1"):  # the project-scoped path must match the key's project

@@ -36,7 +36,10 @@ async def serve(app: web.Application) -> None:
             if server is not None:
                 await server.drain()
             finished = await LIFECYCLE.drain(config.drain_timeout)
-            log.info("drained" if finished else "drain timeout: %d generations cut short", LIFECYCLE.active)
+            if finished:
+                log.info("drained")
+            else:
+                log.warning("drain timeout: %d generations cut short", LIFECYCLE.active)
             stop.set()
 
         def on_term() -> None:

@@ -11,7 +11,6 @@ launcher dies (``PR_SET_PDEATHSIG``), and stopped with SIGTERM then SIGKILL on :
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import logging
 import os
@@ -27,9 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from gateway.procutil import die_with_parent
 
-_PR_SET_PDEATHSIG = 1
+log = logging.getLogger(__name__)
 
 
 class TritonLaunchError(RuntimeError):
@@ -109,14 +108,6 @@ def server_env(binary: Path) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:  # not Linux: the launcher's stop() still runs on every normal exit
-        pass
-
-
 class TritonServer:
     """One tritonserver child process."""
 
@@ -176,7 +167,7 @@ class TritonServer:
                 stdin=subprocess.DEVNULL,
                 env=server_env(self.binary),
                 start_new_session=True,  # Ctrl-C reaches us; we stop Triton in order
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - runs before the gateway starts any thread
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - runs before the gateway starts any thread
             )
 
     def wait_ready(self, timeout: float = 180.0, progress: Callable[[str], None] | None = None) -> None:
