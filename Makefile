@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEIGHTS := model_repository/smollm2/weights/.complete
 
-.PHONY: install protos model run test test-unit test-e2e lint format clean bench
+.PHONY: install protos model redis run test test-unit test-e2e lint format clean bench
 
 install: $(STAMP)
 
@@ -31,6 +31,13 @@ $(STUBS): $(STAMP) $(PROTOS)
 	$(BIN)/python -m gateway.grpcapi.codegen
 	touch $(STUBS)
 
+# the limit-store tests run a real redis-server (Debian's package; installed when missing)
+redis:
+	@command -v redis-server >/dev/null || { \
+		echo "==> installing redis-server (Debian package) for the Redis limit-store tests"; \
+		apt-get install -y -q redis-server >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null; }; }
+
 model: $(WEIGHTS)
 
 $(WEIGHTS): $(STAMP) gateway/embedded/gguf_convert.py
@@ -48,13 +55,13 @@ format: install
 	$(BIN)/ruff format gateway tests perf model_repository
 	$(BIN)/ruff check --fix gateway tests perf model_repository
 
-test-unit: protos
+test-unit: protos redis
 	$(BIN)/pytest tests/unit tests/integration -q
 
 test-e2e: model protos
 	$(BIN)/pytest tests/e2e -q
 
-test: model protos lint
+test: model protos redis lint
 	$(BIN)/pytest -q
 
 # the standard comparison: synthetic upstream, closed-loop sweep, gateway against Triton direct

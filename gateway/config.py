@@ -86,6 +86,10 @@ class GatewayConfig(BaseModel):
     limits_db: Path | None = Field(
         default=None, description="SQLite file for limit state shared by worker processes (--workers sets one)"
     )
+    limits_redis_url: str | None = Field(
+        default=None,
+        description="redis://host:port/db for limit state shared by several machines (wins over limits_db)",
+    )
     models: list[ModelConfig] = Field(default_factory=list, description="empty: the embedded CPU models")
     projects: list[ProjectConfig] = Field(default_factory=list)
     keys: list[KeyConfig] = Field(default_factory=list, description="none: auth is off")

@@ -20,7 +20,7 @@ from gateway.core.models import ModelRegistry
 from gateway.engine.base import Engine
 from gateway.engine.triton import TritonPool
 from gateway.limits.ratelimit import RateLimiter
-from gateway.limits.store import MemoryStore, SqliteStore
+from gateway.limits.store import LimitStore, MemoryStore, RedisStore, SqliteStore
 
 EngineFactory = Callable[[str], Engine]
 
@@ -38,6 +38,20 @@ def _engines(engine_for: EngineFactory | None) -> Callable[[web.Application], As
             await pool.close()
 
     return context
+
+
+async def _limiter(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    store: LimitStore
+    if config.limits_redis_url:
+        store = RedisStore(config.limits_redis_url)
+    elif config.limits_db:
+        store = SqliteStore(config.limits_db)
+    else:
+        store = MemoryStore()
+    app[LIMITER] = RateLimiter(store)
+    yield
+    await app[LIMITER].close()
 
 
 async def _grpc_api(app: web.Application) -> AsyncIterator[None]:
@@ -62,7 +76,7 @@ def create_app(config: GatewayConfig, engine_for: EngineFactory | None = None) -
     )
     app[CONFIG] = config
     app[KEYS] = KeyStore(config)
-    app[LIMITER] = RateLimiter(SqliteStore(config.limits_db) if config.limits_db else MemoryStore())
+    app.cleanup_ctx.append(_limiter)
     app.cleanup_ctx.append(_engines(engine_for))
     app.cleanup_ctx.append(_grpc_api)
     for base in ("/v1", "/{project_id}/v1"):  # the project-scoped path must match the key's project

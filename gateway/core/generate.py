@@ -72,7 +72,7 @@ async def generate(plan: Plan) -> AsyncGenerator[Delta, None]:
         in_flight.dec()
         stats = plan.stats
         if plan.grant is not None:
-            plan.grant.release(stats.prompt_tokens + stats.completion_tokens)
+            await plan.grant.release(stats.prompt_tokens + stats.completion_tokens)
         TOKENS.labels(plan.model.id, plan.project, "input_tokens").inc(stats.prompt_tokens)
         TOKENS.labels(plan.model.id, plan.project, "output_tokens").inc(stats.completion_tokens)
 

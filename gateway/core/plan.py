@@ -74,7 +74,7 @@ async def plan_chat(
     )
     choices = _choices([prompt_ids], n, given.seed)
     plan = Plan(model, new_id("chatcmpl"), choices, sampling, len(prompt_ids), stats, principal.project)
-    return _planned(plan, principal, limiter)
+    return await _planned(plan, principal, limiter)
 
 
 async def plan_completion(
@@ -112,14 +112,14 @@ async def plan_completion(
     prompt_tokens = sum(len(ids) for ids in ids_list)
     choices = _choices(ids_list, n, given.seed)
     plan = Plan(model, new_id("cmpl"), choices, sampling, prompt_tokens, stats, principal.project, echo_texts)
-    return _planned(plan, principal, limiter)
+    return await _planned(plan, principal, limiter)
 
 
-def _planned(plan: Plan, principal: Principal, limiter: RateLimiter | None) -> Plan:
+async def _planned(plan: Plan, principal: Principal, limiter: RateLimiter | None) -> Plan:
     """Admit the plan (429 past a limit; prompt + max_tokens of every choice reserved) and time it."""
     if limiter is not None:
         reserve = plan.prompt_tokens + plan.sampling.max_tokens * len(plan.choices)
-        plan.grant = limiter.acquire(principal, plan.model.id, reserve)
+        plan.grant = await limiter.acquire(principal, plan.model.id, reserve)
     plan.stats.prompt_tokens = plan.prompt_tokens
     plan.stats.dispatched = time.monotonic()
     OVERHEAD.labels(plan.model.id).observe(plan.stats.dispatched - plan.stats.started)

@@ -5,9 +5,9 @@ Token buckets refill continuously up to the per-minute limit. Tokens are reserve
 burst cannot overshoot a budget it only learns about afterwards. Every scope is checked before
 any is charged, so a rejection consumes nothing.
 
-The bucket state lives in a :class:`~gateway.limits.store.LimitStore`: in this process, or in a
-SQLite file every worker process of the machine shares (``--workers``). Each acquire and release
-is one atomic read-modify-write of the scopes it touches.
+The bucket state lives in a :class:`~gateway.limits.store.LimitStore`: in this process, in a
+SQLite file every worker process of the machine shares (``--workers``), or in Redis for several
+machines. Each acquire and release is one atomic read-modify-write of the scopes it touches.
 """
 
 from __future__ import annotations
@@ -81,12 +81,13 @@ class Grant:
     headers: dict[str, str] = field(default_factory=dict)
     released: bool = False
 
-    def release(self, used_tokens: int) -> None:
+    async def release(self, used_tokens: int) -> None:
         if self.released or not self.scopes:
             return
         self.released = True
         now = time.time()
-        with self.store.locked([s.key for s in self.scopes]) as states:
+
+        def settle(states: dict[str, ScopeState]) -> None:
             for scope in self.scopes:
                 state = scope.refill(states.get(scope.key), now)
                 state.in_flight = max(0, state.in_flight - 1)
@@ -94,6 +95,8 @@ class Grant:
                     # give back what was reserved and not used (or charge the excess)
                     state.tokens = min(scope.limits.tokens_per_minute, state.tokens + self.reserved - used_tokens)
                 states[scope.key] = state
+
+        await self.store.transact([s.key for s in self.scopes], settle)
 
 
 class RateLimiter:
@@ -111,24 +114,31 @@ class RateLimiter:
                 scopes.append(Scope(f"{kind}:{owner}:{model}", kind, limits))
         return scopes
 
-    def acquire(self, principal: Principal, model: str, tokens: int) -> Grant:
+    async def acquire(self, principal: Principal, model: str, tokens: int) -> Grant:
         """Admit a request that may use ``tokens`` (prompt + max_tokens), or raise 429."""
         scopes = self._scopes(principal, model)
         if not scopes:
             return Grant(self._store, [], tokens)
         now = time.time()
-        with self._store.locked([s.key for s in scopes]) as states:
+
+        def admit(states: dict[str, ScopeState]) -> dict[str, str]:
             refilled = [(scope, scope.refill(states.get(scope.key), now)) for scope in scopes]
             for scope, state in refilled:
-                states[scope.key] = state  # keep the refill even when refusing
-                _check(scope, state, tokens, principal, model)
+                _check(scope, state, tokens, principal, model)  # raising writes nothing
             for scope, state in refilled:
                 state.in_flight += 1
                 if scope.limits.requests_per_minute:
                     state.requests -= 1
                 if scope.limits.tokens_per_minute:
                     state.tokens -= tokens
-        return Grant(self._store, scopes, tokens, scopes[0].headers(refilled[0][1]))
+                states[scope.key] = state
+            return scopes[0].headers(refilled[0][1])
+
+        headers = await self._store.transact([s.key for s in scopes], admit)
+        return Grant(self._store, scopes, tokens, headers)
+
+    async def close(self) -> None:
+        await self._store.close()
 
 
 def _check(scope: Scope, state: ScopeState, tokens: int, principal: Principal, model: str) -> None:

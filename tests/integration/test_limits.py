@@ -91,3 +91,20 @@ async def test_grpc_resource_exhausted(limited: tuple[TestClient, int]) -> None:
     assert status is not None
     info = error_details_pb2.RetryInfo()
     assert status.details[0].Unpack(info) and info.retry_delay.seconds >= 1
+
+
+async def test_two_gateways_share_limits_through_redis(
+    aiohttp_client: Callable[[web.Application], Awaitable[TestClient]], engine: FakeEngine, redis_url: str
+) -> None:
+    key = RECORD.model_copy(update={"limits": LimitsConfig(requests_per_minute=3)})
+    config = GatewayConfig(
+        grpc_port=None,
+        limits_redis_url=redis_url,
+        models=[ModelConfig(id=MODEL, triton_model="smollm2", tokenizer_dir=WEIGHTS, max_output_tokens=64)],
+        projects=[ProjectConfig(id="team")],
+        keys=[key],
+    )
+    # two gateway apps (as on two machines) over one real redis-server
+    gateways = [await aiohttp_client(create_app(config, lambda url: engine)) for _ in range(2)]
+    statuses = [(await gateways[i % 2].post("/v1/chat/completions", json=CHAT, headers=AUTH)).status for i in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
