@@ -69,6 +69,7 @@ def _account(request: web.Request, status: int) -> None:
             "model": model,
             "project": plan.project,
             "overhead_ms": round((stats.dispatched - stats.started) * 1000, 3),
+            "queue_ms": round(stats.queue_wait * 1000, 3),
             "ttft_ms": round((stats.first_token - stats.started) * 1000, 3) if stats.first_token else None,
             "prompt_tokens": stats.prompt_tokens,
             "completion_tokens": stats.completion_tokens,

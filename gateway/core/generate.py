@@ -51,7 +51,7 @@ async def generate_choice(
         text = state.finish()
         yield Delta(index, text, state.finish_reason, state.completion_tokens)
     except (UpstreamError, UpstreamUnavailable, UpstreamTimeout) as exc:
-        UPSTREAM_ERRORS.labels(model.id, exc.kind.code or "").inc()
+        UPSTREAM_ERRORS.labels(model.id, exc.kind.grpc_status).inc()
         raise
     finally:
         stats.completion_tokens += state.completion_tokens
@@ -64,7 +64,7 @@ async def generate(plan: Plan) -> AsyncGenerator[Delta, None]:
     in_flight.inc()
     LIFECYCLE.begin()
     try:
-        async with plan.model.admission.slot():  # 503 at once when the upstream is saturated
+        async with plan.model.admission.slot(plan.stats):  # 503 at once when the upstream is saturated
             async for delta in _generate(plan):
                 yield delta
     finally:

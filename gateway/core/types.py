@@ -64,6 +64,7 @@ class RequestStats:
     started: float  # the request arrived
     dispatched: float = 0.0  # planning done: the upstream requests are about to be sent
     first_token: float = 0.0  # the first text of any choice
+    queue_wait: float = 0.0  # seconds waiting for an upstream slot (admission)
     prompt_tokens: int = 0
     completion_tokens: int = 0
 

@@ -11,6 +11,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
+from gateway.core.types import RequestStats
 from gateway.errors import Overloaded
 from gateway.observability.metrics import QUEUE_WAIT
 
@@ -26,14 +27,17 @@ class Admission:
         self._freed = asyncio.Condition()
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, stats: RequestStats | None = None) -> AsyncIterator[None]:
         if self._max is None:
             yield
             return
         started = time.monotonic()
         if self._in_flight >= self._max:
             await self._wait()
-        QUEUE_WAIT.labels(self._model).observe(time.monotonic() - started)
+        waited = time.monotonic() - started
+        QUEUE_WAIT.labels(self._model).observe(waited)
+        if stats is not None:
+            stats.queue_wait = waited
         self._in_flight += 1
         try:
             yield

@@ -43,7 +43,9 @@ QUEUE_WAIT = Histogram(
 )
 IN_FLIGHT = Gauge("gateway_requests_in_flight", "Generations running", ["model"], multiprocess_mode="livesum")
 TOKENS = Counter("gateway_tokens_total", "Tokens by model, project and type", ["model", "project", "type"])
-UPSTREAM_ERRORS = Counter("gateway_upstream_errors_total", "Failed upstream calls by error code", ["model", "code"])
+UPSTREAM_ERRORS = Counter(
+    "gateway_upstream_errors_total", "Failed upstream calls by gRPC status", ["model", "grpc_status"]
+)
 RATE_LIMITED = Counter(
     "gateway_rate_limit_rejections_total", "Requests refused by a limit", ["model", "project", "limit"]
 )

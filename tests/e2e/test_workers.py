@@ -35,14 +35,18 @@ async def test_two_workers_share_limits_and_metrics(tmp_path: Path, stack: Stack
     base = f"http://127.0.0.1:{port}"
     wait_http(base + "/ready", proc, 90, log)
     body = {"model": "synthetic", "messages": [{"role": "user", "content": "x"}], "max_tokens": 4}
-    statuses = []
+    statuses, headers = [], []
     for _ in range(9):  # a new connection each time: the kernel spreads them over the workers
         async with (
             aiohttp.ClientSession() as session,
             session.post(base + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}) as r,
         ):
             statuses.append(r.status)
+            headers.append(r.headers)
     assert statuses.count(200) == 5 and statuses.count(429) == 4  # one budget, whichever worker answers
+    assert [h["x-ratelimit-remaining-requests"] for h in headers[:5]] == ["4", "3", "2", "1", "0"]
+    assert all(h["x-ratelimit-limit-requests"] == "5" for h in headers)
+    assert all(int(h["Retry-After"]) >= 1 for h in headers[5:])
     async with aiohttp.ClientSession() as session, session.get(base + "/metrics") as resp:
         text = await resp.text()
     samples = {
