@@ -107,3 +107,15 @@ async def cancelled_after(stack: Stack, triton_request_id: str) -> int:
             return int(found.group(1))
         await asyncio.sleep(0.1)
     pytest.fail(f"the model did not report cancelling {triton_request_id}")
+
+
+def synthetic_upstream(stack: Stack) -> tuple[str, ...]:
+    """Flags for a second gateway serving the stack's synthetic model (nothing launched)."""
+    from tests.conftest import WEIGHTS
+
+    return (
+        "--triton-url", f"127.0.0.1:{stack.triton_grpc_port}",
+        "--triton-model", "synthetic",
+        "--model-id", "synthetic",
+        "--tokenizer-dir", str(WEIGHTS),
+    )  # fmt: skip

@@ -9,8 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import WEIGHTS
-from tests.e2e.conftest import Stack, start_gateway, wait_http
+from tests.e2e.conftest import Stack, start_gateway, synthetic_upstream, wait_http
 from tests.sse import finish_reasons, parse_sse
 
 pytestmark = pytest.mark.e2e
@@ -19,13 +18,7 @@ BODY = {"model": "synthetic", "messages": [{"role": "user", "content": "go"}], "
 
 
 async def test_sigterm_drains_live_streams(tmp_path: Path, stack: Stack) -> None:
-    proc, port, log = start_gateway(
-        tmp_path,
-        "--triton-url", f"127.0.0.1:{stack.triton_grpc_port}",
-        "--triton-model", "synthetic",
-        "--model-id", "synthetic",
-        "--tokenizer-dir", str(WEIGHTS),
-    )  # fmt: skip
+    proc, port, log = start_gateway(tmp_path, *synthetic_upstream(stack))
     base = f"http://127.0.0.1:{port}"
     wait_http(base + "/ready", proc, 60, log)
     async with aiohttp.ClientSession() as session:

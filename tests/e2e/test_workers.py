@@ -10,8 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.auth.keys import new_key
-from tests.conftest import WEIGHTS
-from tests.e2e.conftest import Stack, start_gateway, wait_http
+from tests.e2e.conftest import Stack, start_gateway, synthetic_upstream, wait_http
 
 pytestmark = pytest.mark.e2e
 
@@ -23,15 +22,7 @@ async def test_two_workers_share_limits_and_metrics(tmp_path: Path, stack: Stack
         f'[[projects]]\nid = "team"\n\n[[keys]]\nid = "{record.id}"\nsha256 = "{record.sha256}"\n'
         'project = "team"\n[keys.limits]\nrequests_per_minute = 5\n'
     )
-    proc, port, log = start_gateway(
-        tmp_path,
-        "--workers", "2",
-        "--config", str(config),
-        "--triton-url", f"127.0.0.1:{stack.triton_grpc_port}",
-        "--triton-model", "synthetic",
-        "--model-id", "synthetic",
-        "--tokenizer-dir", str(WEIGHTS),
-    )  # fmt: skip
+    proc, port, log = start_gateway(tmp_path, "--workers", "2", "--config", str(config), *synthetic_upstream(stack))
     base = f"http://127.0.0.1:{port}"
     wait_http(base + "/ready", proc, 90, log)
     body = {"model": "synthetic", "messages": [{"role": "user", "content": "x"}], "max_tokens": 4}
