@@ -68,10 +68,6 @@ class KeyStore:
             )
             self._keys[key.id] = (key, principal)
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._keys)
-
     def authenticate(self, authorization: str | None) -> Principal:
         """The caller of an ``Authorization: Bearer ...`` header; 401 when missing or wrong."""
         if not self._keys:

@@ -64,13 +64,6 @@ class TritonClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def server_ready(self) -> bool:
-        try:
-            resp = await self._stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=self.timeout)
-        except grpc.aio.AioRpcError:
-            return False
-        return bool(resp.ready)
-
     async def model_ready(self, model: str) -> bool:
         try:
             resp = await self._stub.ModelReady(service_pb2.ModelReadyRequest(name=model), timeout=self.timeout)

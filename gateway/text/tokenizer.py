@@ -57,10 +57,6 @@ class Tokenizer:
             self._template = env.from_string(template)
 
     @property
-    def has_chat_template(self) -> bool:
-        return self._template is not None
-
-    @property
     def vocab_size(self) -> int:
         return int(self._tok.get_vocab_size(with_added_tokens=True))
 
