@@ -4,16 +4,51 @@ Which optional inputs a model takes is read from its config over gRPC (:class:`M
 never assumed: a sampling parameter whose tensor the model lacks is rejected before any request
 reaches Triton. Tensors go as ``raw_input_contents`` (little-endian bytes); token ids come back
 through a ``memoryview`` cast, no numpy on the per-token path.
+
+Names and datatypes are those of TensorRT-LLM 1.x
+(``triton_backend/all_models/inflight_batcher_llm/tensorrt_llm/config.pbtxt``); the names older
+releases used (0.19 and older, in tensorrtllm_backend's ``all_models``) are mapped by :data:`LEGACY_NAMES`.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from tritonclient.grpc import model_config_pb2, service_pb2
 
 from gateway.core.types import SamplingParams
+
+
+class TensorSpec(NamedTuple):
+    datatype: str  # KServe v2 datatype, as sent on the wire
+    code: str  # struct format character of one element
+
+
+# Every input tensor the gateway can send, and how. build_request packs through this table alone,
+# and a model whose config declares one of these with another datatype is refused (from_config).
+INPUT_TENSORS: dict[str, TensorSpec] = {
+    "input_ids": TensorSpec("INT32", "i"),
+    "input_lengths": TensorSpec("INT32", "i"),
+    "request_output_len": TensorSpec("INT32", "i"),
+    "streaming": TensorSpec("BOOL", "?"),
+    "exclude_input_in_output": TensorSpec("BOOL", "?"),
+    "end_id": TensorSpec("INT32", "i"),
+    "pad_id": TensorSpec("INT32", "i"),
+    "temperature": TensorSpec("FP32", "f"),
+    "runtime_top_k": TensorSpec("INT32", "i"),
+    "runtime_top_p": TensorSpec("FP32", "f"),
+    "seed": TensorSpec("UINT64", "Q"),
+    "min_tokens": TensorSpec("INT32", "i"),
+    "presence_penalty": TensorSpec("FP32", "f"),
+    "frequency_penalty": TensorSpec("FP32", "f"),
+}
+# The outputs the gateway reads (parse_tokens), all INT32.
+OUTPUT_TENSORS: dict[str, str] = {"output_ids": "INT32", "sequence_length": "INT32"}
+# TensorRT-LLM <= 0.19 name -> the name the gateway uses (0.20 on; same datatype and meaning)
+LEGACY_NAMES: dict[str, str] = {"random_seed": "seed", "min_length": "min_tokens"}
 
 # OpenAI-level parameter -> the optional input tensor that carries it
 PARAM_TENSORS: dict[str, str] = {
@@ -35,29 +70,50 @@ class ContractError(ValueError):
     """The model's config does not carry the token contract the gateway speaks."""
 
 
+def kserve_datatype(data_type: int) -> str:
+    """A config's ``TYPE_INT32`` as the wire's ``INT32`` (``TYPE_STRING`` is ``BYTES``)."""
+    name = model_config_pb2.DataType.Name(data_type).removeprefix("TYPE_")
+    return "BYTES" if name == "STRING" else name
+
+
 @dataclass(frozen=True, slots=True)
 class ModelContract:
     """What one Triton model accepts, read from its ``config.pbtxt`` over gRPC."""
 
     name: str
-    inputs: frozenset[str]
+    inputs: frozenset[str]  # the gateway's names: a legacy name is listed under its current one
     outputs: frozenset[str]
     batched: bool  # max_batch_size > 0: every tensor has a leading batch dimension
     decoupled: bool
+    # gateway name -> the model's own name, where a legacy config differs
+    renamed: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_config(cls, config: model_config_pb2.ModelConfig) -> ModelContract:
-        inputs = frozenset(i.name for i in config.input)
-        outputs = frozenset(o.name for o in config.output)
+        declared = {i.name: i for i in config.input}
+        renamed = {new: old for old, new in LEGACY_NAMES.items() if old in declared and new not in declared}
+        inputs = (declared.keys() - renamed.values()) | renamed.keys()
+        outputs = {o.name: o for o in config.output}
         missing = [n for n in REQUIRED_INPUTS if n not in inputs] + [n for n in REQUIRED_OUTPUTS if n not in outputs]
         if missing:
             raise ContractError(f"model {config.name!r} lacks the token contract's tensors: {', '.join(missing)}")
+        wrong: list[str] = []
+        for name, spec in INPUT_TENSORS.items():
+            own = renamed.get(name, name)
+            if own in declared and (dtype := kserve_datatype(declared[own].data_type)) != spec.datatype:
+                wrong.append(f"input {own} is {dtype}, not {spec.datatype}")
+        for name, expected in OUTPUT_TENSORS.items():
+            if name in outputs and (dtype := kserve_datatype(outputs[name].data_type)) != expected:
+                wrong.append(f"output {name} is {dtype}, not {expected}")
+        if wrong:
+            raise ContractError(f"model {config.name!r} declares the token contract's tensors as: {'; '.join(wrong)}")
         return cls(
             name=config.name,
-            inputs=inputs,
-            outputs=outputs,
+            inputs=frozenset(inputs),
+            outputs=frozenset(outputs),
             batched=config.max_batch_size > 0,
             decoupled=config.model_transaction_policy.decoupled,
+            renamed=renamed,
         )
 
     def supports(self, param: str) -> bool:
@@ -65,12 +121,28 @@ class ModelContract:
         return tensor is None or tensor in self.inputs
 
 
-def _tensor(request: service_pb2.ModelInferRequest, name: str, dtype: str, shape: list[int], raw: bytes) -> None:
-    tensor = request.inputs.add()
-    tensor.name = name
-    tensor.datatype = dtype
-    tensor.shape.extend(shape)
-    request.raw_input_contents.append(raw)
+class _Request:
+    """One ModelInferRequest under construction: each tensor packed as INPUT_TENSORS says."""
+
+    __slots__ = ("batch", "contract", "req")
+
+    def __init__(self, contract: ModelContract, request_id: str) -> None:
+        self.contract = contract
+        self.req = service_pb2.ModelInferRequest(model_name=contract.name, id=request_id)
+        self.batch = [1] if contract.batched else []
+
+    def add(self, name: str, values: Sequence[float], shape: list[int] | None = None) -> None:
+        spec = INPUT_TENSORS[name]
+        tensor = self.req.inputs.add()
+        tensor.name = self.contract.renamed.get(name, name)
+        tensor.datatype = spec.datatype
+        tensor.shape.extend([*self.batch, *(shape if shape is not None else [1])])
+        self.req.raw_input_contents.append(struct.pack(f"<{len(values)}{spec.code}", *values))
+
+    def scalar(self, name: str, value: float) -> None:
+        """An optional per-request value: sent only when the model declares the tensor."""
+        if name in self.contract.inputs:
+            self.add(name, [value])
 
 
 def build_request(
@@ -82,46 +154,38 @@ def build_request(
     pad_id: int | None,
 ) -> service_pb2.ModelInferRequest:
     """A streaming ModelInferRequest for one sequence."""
-    req = service_pb2.ModelInferRequest(model_name=contract.name, id=request_id)
-    req.parameters["triton_enable_empty_final_response"].bool_param = True
-    b = [1] if contract.batched else []
-    one = [*b, 1]
-    inputs = contract.inputs
-    _tensor(req, "input_ids", "INT32", [*b, len(prompt_ids)], struct.pack(f"<{len(prompt_ids)}i", *prompt_ids))
-    _tensor(req, "input_lengths", "INT32", one, struct.pack("<i", len(prompt_ids)))
-    _tensor(req, "request_output_len", "INT32", one, struct.pack("<i", sampling.max_tokens))
-    if "streaming" in inputs:
-        _tensor(req, "streaming", "BOOL", one, b"\x01")
-    if "exclude_input_in_output" in inputs:
-        _tensor(req, "exclude_input_in_output", "BOOL", one, b"\x01")
-    if end_id is not None and "end_id" in inputs:
-        _tensor(req, "end_id", "INT32", one, struct.pack("<i", end_id))
-    if pad_id is not None and "pad_id" in inputs:
-        _tensor(req, "pad_id", "INT32", one, struct.pack("<i", pad_id))
+    r = _Request(contract, request_id)
+    r.req.parameters["triton_enable_empty_final_response"].bool_param = True
+    r.add("input_ids", prompt_ids, [len(prompt_ids)])
+    r.add("input_lengths", [len(prompt_ids)])
+    r.add("request_output_len", [sampling.max_tokens])
+    r.scalar("streaming", True)
+    r.scalar("exclude_input_in_output", True)
+    if end_id is not None:
+        r.scalar("end_id", end_id)
+    if pad_id is not None:
+        r.scalar("pad_id", pad_id)
     if sampling.greedy:
-        if "runtime_top_k" in inputs:
-            _tensor(req, "runtime_top_k", "INT32", one, struct.pack("<i", 1))
+        r.scalar("runtime_top_k", 1)
     else:
-        if "temperature" in inputs:
-            _tensor(req, "temperature", "FP32", one, struct.pack("<f", sampling.temperature))
-        if sampling.top_k and "runtime_top_k" in inputs:
-            _tensor(req, "runtime_top_k", "INT32", one, struct.pack("<i", sampling.top_k))
-        if sampling.top_p < 1.0 and "runtime_top_p" in inputs:
-            _tensor(req, "runtime_top_p", "FP32", one, struct.pack("<f", sampling.top_p))
-        if sampling.seed is not None and "seed" in inputs:
-            _tensor(req, "seed", "UINT64", one, struct.pack("<Q", sampling.seed % (1 << 64)))
+        r.scalar("temperature", sampling.temperature)
+        if sampling.top_k:
+            r.scalar("runtime_top_k", sampling.top_k)
+        if sampling.top_p < 1.0:
+            r.scalar("runtime_top_p", sampling.top_p)
+        if sampling.seed is not None:
+            r.scalar("seed", sampling.seed % (1 << 64))
     min_tokens = sampling.max_tokens if sampling.ignore_eos else sampling.min_tokens
-    if min_tokens and "min_tokens" in inputs:
-        _tensor(req, "min_tokens", "INT32", one, struct.pack("<i", min_tokens))
-    if sampling.presence_penalty and "presence_penalty" in inputs:
-        _tensor(req, "presence_penalty", "FP32", one, struct.pack("<f", sampling.presence_penalty))
-    if sampling.frequency_penalty and "frequency_penalty" in inputs:
-        _tensor(req, "frequency_penalty", "FP32", one, struct.pack("<f", sampling.frequency_penalty))
-    out = req.outputs.add()
-    out.name = "output_ids"
+    if min_tokens:
+        r.scalar("min_tokens", min_tokens)
+    if sampling.presence_penalty:
+        r.scalar("presence_penalty", sampling.presence_penalty)
+    if sampling.frequency_penalty:
+        r.scalar("frequency_penalty", sampling.frequency_penalty)
+    r.req.outputs.add().name = "output_ids"
     if "sequence_length" in contract.outputs:
-        req.outputs.add().name = "sequence_length"
-    return req
+        r.req.outputs.add().name = "sequence_length"
+    return r.req
 
 
 def parse_tokens(response: service_pb2.ModelInferResponse) -> list[int]:

@@ -8,7 +8,15 @@ import pytest
 from tritonclient.grpc import model_config_pb2, service_pb2
 
 from gateway.core.types import SamplingParams
-from gateway.engine.contract import ContractError, ModelContract, build_request, is_final, parse_tokens
+from gateway.engine.contract import (
+    ContractError,
+    ModelContract,
+    build_request,
+    is_final,
+    kserve_datatype,
+    parse_tokens,
+)
+from tests.conftest import read_model_config
 
 
 def tensors(req: service_pb2.ModelInferRequest) -> dict[str, tuple[str, list[int], bytes]]:
@@ -30,6 +38,46 @@ def test_config_without_token_contract_is_rejected() -> None:
     config.output.add(name="text_output")
     with pytest.raises(ContractError, match="input_ids"):
         ModelContract.from_config(config)
+
+
+def test_config_typing_a_tensor_otherwise_is_rejected() -> None:
+    config = read_model_config("smollm2")
+    next(i for i in config.input if i.name == "seed").data_type = model_config_pb2.TYPE_INT64
+    next(o for o in config.output if o.name == "output_ids").data_type = model_config_pb2.TYPE_INT64
+    with pytest.raises(ContractError, match="input seed is INT64, not UINT64; output output_ids is INT64, not INT32"):
+        ModelContract.from_config(config)
+
+
+def test_kserve_datatype() -> None:
+    assert kserve_datatype(model_config_pb2.TYPE_FP32) == "FP32"
+    assert kserve_datatype(model_config_pb2.TYPE_BOOL) == "BOOL"
+    assert kserve_datatype(model_config_pb2.TYPE_STRING) == "BYTES"
+
+
+def test_legacy_tensor_names_are_sent_as_the_model_names_them() -> None:
+    """TensorRT-LLM <= 0.19 calls seed `random_seed` and min_tokens `min_length`."""
+    config = read_model_config("tensorrt_llm")
+    for tensor in config.input:
+        tensor.name = {"seed": "random_seed", "min_tokens": "min_length"}.get(tensor.name, tensor.name)
+    contract = ModelContract.from_config(config)
+    assert {"seed", "min_tokens"} <= contract.inputs and not {"random_seed", "min_length"} & contract.inputs
+    assert contract.supports("seed") and contract.supports("ignore_eos")
+    sampling = SamplingParams(max_tokens=4, temperature=0.5, seed=3, min_tokens=2)
+    t = tensors(build_request(contract, "r", [1], sampling, None, None))
+    assert t["random_seed"] == ("UINT64", [1, 1], struct.pack("<Q", 3))
+    assert t["min_length"] == ("INT32", [1, 1], struct.pack("<i", 2))
+    assert "seed" not in t and "min_tokens" not in t
+    # a config with both names is a current one: its own names win
+    config.input.add(name="seed", data_type=model_config_pb2.TYPE_UINT64, dims=[1], optional=True)
+    assert "seed" in tensors(build_request(ModelContract.from_config(config), "r", [1], sampling, None, None))
+
+
+def test_unbatched_model_gets_no_batch_dimension() -> None:
+    config = read_model_config("smollm2")
+    config.max_batch_size = 0
+    t = tensors(build_request(ModelContract.from_config(config), "r", [5, 6], SamplingParams(max_tokens=3), 2, None))
+    assert t["input_ids"] == ("INT32", [2], struct.pack("<2i", 5, 6))
+    assert t["request_output_len"] == ("INT32", [1], struct.pack("<i", 3))
 
 
 def test_greedy_request_tensors(contract: ModelContract) -> None:
