@@ -17,7 +17,16 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from gateway.config import REPO_ROOT, ConfigError, GatewayConfig, ModelConfig, embedded_models, env, load_config
+from gateway.config import (
+    EMBEDDED_TRITON_MODELS,
+    REPO_ROOT,
+    ConfigError,
+    GatewayConfig,
+    ModelConfig,
+    embedded_models,
+    env,
+    load_config,
+)
 from gateway.embedded.gguf_convert import prepare
 from gateway.embedded.tritonserver import TritonLaunchError, TritonPorts, TritonServer
 from gateway.workers import supervise
@@ -55,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="start the gateway (and, by default, an embedded CPU Triton)")
     serve.add_argument("--config", type=Path, default=os.environ.get("GATEWAY_CONFIG"), help="a TOML file")
+    serve.add_argument(
+        "--keys-file", type=Path, default=os.environ.get("GATEWAY_KEYS_FILE"), help="a TOML file of [[keys]]"
+    )
     serve.add_argument("--host", default=os.environ.get("GATEWAY_HOST"), help="default 127.0.0.1")
     serve.add_argument("--port", type=int, default=_env_int("GATEWAY_PORT"), help="default 8080")
     serve.add_argument("--grpc-host", default=os.environ.get("GATEWAY_GRPC_HOST"), help="default 127.0.0.1")
@@ -102,6 +114,7 @@ def _load(args: argparse.Namespace) -> tuple[GatewayConfig, TritonServer | None]
         "grpc_host": args.grpc_host,
         "grpc_port": args.grpc_port,
         "max_body_bytes": args.max_body_bytes,
+        "keys_file": args.keys_file,
     }
     config = load_config(args.config, overrides)
     if args.no_grpc:
@@ -122,7 +135,10 @@ def _load(args: argparse.Namespace) -> tuple[GatewayConfig, TritonServer | None]
         return config.model_copy(update={"models": [model]}), None
     prepare_default_model(args.model_repository)
     ports = TritonPorts(args.triton_http_port, args.triton_grpc_port, args.triton_metrics_port)
-    triton = TritonServer(args.model_repository, args.cache_dir, ports, binary=args.tritonserver)
+    # explicit loading: the repository also holds GPU-only models (tensorrt_llm) a CPU Triton cannot load
+    triton = TritonServer(
+        args.model_repository, args.cache_dir, ports, binary=args.tritonserver, models=EMBEDDED_TRITON_MODELS
+    )
     models = embedded_models(triton.grpc_url, args.model_repository, args.default_max_tokens)
     return config.model_copy(update={"models": models}), triton
 

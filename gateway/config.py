@@ -18,6 +18,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 DEFAULT_TRITON_MODEL = "smollm2"
 SYNTHETIC_MODEL_ID = "synthetic"
+SYNTHETIC_TRITON_MODEL = "synthetic"
+# OpenAI id -> Triton model, of the embedded CPU Triton (the only models it loads)
+EMBEDDED_MODELS = {DEFAULT_MODEL_ID: DEFAULT_TRITON_MODEL, SYNTHETIC_MODEL_ID: SYNTHETIC_TRITON_MODEL}
+EMBEDDED_TRITON_MODELS = tuple(EMBEDDED_MODELS.values())
 
 
 class ModelConfig(BaseModel):
@@ -26,7 +30,12 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(description="the OpenAI `model` name clients send")
-    triton_url: str = Field(default="127.0.0.1:8001", description="Triton gRPC host:port")
+    triton_url: str | None = Field(default=None, description="Triton gRPC host:port (one server)")
+    triton_urls: list[str] = Field(
+        default_factory=list,
+        description="several Triton servers serving this model: each request goes to the healthy one with the"
+        " fewest requests in flight",
+    )
     triton_model: str = Field(description="model name in Triton's repository")
     tokenizer_dir: Path = Field(description="directory with tokenizer.json and tokenizer_config.json")
     context_length: int | None = Field(
@@ -38,6 +47,19 @@ class ModelConfig(BaseModel):
     max_in_flight: int | None = Field(default=None, ge=1, description="requests sent upstream at once (unset: no cap)")
     max_queue: int = Field(default=0, ge=0, description="requests that may wait for a slot; more get 503")
     queue_timeout: float = Field(default=5.0, gt=0, description="seconds a request may wait for a slot")
+
+    @model_validator(mode="after")
+    def _one_way_to_name_upstreams(self) -> ModelConfig:
+        if self.triton_url and self.triton_urls:
+            raise ValueError("set triton_url or triton_urls, not both")
+        if len(set(self.triton_urls)) != len(self.triton_urls):
+            raise ValueError("triton_urls: a server is listed twice")
+        return self
+
+    @property
+    def upstreams(self) -> list[str]:
+        """The Triton servers of this model (default: 127.0.0.1:8001)."""
+        return self.triton_urls or [self.triton_url or "127.0.0.1:8001"]
 
 
 class LimitsConfig(BaseModel):
@@ -80,6 +102,12 @@ class GatewayConfig(BaseModel):
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
     triton_timeout: float = Field(default=5.0, gt=0, description="seconds for Triton health/config calls")
+    health_check_interval: float = Field(
+        default=2.0, gt=0, description="seconds between active health checks of each upstream (server + model ready)"
+    )
+    eject_after_failures: int = Field(
+        default=3, ge=1, description="consecutive failed requests that take an upstream out until it checks healthy"
+    )
     grpc_host: str = Field(default="127.0.0.1", description="the gRPC API's listen address")
     grpc_port: int | None = Field(default=50051, ge=0, le=65535, description="None: no gRPC API")
     drain_timeout: float = Field(default=30.0, ge=0, description="SIGTERM: seconds in-flight requests may finish")
@@ -93,6 +121,9 @@ class GatewayConfig(BaseModel):
     models: list[ModelConfig] = Field(default_factory=list, description="empty: the embedded CPU models")
     projects: list[ProjectConfig] = Field(default_factory=list)
     keys: list[KeyConfig] = Field(default_factory=list, description="none: auth is off")
+    keys_file: Path | None = Field(
+        default=None, description="a TOML file whose [[keys]] are added to these (e.g. a mounted Kubernetes Secret)"
+    )
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:
@@ -123,6 +154,15 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> GatewayConfig:
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
     data.update({k: v for k, v in overrides.items() if v is not None})
+    keys_file = data.get("keys_file")
+    if keys_file:
+        try:
+            extra = tomllib.loads(Path(keys_file).read_text()).get("keys", [])
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"keys_file {keys_file}: {exc}") from None
+        if not isinstance(extra, list):
+            raise ConfigError(f"keys_file {keys_file}: keys must be an array of tables ([[keys]])")
+        data["keys"] = [*data.get("keys", []), *extra]
     try:
         return GatewayConfig.model_validate(data)
     except ValidationError as exc:
@@ -142,7 +182,7 @@ def embedded_models(triton_url: str, model_repository: Path, default_max_tokens:
             tokenizer_dir=tokenizer_dir,
             default_max_tokens=default_max_tokens,
         )
-        for model_id, triton_model in ((DEFAULT_MODEL_ID, DEFAULT_TRITON_MODEL), (SYNTHETIC_MODEL_ID, "synthetic"))
+        for model_id, triton_model in EMBEDDED_MODELS.items()
     ]
 
 

@@ -127,6 +127,13 @@ class UpstreamError(GatewayError):
     kind = ErrorKind(502, "upstream_error", "upstream_error", "INTERNAL")
 
 
+class UpstreamInterrupted(UpstreamError):
+    """The call broke inside Triton or on the wire (gRPC INTERNAL, UNKNOWN, ABORTED, DATA_LOSS), as when
+    a server or its model process dies mid-call: not an answer about this request, so it may be retried."""
+
+    kind = ErrorKind(502, "upstream_error", "upstream_error", "INTERNAL")
+
+
 class InternalError(GatewayError):
     kind = ErrorKind(500, "internal_error", "internal_error", "INTERNAL")
 
@@ -151,6 +158,7 @@ ERROR_TABLE: dict[type[GatewayError], ErrorKind] = {
         ShuttingDown,
         UpstreamTimeout,
         UpstreamError,
+        UpstreamInterrupted,
         InternalError,
     )
 }

@@ -32,8 +32,13 @@ def _engines(engine_for: EngineFactory | None) -> Callable[[web.Application], As
         if factory is None:
             pool = TritonPool(app[CONFIG].triton_timeout)
             factory = pool.client
-        app[REGISTRY] = ModelRegistry(app[CONFIG].models, factory)
+        config = app[CONFIG]
+        registry = app[REGISTRY] = ModelRegistry(
+            config.models, factory, config.health_check_interval, config.eject_after_failures
+        )
+        registry.start()
         yield
+        await registry.close()
         if pool is not None:
             await pool.close()
 

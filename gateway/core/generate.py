@@ -28,12 +28,11 @@ async def generate_choice(
     """Deltas of one choice; the last one carries the finish reason."""
     if choice.seed is not None and choice.seed != sampling.seed:
         sampling = dataclasses.replace(sampling, seed=choice.seed)
-    contract = await model.contract()
     tokenizer = model.tokenizer
     state = StreamState(tokenizer, sampling.max_tokens, sampling.stop, sampling.ignore_eos)
     request = GenerateRequest(f"{request_id}-{choice.index}", choice.prompt_ids, sampling)
     end_id = -1 if sampling.ignore_eos else tokenizer.eos_token_id
-    tokens = model.client.generate(contract, request, end_id, tokenizer.pad_token_id)
+    tokens = model.upstreams.generate(request, end_id, tokenizer.pad_token_id)
     index = choice.index
     observer = ChoiceObserver(model.id, stats.started)
     try:

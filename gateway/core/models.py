@@ -10,6 +10,7 @@ from gateway.auth.keys import Principal
 from gateway.config import ModelConfig
 from gateway.engine.base import Engine
 from gateway.engine.contract import ModelContract
+from gateway.engine.upstreams import UpstreamGroup
 from gateway.errors import ModelNotFound
 from gateway.limits.admission import Admission
 from gateway.text.tokenizer import Tokenizer
@@ -19,7 +20,7 @@ from gateway.text.tokenizer import Tokenizer
 class ServedModel:
     config: ModelConfig
     tokenizer: Tokenizer
-    client: Engine
+    upstreams: UpstreamGroup
     context_length: int
     created: int
     admission: Admission
@@ -29,14 +30,20 @@ class ServedModel:
         return self.config.id
 
     async def contract(self) -> ModelContract:
-        return await self.client.contract(self.config.triton_model)
+        return await self.upstreams.contract()
 
     async def ready(self) -> bool:
-        return await self.client.model_ready(self.config.triton_model)
+        return await self.upstreams.ready()
 
 
 class ModelRegistry:
-    def __init__(self, configs: list[ModelConfig], engine_for: Callable[[str], Engine]) -> None:
+    def __init__(
+        self,
+        configs: list[ModelConfig],
+        engine_for: Callable[[str], Engine],
+        health_check_interval: float = 2.0,
+        eject_after_failures: int = 3,
+    ) -> None:
         """``engine_for`` gives the engine of a Triton URL (one shared client per server)."""
         self._models: dict[str, ServedModel] = {}
         created = int(time.time())
@@ -44,7 +51,18 @@ class ModelRegistry:
             tokenizer = Tokenizer(cfg.tokenizer_dir)
             context = cfg.context_length or tokenizer.model_max_length or 2048
             admission = Admission(cfg.id, cfg.max_in_flight, cfg.max_queue, cfg.queue_timeout)
-            self._models[cfg.id] = ServedModel(cfg, tokenizer, engine_for(cfg.triton_url), context, created, admission)
+            engines = [engine_for(url) for url in cfg.upstreams]
+            group = UpstreamGroup(cfg.id, cfg.triton_model, engines, health_check_interval, eject_after_failures)
+            self._models[cfg.id] = ServedModel(cfg, tokenizer, group, context, created, admission)
+
+    def start(self) -> None:
+        """Start the upstreams' health checks (in the running event loop)."""
+        for model in self._models.values():
+            model.upstreams.start()
+
+    async def close(self) -> None:
+        for model in self._models.values():
+            await model.upstreams.close()
 
     def get(self, model_id: str, principal: Principal) -> ServedModel:
         """The model, if it exists (404) and the caller may use it (403)."""

@@ -11,6 +11,7 @@ launcher dies (``PR_SET_PDEATHSIG``), and stopped with SIGTERM then SIGKILL on :
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.procutil import die_with_parent
+from gateway.procutil import launch_dying_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +120,16 @@ class TritonServer:
         binary: str | None = None,
         host: str = "127.0.0.1",
         extra_args: tuple[str, ...] = (),
+        models: tuple[str, ...] = (),
     ) -> None:
+        """``models``: load only these (explicit model control); empty: every model in the repository."""
         self.model_repository = model_repository.resolve()
         self.cache_dir = cache_dir
         self.ports = ports
         self.host = host
         self.binary = find_tritonserver(binary)
         self.extra_args = extra_args
+        self.models = models
         self.log_path = cache_dir / "tritonserver.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -151,13 +155,19 @@ class TritonServer:
             "--allow-cpu-metrics=false",
             "--allow-gpu-metrics=false",
             "--exit-timeout-secs=5",
+            *self._model_control(),
             *self.extra_args,
         ]
+
+    def _model_control(self) -> list[str]:
+        if not self.models:
+            return []
+        return ["--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models)]
 
     def start(self) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         backends = assemble_backends(self.binary, self.cache_dir)
-        cmd = self.command(backends)
+        cmd, preexec = launch_dying_with_parent(self.command(backends))
         log.info("starting tritonserver: %s", " ".join(cmd))
         with open(self.log_path, "wb") as log_file:
             self._proc = subprocess.Popen(
@@ -167,7 +177,7 @@ class TritonServer:
                 stdin=subprocess.DEVNULL,
                 env=server_env(self.binary),
                 start_new_session=True,  # Ctrl-C reaches us; we stop Triton in order
-                preexec_fn=die_with_parent,  # noqa: PLW1509 - runs before the gateway starts any thread
+                preexec_fn=preexec,  # noqa: PLW1509 - only without setpriv, before the gateway starts threads
             )
 
     def wait_ready(self, timeout: float = 180.0, progress: Callable[[str], None] | None = None) -> None:
@@ -208,6 +218,15 @@ class TritonServer:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL Triton and its model processes at once, as a crash would (no drain); start() may follow."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
     def stop(self, timeout: float = 15.0) -> None:
         proc, self._proc = self._proc, None

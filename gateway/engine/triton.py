@@ -17,7 +17,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from gateway.core.types import GenerateRequest
 from gateway.engine.contract import ContractError, ModelContract, build_request, is_final, parse_tokens
-from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import GatewayError, UpstreamError, UpstreamInterrupted, UpstreamTimeout, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,18 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
+    # a restarted server is used again within seconds, however long it was gone
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 _UNAVAILABLE_MARKERS = ("unknown model", "is not ready", "not found", "unavailable")
+_INTERRUPTED = (
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.DATA_LOSS,
+)
 
 
 def translate_rpc_error(exc: grpc.aio.AioRpcError, url: str) -> GatewayError:
@@ -41,6 +51,8 @@ def translate_rpc_error(exc: grpc.aio.AioRpcError, url: str) -> GatewayError:
         return UpstreamTimeout(f"Triton at {url} did not answer in time")
     if code == grpc.StatusCode.NOT_FOUND:
         return UpstreamUnavailable(f"Triton at {url}: {detail}")
+    if code in _INTERRUPTED:
+        return UpstreamInterrupted(f"Triton at {url} broke off the request ({code.name}): {detail}")
     return UpstreamError(f"Triton at {url} failed the request ({code.name}): {detail}")
 
 
@@ -65,7 +77,11 @@ class TritonClient:
         await self._channel.close()
 
     async def model_ready(self, model: str) -> bool:
+        """The server is ready (not starting or shutting down) and so is the model."""
         try:
+            server = await self._stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=self.timeout)
+            if not server.ready:
+                return False
             resp = await self._stub.ModelReady(service_pb2.ModelReadyRequest(name=model), timeout=self.timeout)
         except grpc.aio.AioRpcError:
             return False

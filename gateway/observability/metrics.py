@@ -49,6 +49,30 @@ UPSTREAM_ERRORS = Counter(
 RATE_LIMITED = Counter(
     "gateway_rate_limit_rejections_total", "Requests refused by a limit", ["model", "project", "limit"]
 )
+UPSTREAM_HEALTHY = Gauge(
+    "gateway_upstream_healthy",
+    "1 while a Triton server passes its health checks and is not ejected",
+    ["model", "upstream"],
+    multiprocess_mode="livemin",
+)
+UPSTREAM_IN_FLIGHT = Gauge(
+    "gateway_upstream_requests_in_flight",
+    "Requests running on a Triton server",
+    ["model", "upstream"],
+    multiprocess_mode="livesum",
+)
+UPSTREAM_REQUESTS = Counter(
+    "gateway_upstream_requests_total", "Requests sent to a Triton server (retries included)", ["model", "upstream"]
+)
+UPSTREAM_FAILURES = Counter(
+    "gateway_upstream_failures_total", "Requests a Triton server failed (unavailable, timed out)", ["model", "upstream"]
+)
+UPSTREAM_EJECTIONS = Counter(
+    "gateway_upstream_ejections_total", "Times a Triton server was taken out after failures", ["model", "upstream"]
+)
+UPSTREAM_RETRIES = Counter(
+    "gateway_upstream_retries_total", "Requests retried on another Triton server before their first token", ["model"]
+)
 DISCONNECTS = Counter("gateway_client_disconnects_total", "Clients gone before their response ended", ["model"])
 
 

@@ -7,26 +7,26 @@ from collections.abc import AsyncGenerator
 
 from gateway.core.types import GenerateRequest
 from gateway.engine.contract import ModelContract
-from gateway.errors import UpstreamError, UpstreamUnavailable
+from gateway.errors import GatewayError, UpstreamError, UpstreamUnavailable
 
 
 class FakeEngine:
     """Streams a fixed token script (one list per response), honouring request_output_len."""
 
-    url = "fake:0"
-
-    def __init__(self, contract: ModelContract, script: list[list[int]]) -> None:
+    def __init__(self, contract: ModelContract, script: list[list[int]], url: str = "fake:0") -> None:
+        self.url = url
         self._contract = contract
         self.script = script
         self.unavailable = False
         self.fail_after: int | None = None  # responses before an upstream error
+        self.fail_with: type[GatewayError] = UpstreamError
         self.delay = 0.0
         self.requests: list[GenerateRequest] = []
         self.closed = 0  # streams closed, finished or cancelled
 
     async def contract(self, model: str) -> ModelContract:
         if self.unavailable:
-            raise UpstreamUnavailable("Triton at fake:0 is unavailable")
+            raise UpstreamUnavailable(f"Triton at {self.url} is unavailable")
         return self._contract
 
     async def generate(
@@ -36,10 +36,10 @@ class FakeEngine:
         sent = 0
         try:
             if self.unavailable:
-                raise UpstreamUnavailable("Triton at fake:0 is unavailable")
+                raise UpstreamUnavailable(f"Triton at {self.url} is unavailable")
             for i, step in enumerate(self.script):
                 if self.fail_after is not None and i >= self.fail_after:
-                    raise UpstreamError("upstream model error: boom")
+                    raise self.fail_with("upstream failed mid-stream: boom")
                 ids = step[: request.sampling.max_tokens - sent]
                 if not ids:
                     return

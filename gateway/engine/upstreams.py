@@ -1,0 +1,258 @@
+"""One model on several Triton servers: where each request goes, and what happens when a server fails.
+
+- **Routing**: the available upstream with the fewest requests in flight; ties rotate.
+- **Active health**: every ``interval`` seconds each upstream is asked whether the server and the model
+  are ready (gRPC ServerReady + ModelReady); the answer marks it healthy or not.
+- **Passive ejection**: ``eject_after`` consecutive failed requests (unavailable, broken off, timed
+  out) take an upstream out at once and trigger a check; it comes back when a check begun after the
+  ejection passes.
+- **Retry**: a request whose upstream is unavailable, or breaks the call off (the server or its model
+  process died), before its first token is retried once on another upstream. After the first token it
+  is not (the client already has output): the error reaches the client as an in-band error event.
+  Answers about the request itself (a model error, a bad argument) are neither retried nor held
+  against the server.
+
+When no upstream is available every one is still tried: a wrong health verdict must not take a model
+down. Per request this costs a scan of a short list and two gauge updates; nothing per token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, Collection
+
+from gateway.core.types import GenerateRequest
+from gateway.engine.base import Engine
+from gateway.engine.contract import ModelContract
+from gateway.errors import UpstreamInterrupted, UpstreamTimeout, UpstreamUnavailable
+from gateway.observability.metrics import (
+    UPSTREAM_EJECTIONS,
+    UPSTREAM_FAILURES,
+    UPSTREAM_HEALTHY,
+    UPSTREAM_IN_FLIGHT,
+    UPSTREAM_REQUESTS,
+    UPSTREAM_RETRIES,
+)
+
+log = logging.getLogger(__name__)
+
+_MIN_CHECK_GAP = 0.1  # seconds between checks triggered by failures
+
+
+class Upstream:
+    """One Triton server as seen by one model: load, health and its metric children."""
+
+    __slots__ = (
+        "_healthy_gauge",
+        "_in_flight_gauge",
+        "_requests",
+        "ejected_at",
+        "engine",
+        "failures",
+        "healthy",
+        "in_flight",
+    )
+
+    def __init__(self, engine: Engine, model_id: str) -> None:
+        self.engine = engine
+        self.in_flight = 0
+        self.healthy = False  # until the first check says otherwise
+        self.failures = 0  # consecutive
+        self.ejected_at: float | None = None
+        self._in_flight_gauge = UPSTREAM_IN_FLIGHT.labels(model_id, engine.url)
+        self._healthy_gauge = UPSTREAM_HEALTHY.labels(model_id, engine.url)
+        self._requests = UPSTREAM_REQUESTS.labels(model_id, engine.url)
+        self._healthy_gauge.set(0)
+
+    @property
+    def url(self) -> str:
+        return self.engine.url
+
+    @property
+    def available(self) -> bool:
+        return self.healthy and self.ejected_at is None
+
+    def begin(self) -> None:
+        self.in_flight += 1
+        self._in_flight_gauge.inc()
+        self._requests.inc()
+
+    def end(self) -> None:
+        self.in_flight -= 1
+        self._in_flight_gauge.dec()
+
+    def publish(self) -> None:
+        self._healthy_gauge.set(1 if self.available else 0)
+
+
+class UpstreamGroup:
+    """The upstreams of one model, and the task that checks their health."""
+
+    def __init__(
+        self, model_id: str, triton_model: str, engines: list[Engine], interval: float = 2.0, eject_after: int = 3
+    ) -> None:
+        if not engines:
+            raise ValueError(f"model {model_id!r} has no upstream")
+        self.model_id = model_id
+        self.triton_model = triton_model
+        self.upstreams = [Upstream(e, model_id) for e in engines]
+        self._interval = interval
+        self._eject_after = eject_after
+        self._turn = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._checking: asyncio.Future[None] | None = None
+        self._retries = UPSTREAM_RETRIES.labels(model_id)
+
+    # -- routing ---------------------------------------------------------------------------------
+
+    def pick(self, exclude: Collection[Upstream] = ()) -> Upstream | None:
+        """The available upstream with the fewest in flight (any upstream if none is available)."""
+        ups = self.upstreams
+        n = len(ups)
+        self._turn = (self._turn + 1) % n
+        best: Upstream | None = None
+        for i in range(n):
+            u = ups[(self._turn + i) % n]
+            if u in exclude:
+                continue
+            if best is None or (u.available, -u.in_flight) > (best.available, -best.in_flight):
+                best = u
+        return best
+
+    async def contract(self) -> ModelContract:
+        """The model's contract from the first upstream that answers."""
+        tried: list[Upstream] = []
+        while True:
+            upstream = self.pick(tried)
+            if upstream is None:
+                raise UpstreamUnavailable(f"no Triton server of model '{self.model_id}' answers")
+            try:
+                return await upstream.engine.contract(self.triton_model)
+            except UpstreamUnavailable:
+                if len(tried) + 1 == len(self.upstreams):
+                    raise
+                tried.append(upstream)
+
+    async def generate(
+        self, request: GenerateRequest, end_id: int | None, pad_id: int | None
+    ) -> AsyncGenerator[list[int], None]:
+        """Token ids from the chosen upstream, retried once elsewhere if it is unavailable at the start."""
+        upstream = self.pick()
+        assert upstream is not None  # there is at least one
+        retried = False
+        while True:
+            started = False
+            tokens: AsyncGenerator[list[int], None] | None = None
+            upstream.begin()
+            try:
+                contract = await upstream.engine.contract(self.triton_model)
+                tokens = upstream.engine.generate(contract, request, end_id, pad_id)
+                async for ids in tokens:
+                    if not started:
+                        started = True
+                        upstream.failures = 0
+                    yield ids
+                upstream.failures = 0
+                return
+            except (UpstreamUnavailable, UpstreamInterrupted) as exc:
+                self._failed(upstream)
+                other = None if started or retried else self.pick((upstream,))
+                if other is None:
+                    raise
+                log.warning(
+                    "request %s: %s failed before its first token (%s); retrying on %s",
+                    request.request_id,
+                    upstream.url,
+                    exc.message,
+                    other.url,
+                )
+                self._retries.inc()
+                retried = True
+                upstream_next = other
+            except UpstreamTimeout:
+                self._failed(upstream)
+                raise
+            finally:
+                upstream.end()
+                if tokens is not None:
+                    await tokens.aclose()  # cancels the Triton request if it is still running
+            upstream = upstream_next
+
+    # -- health ----------------------------------------------------------------------------------
+
+    def _failed(self, upstream: Upstream) -> None:
+        UPSTREAM_FAILURES.labels(self.model_id, upstream.url).inc()
+        upstream.failures += 1
+        if upstream.failures >= self._eject_after and upstream.ejected_at is None:
+            upstream.ejected_at = time.monotonic()
+            UPSTREAM_EJECTIONS.labels(self.model_id, upstream.url).inc()
+            log.warning("model %s: ejected %s after %d failed requests", self.model_id, upstream.url, upstream.failures)
+            upstream.publish()
+        self._wake.set()
+
+    async def _probe(self, upstream: Upstream) -> bool:
+        try:
+            return await asyncio.wait_for(upstream.engine.model_ready(self.triton_model), max(self._interval, 1.0))
+        except TimeoutError:
+            return False
+
+    async def check(self) -> None:
+        """One round of active health checks; callers during a round share it."""
+        if self._checking is None or self._checking.done():
+            self._checking = asyncio.ensure_future(self._check())
+        await asyncio.shield(self._checking)
+
+    async def _check(self) -> None:
+        begun = time.monotonic()
+        results = await asyncio.gather(*(self._probe(u) for u in self.upstreams))
+        for upstream, ok in zip(self.upstreams, results, strict=True):
+            if ok and upstream.ejected_at is not None and upstream.ejected_at < begun:
+                upstream.ejected_at = None
+                upstream.failures = 0
+                log.info("model %s: %s is back", self.model_id, upstream.url)
+            if ok != upstream.healthy:
+                log.log(
+                    logging.INFO if ok else logging.WARNING,
+                    "model %s: %s is %s",
+                    self.model_id,
+                    upstream.url,
+                    "healthy" if ok else "unhealthy",
+                )
+            upstream.healthy = ok
+            upstream.publish()
+
+    async def ready(self) -> bool:
+        """At least one upstream is available, checked now."""
+        await self.check()
+        return any(u.available for u in self.upstreams)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except Exception:  # never let the checker die
+                log.exception("model %s: health check failed", self.model_id)
+            await asyncio.sleep(_MIN_CHECK_GAP)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"health-{self.model_id}")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        checking, self._checking = self._checking, None
+        if checking is not None and not checking.done():
+            checking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checking
