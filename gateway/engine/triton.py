@@ -17,7 +17,14 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from gateway.core.types import GenerateRequest
 from gateway.engine.contract import ContractError, ModelContract, build_request, is_final, parse_tokens
-from gateway.errors import GatewayError, UpstreamError, UpstreamInterrupted, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import (
+    GatewayError,
+    Overloaded,
+    UpstreamError,
+    UpstreamInterrupted,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +63,11 @@ def translate_rpc_error(exc: grpc.aio.AioRpcError, url: str) -> GatewayError:
     return UpstreamError(f"Triton at {url} failed the request ({code.name}): {detail}")
 
 
-def _upstream_message_error(message: str) -> GatewayError:
+def upstream_message_error(message: str) -> GatewayError:
+    """The error a model reported in-band (a stream response's error_message)."""
     lowered = message.lower()
+    if "maximum queue size" in lowered:  # TensorRT-LLM's executor queue (max_queue_size) is full
+        return Overloaded(f"the model's queue upstream is full: {message}", retry_after=1.0)
     if any(marker in lowered for marker in _UNAVAILABLE_MARKERS):
         return UpstreamUnavailable(f"model unavailable upstream: {message}")
     return UpstreamError(f"upstream model error: {message}")
@@ -123,7 +133,7 @@ class TritonClient:
                 if response is grpc.aio.EOF:
                     return
                 if response.error_message:
-                    raise _upstream_message_error(response.error_message)
+                    raise upstream_message_error(response.error_message)
                 infer_response = response.infer_response
                 tokens = parse_tokens(infer_response)
                 if tokens:

@@ -9,6 +9,8 @@
 - **Retry**: a request whose upstream is unavailable, or breaks the call off (the server or its model
   process died), before its first token is retried once on another upstream. After the first token it
   is not (the client already has output): the error reaches the client as an in-band error event.
+  A full queue upstream (TensorRT-LLM's max_queue_size) is retried the same way, without counting
+  as a failure of that server.
   Answers about the request itself (a model error, a bad argument) are neither retried nor held
   against the server.
 
@@ -27,7 +29,7 @@ from collections.abc import AsyncGenerator, Collection
 from gateway.core.types import GenerateRequest
 from gateway.engine.base import Engine
 from gateway.engine.contract import ModelContract
-from gateway.errors import UpstreamInterrupted, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import Overloaded, UpstreamInterrupted, UpstreamTimeout, UpstreamUnavailable
 from gateway.observability.metrics import (
     UPSTREAM_EJECTIONS,
     UPSTREAM_FAILURES,
@@ -158,8 +160,9 @@ class UpstreamGroup:
                     yield ids
                 upstream.failures = 0
                 return
-            except (UpstreamUnavailable, UpstreamInterrupted) as exc:
-                self._failed(upstream)
+            except (UpstreamUnavailable, UpstreamInterrupted, Overloaded) as exc:
+                if not isinstance(exc, Overloaded):  # a full queue is load, not a fault
+                    self._failed(upstream)
                 other = None if started or retried else self.pick((upstream,))
                 if other is None:
                     raise

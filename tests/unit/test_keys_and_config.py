@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.auth.keys import ANONYMOUS, KeyStore, digest, new_key
-from gateway.config import ConfigError, GatewayConfig, KeyConfig, ProjectConfig, load_config
+from gateway.config import ConfigError, GatewayConfig, KeyConfig, ModelConfig, ProjectConfig, load_config
 from gateway.errors import Forbidden, Unauthorized
 
 
@@ -66,3 +66,35 @@ def test_config_file_overrides_and_field_errors(tmp_path: Path) -> None:
     path.write_text("port = [")
     with pytest.raises(ConfigError):
         load_config(path, {})
+
+
+def test_keys_file_adds_keys_to_the_configs(tmp_path: Path) -> None:
+    key, record = new_key("team")
+    other, other_record = new_key("team")
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text(f'[[keys]]\nid = "{record.id}"\nsha256 = "{record.sha256}"\nproject = "team"\n')
+    config_file = tmp_path / "gateway.toml"
+    config_file.write_text(
+        f'[[projects]]\nid = "team"\n[[keys]]\nid = "{other_record.id}"\nsha256 = "{other_record.sha256}"\n'
+        'project = "team"\n'
+    )
+    config = load_config(config_file, {"keys_file": keys_file})
+    store = KeyStore(config)
+    assert store.authenticate(f"Bearer {key}").project == "team"
+    assert store.authenticate(f"Bearer {other}").project == "team"
+    keys_file.write_text('[[keys]]\nid = "abc"\n')
+    with pytest.raises(ConfigError, match="keys"):
+        load_config(config_file, {"keys_file": keys_file})
+    with pytest.raises(ConfigError, match="keys_file"):
+        load_config(config_file, {"keys_file": tmp_path / "missing.toml"})
+
+
+def test_a_model_names_one_server_or_several(tmp_path: Path) -> None:
+    base = {"id": "m", "triton_model": "t", "tokenizer_dir": tmp_path}
+    assert ModelConfig.model_validate(base).upstreams == ["127.0.0.1:8001"]
+    assert ModelConfig.model_validate({**base, "triton_url": "a:8001"}).upstreams == ["a:8001"]
+    assert ModelConfig.model_validate({**base, "triton_urls": ["a:8001", "b:8001"]}).upstreams == ["a:8001", "b:8001"]
+    with pytest.raises(ValueError, match="not both"):
+        ModelConfig.model_validate({**base, "triton_url": "a:8001", "triton_urls": ["b:8001"]})
+    with pytest.raises(ValueError, match="twice"):
+        ModelConfig.model_validate({**base, "triton_urls": ["a:8001", "a:8001"]})

@@ -13,8 +13,9 @@ from prometheus_client import REGISTRY
 
 from gateway.core.types import GenerateRequest, SamplingParams
 from gateway.engine.contract import ModelContract
+from gateway.engine.triton import upstream_message_error
 from gateway.engine.upstreams import UpstreamGroup
-from gateway.errors import UpstreamError, UpstreamInterrupted, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import Overloaded, UpstreamError, UpstreamInterrupted, UpstreamTimeout, UpstreamUnavailable
 from tests.integration.fake_engine import FakeEngine
 
 SCRIPT = [[1], [2], [3], [4]]
@@ -81,6 +82,24 @@ async def test_a_call_broken_off_before_the_first_token_is_retried(contract: Mod
     for i in range(4):
         assert await drain(group, i) == [1, 2, 3, 4]
     assert len(fakes[0].requests) >= 1 and len(fakes[1].requests) == 4
+
+
+async def test_a_full_queue_is_tried_elsewhere_but_not_held_against_the_server(contract: ModelContract) -> None:
+    fakes = engines(contract, 2)
+    group = await healthy_group("m-full", fakes, eject_after=1)
+    fakes[0].fail_after = 0
+    fakes[0].fail_with = Overloaded
+    for i in range(4):
+        assert await drain(group, i) == [1, 2, 3, 4]
+    assert len(fakes[0].requests) >= 1
+    assert all(u.available and u.failures == 0 for u in group.upstreams)
+
+
+def test_tensorrt_llm_queue_full_is_overloaded() -> None:
+    error = upstream_message_error("Maximum queue size of 64 has been reached, please try again later")
+    assert isinstance(error, Overloaded) and error.kind.http_status == 503
+    assert isinstance(upstream_message_error("model 'x' is not ready"), UpstreamUnavailable)
+    assert type(upstream_message_error("input too long")) is UpstreamError
 
 
 async def test_retried_only_once(contract: ModelContract) -> None:
