@@ -77,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-body-bytes", type=int, default=_env_int("GATEWAY_MAX_BODY_BYTES"))
     serve.add_argument(
-        "--triton-url", default=env("TRITON_URL", ""), help="gRPC host:port of a running Triton; nothing is launched"
+        "--triton-url",
+        default=env("TRITON_URL", ""),
+        help="gRPC host:port of a running Triton (several: comma-separated); nothing is launched",
     )
     serve.add_argument("--triton-model", default=env("TRITON_MODEL", "smollm2"), help="with --triton-url")
     serve.add_argument("--model-id", default=env("GATEWAY_MODEL_ID", "smollm2-135m-instruct"), help="with --triton-url")
@@ -127,7 +129,7 @@ def _load(args: argparse.Namespace) -> tuple[GatewayConfig, TritonServer | None]
         )
         model = ModelConfig(
             id=args.model_id,
-            triton_url=args.triton_url,
+            triton_urls=[u.strip() for u in args.triton_url.split(",") if u.strip()],
             triton_model=args.triton_model,
             tokenizer_dir=tokenizer_dir,
             default_max_tokens=args.default_max_tokens,
