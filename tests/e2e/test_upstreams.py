@@ -61,6 +61,21 @@ def tritons(tmp_path: Path) -> Iterator[tuple[TritonServer, TritonServer]]:
     finally:
         for server in pair:
             server.stop()
+    left = processes_under(tmp_path)
+    assert not left, f"processes of the stopped servers still run: {left}"
+
+
+def processes_under(directory: Path) -> list[str]:
+    """Command lines of running processes that mention ``directory`` (Triton's backend stubs do)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(directory) in text:
+            found.append(text[:200])
+    return found
 
 
 async def until(predicate: Callable[[], bool], within: float, what: str) -> float:
