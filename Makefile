@@ -47,13 +47,15 @@ run: model protos
 	$(BIN)/python -m gateway serve
 
 lint: protos
-	$(BIN)/ruff check gateway tests perf model_repository
-	$(BIN)/ruff format --check gateway tests perf model_repository
+	$(BIN)/ruff check gateway tests perf model_repository deploy
+	$(BIN)/ruff format --check gateway tests perf model_repository deploy
 	$(BIN)/mypy
+	$(BIN)/mypy --strict deploy/tensorrt_llm/fill_config.py
+	$(BIN)/hadolint Dockerfile
 
 format: install
-	$(BIN)/ruff format gateway tests perf model_repository
-	$(BIN)/ruff check --fix gateway tests perf model_repository
+	$(BIN)/ruff format gateway tests perf model_repository deploy
+	$(BIN)/ruff check --fix gateway tests perf model_repository deploy
 
 test-unit: protos redis
 	$(BIN)/pytest tests/unit tests/integration -q
