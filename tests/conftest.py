@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,16 @@ from gateway.text.tokenizer import Tokenizer
 REPO = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = REPO / "model_repository"
 WEIGHTS = MODEL_REPOSITORY / "smollm2" / "weights"
+
+
+async def until(predicate: Callable[[], bool], within: float, what: str) -> float:
+    """Poll until ``predicate`` holds (failing the test after ``within`` seconds); the seconds it took."""
+    begun = time.monotonic()
+    while not predicate():
+        if time.monotonic() - begun > within:
+            pytest.fail(f"not within {within}s: {what}")
+        await asyncio.sleep(0.01)
+    return time.monotonic() - begun
 
 
 def read_model_config(name: str) -> model_config_pb2.ModelConfig:

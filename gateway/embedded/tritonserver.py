@@ -222,11 +222,8 @@ class TritonServer:
     def kill(self) -> None:
         """SIGKILL Triton and its model processes at once, as a crash would (no drain); start() may follow."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        if proc is not None:
+            _kill_session(proc)
 
     def stop(self, timeout: float = 15.0) -> None:
         proc, self._proc = self._proc, None
@@ -240,7 +237,11 @@ class TritonServer:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 log.warning("tritonserver did not stop in %.0fs; killing it", timeout)
-        # whatever is left of its session (a Python-backend stub that outlived it) goes too
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        _kill_session(proc)
+
+
+def _kill_session(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL Triton's whole session (with any Python-backend stub that outlived it) and reap Triton."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

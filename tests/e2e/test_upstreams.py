@@ -26,7 +26,7 @@ from gateway.config import GatewayConfig, ModelConfig
 from gateway.embedded.tritonserver import TritonPorts, TritonServer
 from gateway.engine.upstreams import Upstream
 from perf.stack import free_port
-from tests.conftest import MODEL_REPOSITORY, WEIGHTS
+from tests.conftest import MODEL_REPOSITORY, WEIGHTS, until
 
 pytestmark = pytest.mark.e2e
 
@@ -61,7 +61,9 @@ def tritons(tmp_path: Path) -> Iterator[tuple[TritonServer, TritonServer]]:
     finally:
         for server in pair:
             server.stop()
-    left = processes_under(tmp_path)
+    deadline = time.monotonic() + 5.0  # SIGKILL is delivered at once, but a process takes a moment to die
+    while (left := processes_under(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not left, f"processes of the stopped servers still run: {left}"
 
 
@@ -76,16 +78,6 @@ def processes_under(directory: Path) -> list[str]:
         if str(directory) in text:
             found.append(text[:200])
     return found
-
-
-async def until(predicate: Callable[[], bool], within: float, what: str) -> float:
-    """Seconds it took ``predicate`` to hold."""
-    begun = time.monotonic()
-    while not predicate():
-        if time.monotonic() - begun > within:
-            pytest.fail(f"not within {within}s: {what}")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - begun
 
 
 def sent_to(upstream: Upstream) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from gateway.api.app import create_app
 from gateway.config import GatewayConfig, ModelConfig
 from gateway.text.tokenizer import Tokenizer
-from tests.conftest import WEIGHTS
+from tests.conftest import WEIGHTS, until
 from tests.integration.conftest import MAX_BODY, MODEL, REPLY
 from tests.integration.fake_engine import FakeEngine
 from tests.sse import chat_text, finish_reasons, parse_sse
@@ -253,10 +252,7 @@ async def test_client_disconnect_closes_the_upstream_stream(client: TestClient, 
     assert resp.status == 200
     await resp.content.readuntil(b"\n\n")
     resp.close()  # the client goes away mid-stream
-    for _ in range(100):
-        if engine.closed:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: engine.closed > 0, 2.0, "the upstream stream closed")
     assert engine.closed == 1
 
 

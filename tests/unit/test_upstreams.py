@@ -16,6 +16,7 @@ from gateway.engine.contract import ModelContract
 from gateway.engine.triton import upstream_message_error
 from gateway.engine.upstreams import UpstreamGroup
 from gateway.errors import Overloaded, UpstreamError, UpstreamInterrupted, UpstreamTimeout, UpstreamUnavailable
+from tests.conftest import until
 from tests.integration.fake_engine import FakeEngine
 
 SCRIPT = [[1], [2], [3], [4]]
@@ -198,16 +199,8 @@ async def test_checker_runs_and_stops(contract: ModelContract) -> None:
     fakes = engines(contract, 2)
     group = UpstreamGroup("m-task", "synthetic", list(fakes), interval=0.05)
     group.start()
-    for _ in range(100):
-        if all(u.available for u in group.upstreams):
-            break
-        await asyncio.sleep(0.01)
-    assert all(u.available for u in group.upstreams)
+    await until(lambda: all(u.available for u in group.upstreams), 1.0, "the first check passed")
     fakes[0].unavailable = True
-    for _ in range(100):
-        if not group.upstreams[0].available:
-            break
-        await asyncio.sleep(0.01)
-    assert not group.upstreams[0].available
+    await until(lambda: not group.upstreams[0].available, 1.0, "the failing upstream marked down")
     await group.close()
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "health-m-task"]
