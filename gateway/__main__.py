@@ -1,5 +1,9 @@
 import sys
 
-from gateway.cli import main
+from gateway import grpc_env
+
+grpc_env.apply()  # before anything imports grpc
+
+from gateway.cli import main  # noqa: E402
 
 sys.exit(main())

@@ -7,7 +7,6 @@ default. Flags below default to None so that "not given" falls through to the fi
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib.util
 import ipaddress
 import logging
@@ -159,7 +158,7 @@ def _serve(args: argparse.Namespace) -> int:
         _progress(f"invalid configuration: {exc}")
         return 2
     from gateway.api.app import create_app
-    from gateway.api.run import serve
+    from gateway.api.run import run, serve
 
     if not config.keys and not (_loopback(config.host) and _loopback(config.grpc_host)):
         log.warning(
@@ -178,7 +177,7 @@ def _serve(args: argparse.Namespace) -> int:
         if args.workers > 1:
             _progress(f"{args.workers} worker processes")
             return supervise(config, args.workers, args.log_level.upper())
-        asyncio.run(serve(create_app(config)))
+        run(serve(create_app(config)))
     except TritonLaunchError as exc:
         _progress(f"error: {exc}")
         return 1

@@ -1,6 +1,6 @@
 """``--workers N``: N gateway processes sharing the REST and gRPC ports (SO_REUSEPORT).
 
-Each worker has its own event loop (uvloop when installed) and Triton channels. What must be
+Each worker has its own event loop and Triton channels. What must be
 shared lives on the machine: rate-limit state in a SQLite file, Prometheus samples in a
 multiprocess directory (so /metrics on any worker reports all of them). The supervisor forwards
 SIGTERM (drain) and SIGINT to the workers, waits for them, and only then returns, so a Triton it
@@ -9,7 +9,6 @@ launched is stopped last.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing
 import os
@@ -29,16 +28,10 @@ def run_worker(config_json: str, log_level: str) -> None:
     """One worker process: the app on the shared ports until a signal."""
     die_with_parent()
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
     from gateway.api.app import create_app
-    from gateway.api.run import serve
+    from gateway.api.run import run, serve
 
-    asyncio.run(serve(create_app(GatewayConfig.model_validate_json(config_json))))
+    run(serve(create_app(GatewayConfig.model_validate_json(config_json))))
 
 
 def supervise(config: GatewayConfig, workers: int, log_level: str) -> int:

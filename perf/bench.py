@@ -28,14 +28,14 @@ from typing import Any
 
 import aiohttp
 import grpc
-import tritonclient.grpc.aio as grpcclient
+from tritonclient.grpc import service_pb2_grpc
 
 from gateway.config import REPO_ROOT
 from gateway.text.tokenizer import Tokenizer
 from perf import targets
 from perf.metrics import SLO, RequestRecord, summarize
 from perf.report import plot_all, print_table
-from perf.stack import launch_stack, process_cpu_seconds
+from perf.stack import Stack, launch_gateway, launch_stack, process_cpu_seconds, wake_cost_us
 
 TARGETS = ("gateway-chat", "gateway-completions", "gateway-grpc", "direct")
 FILLER = "The lighthouse keeper watched the grey sea roll in under a heavy sky, counting the ships. "
@@ -51,13 +51,18 @@ def workload(tokenizer: Tokenizer, input_tokens: int, output_tokens: int) -> tar
 
 
 async def _one(target: str, cfg: dict[str, Any], w: targets.Workload, clients: dict[str, Any]) -> RequestRecord:
-    if target == "gateway-chat":
-        return await targets.gateway_chat(clients["http"], cfg["gateway"], cfg["model"], w)
-    if target == "gateway-completions":
-        return await targets.gateway_completions(clients["http"], cfg["gateway"], cfg["model"], w)
-    if target == "gateway-grpc":
-        return await targets.gateway_grpc(clients["api"], cfg["model"], w)
-    return await targets.triton_direct(clients["grpc"], cfg["triton_model"], w)
+    kind, _, variant = target.partition("@")  # "gateway-chat@stock": the gateway launched as "stock"
+    base = cfg["gateways"][variant]["url"]
+    if kind == "gateway-chat":
+        record = await targets.gateway_chat(clients["http"], base, cfg["model"], w)
+    elif kind == "gateway-completions":
+        record = await targets.gateway_completions(clients["http"], base, cfg["model"], w)
+    elif kind == "gateway-grpc":
+        record = await targets.gateway_grpc(clients["api@" + variant], cfg["model"], w)
+    else:
+        return await targets.triton_direct(clients["triton"], clients["direct_request"], w)
+    record.target = target
+    return record
 
 
 # Each generator process keeps one event loop and its clients across phases, so connections made
@@ -66,24 +71,30 @@ _LOOP: asyncio.AbstractEventLoop | None = None
 _CLIENTS: dict[str, Any] = {}
 
 
-async def _clients(cfg: dict[str, Any]) -> dict[str, Any]:
+async def _clients(cfg: dict[str, Any], w: targets.Workload) -> dict[str, Any]:
     if "http" not in _CLIENTS:
         connector = aiohttp.TCPConnector(limit=0)
         timeout = aiohttp.ClientTimeout(total=cfg["request_timeout"])
         _CLIENTS["http"] = aiohttp.ClientSession(connector=connector, timeout=timeout)
-        _CLIENTS["grpc"] = grpcclient.InferenceServerClient(cfg["triton"])
-        if cfg["gateway_grpc"]:
-            from gateway.grpcapi.stubs import pb_grpc
+        channel = grpc.aio.insecure_channel(cfg["triton"])
+        _CLIENTS["channels"] = [channel]
+        _CLIENTS["triton"] = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for variant, gateway in cfg["gateways"].items():
+            if gateway["grpc"]:
+                from gateway.grpcapi.stubs import pb_grpc
 
-            _CLIENTS["api_channel"] = grpc.aio.insecure_channel(cfg["gateway_grpc"])
-            _CLIENTS["api"] = pb_grpc.LLMGatewayStub(_CLIENTS["api_channel"])  # type: ignore[no-untyped-call]
+                channel = grpc.aio.insecure_channel(gateway["grpc"])
+                _CLIENTS["channels"].append(channel)
+                _CLIENTS["api@" + variant] = pb_grpc.LLMGatewayStub(channel)  # type: ignore[no-untyped-call]
+    if "direct_request" not in _CLIENTS:
+        _CLIENTS["direct_request"] = targets.direct_request(cfg["triton_model"], w)
     return _CLIENTS
 
 
 async def _phase(
     target: str, cfg: dict[str, Any], w: targets.Workload, requests: int, concurrency: int, rate: float
 ) -> list[RequestRecord]:
-    clients = await _clients(cfg)
+    clients = await _clients(cfg, w)
     if rate > 0:  # open loop: Poisson arrivals
         rng = random.Random(cfg["seed"])
         tasks = []
@@ -107,9 +118,8 @@ async def _phase(
 async def _close_clients() -> None:
     if "http" in _CLIENTS:
         await _CLIENTS.pop("http").close()
-        await _CLIENTS.pop("grpc").close()
-    if "api_channel" in _CLIENTS:
-        await _CLIENTS.pop("api_channel").close()
+    for channel in _CLIENTS.pop("channels", []):
+        await channel.close()
 
 
 def _shutdown() -> None:
@@ -181,29 +191,66 @@ def main() -> int:
     parser.add_argument("--slo-ttft-ms", type=float, default=200.0)
     parser.add_argument("--slo-tpot-ms", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="with --launch: one more gateway on the same Triton, with these environment variables; its "
+        "targets are measured as TARGET@NAME, interleaved with the others (before/after in one run)",
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "perf" / "results")
     args = parser.parse_args()
+    if args.compare and not args.launch:
+        parser.error("--compare needs --launch")
+    compare = [_parse_compare(spec, parser) for spec in args.compare]
 
-    stack = launch_stack() if args.launch else None
-    if stack is not None:
-        args.gateway, args.triton, args.gateway_pid = stack.gateway, stack.triton, stack.pid
-        args.gateway_grpc = stack.grpc
+    stacks: list[Stack] = []
     try:
+        if args.launch:
+            stack = launch_stack()
+            stacks.append(stack)
+            args.gateway, args.triton, args.gateway_pid = stack.gateway, stack.triton, stack.pid
+            args.gateway_grpc = stack.grpc
+        args.gateways = {"": {"url": args.gateway, "grpc": args.gateway_grpc, "pid": args.gateway_pid}}
+        for name, env in compare:
+            log = args.out / f"gateway@{name}.log"
+            extra = launch_gateway(args.triton, args.model, args.triton_model, env, log)
+            stacks.append(extra)
+            args.gateways[name] = {"url": extra.gateway, "grpc": extra.grpc, "pid": extra.pid, "env": env}
         return _bench(args)
     finally:
-        if stack is not None:
+        for stack in reversed(stacks):
             stack.stop()
 
 
+def _parse_compare(spec: str, parser: argparse.ArgumentParser) -> tuple[str, dict[str, str]]:
+    name, _, assignments = spec.partition(":")
+    env = dict(a.split("=", 1) for a in assignments.split(",") if "=" in a)
+    if not name or "@" in name or not env:
+        parser.error(f"--compare {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE]")
+    return name, env
+
+
 def _bench(args: argparse.Namespace) -> int:
+    wake_us = wake_cost_us()
+    print(f"[bench] one wake-up of an idle process costs {wake_us:.0f} µs of CPU here", file=sys.stderr, flush=True)
     tokenizer = Tokenizer(args.tokenizer_dir)
     w = workload(tokenizer, args.input_tokens, args.output_tokens)
     cfg = {
         k: getattr(args, k)
-        for k in ("gateway", "gateway_grpc", "triton", "model", "triton_model", "request_timeout", "seed", "processes")
+        for k in ("gateways", "triton", "model", "triton_model", "request_timeout", "seed", "processes")
     }
     slo = SLO(args.slo_ttft_ms, args.slo_tpot_ms)
-    chosen = [t for t in args.targets.split(",") if t and (t != "gateway-grpc" or args.gateway_grpc)]
+    chosen = []
+    for variant, gateway in args.gateways.items():
+        suffix = f"@{variant}" if variant else ""
+        for t in args.targets.split(","):
+            if t.startswith("gateway-") and (t != "gateway-grpc" or gateway["grpc"]):
+                chosen.append(t + suffix)
+    if "direct" in args.targets.split(","):
+        chosen.append("direct")
+    pids = {t: args.gateways[t.partition("@")[2]]["pid"] if t != "direct" else 0 for t in chosen}
     open_loop = bool(args.rate)
     levels = [float(x) for x in args.rate.split(",")] if open_loop else [int(x) for x in args.concurrency.split(",")]
     all_records: list[dict[str, Any]] = []
@@ -221,9 +268,10 @@ def _bench(args: argparse.Namespace) -> int:
                 run_level(pool, target, cfg, w, args.warmup, min(concurrency or 1, args.warmup), rate)
             for rnd in range(args.rounds):
                 for target in chosen:
-                    gw0 = process_cpu_seconds(args.gateway_pid)
+                    pid = pids[target] or args.gateway_pid  # for direct: what the idle gateway burns
+                    gw0 = process_cpu_seconds(pid)
                     records, window, gen_cpu = run_level(pool, target, cfg, w, requests, concurrency, rate)
-                    cpu[target]["gateway_s"] += process_cpu_seconds(args.gateway_pid) - gw0
+                    cpu[target]["gateway_s"] += process_cpu_seconds(pid) - gw0
                     cpu[target]["generator_s"] += gen_cpu
                     per_target[target].extend(records)
                     windows[target] += window
@@ -249,22 +297,26 @@ def _bench(args: argparse.Namespace) -> int:
                     {"level": level, "mode": "rate" if open_loop else "concurrency", "target": target, **summary}
                 )
                 all_records.extend({"level": level, **r.row()} for r in per_target[target])
-    _write(args, results, all_records)
+    _write(args, results, all_records, {"idle_wake_cpu_us": wake_us})
     return 0
 
 
-def _write(args: argparse.Namespace, results: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+def _write(
+    args: argparse.Namespace, results: list[dict[str, Any]], rows: list[dict[str, Any]], machine: dict[str, float]
+) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     base = args.out / f"bench_{stamp}"
     config = {k: str(v) for k, v in vars(args).items()}
-    Path(f"{base}.json").write_text(json.dumps({"config": config, "results": results}, indent=2, default=str))
+    Path(f"{base}.json").write_text(
+        json.dumps({"config": config, "machine": machine, "results": results}, indent=2, default=str)
+    )
     with open(f"{base}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["level"])
         writer.writeheader()
         writer.writerows(rows)
     pngs = plot_all(results, rows, base)
-    print_table(results)
+    print_table(results, machine["idle_wake_cpu_us"])
     print(f"\nwrote {base}.json, {base}.csv, " + ", ".join(str(p) for p in pngs))
 
 

@@ -38,7 +38,35 @@ def gateway_vs_direct(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def print_table(results: list[dict[str, Any]]) -> None:
+def variants_vs_default(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per level, each ``TARGET@NAME`` (a gateway launched with --compare) against ``TARGET``."""
+    by_key = {(r["level"], r["target"]): r for r in results}
+    out = []
+    for r in results:
+        base, _, variant = r["target"].partition("@")
+        default = by_key.get((r["level"], base))
+        if not variant or default is None:
+            continue
+        mine, theirs = r["cpu"]["gateway_us_per_token"], default["cpu"]["gateway_us_per_token"]
+        out.append(
+            {
+                "level": r["level"],
+                "target": base,
+                "variant": variant,
+                "gateway_us_per_token": theirs,
+                "variant_gateway_us_per_token": mine,
+                "cpu_ratio": theirs / mine if mine and theirs else math.nan,
+                "ttft_p50_ms_minus_variant": default["ttft_ms"]["p50"] - r["ttft_ms"]["p50"],
+                "itl_p99_ms_minus_variant": default["itl_ms"]["p99"] - r["itl_ms"]["p99"],
+                "throughput_ratio": default["output_tokens_per_s"] / r["output_tokens_per_s"]
+                if r["output_tokens_per_s"]
+                else math.nan,
+            }
+        )
+    return out
+
+
+def print_table(results: list[dict[str, Any]], idle_wake_us: float | None = None) -> None:
     head = (
         f"{'level':>6} {'target':<20} {'ok':>7} {'TTFT p50':>9} {'p99':>8} {'ITL p50':>8} {'p99':>7} "
         f"{'TPOT p50':>9} {'tok/s':>8} {'req/s':>6} {'goodput':>7} {'gen us/tok':>10} {'gw us/tok':>9}"
@@ -63,7 +91,29 @@ def print_table(results: list[dict[str, Any]]) -> None:
                 f"{d['level']:>6g} {d['target']:<20} {d['added_ttft_p50_ms']:>10.2f} {d['added_ttft_p99_ms']:>10.2f} "
                 f"{d['added_itl_p99_ms']:>9.2f} {d['throughput_ratio']:>11.3f}"
             )
+    compared = variants_vs_default(results)
+    if compared:
+        print(
+            f"\n{'level':>6} {'target':<20} {'vs':<12} {'gw us/tok':>9} {'vs us/tok':>9} {'CPU ratio':>9} "
+            f"{'TTFT p50 -':>10} {'ITL p99 -':>9} {'tok/s ratio':>11}"
+        )
+        for c in compared:
+            print(
+                f"{c['level']:>6g} {c['target']:<20} {c['variant']:<12} {c['gateway_us_per_token']:>9.1f} "
+                f"{c['variant_gateway_us_per_token']:>9.1f} {c['cpu_ratio']:>9.3f} "
+                f"{c['ttft_p50_ms_minus_variant']:>10.2f} {c['itl_p99_ms_minus_variant']:>9.2f} "
+                f"{c['throughput_ratio']:>11.3f}"
+            )
+        print(
+            "(the default gateway against the one launched with --compare: CPU ratio < 1 means the default "
+            "spends less per token)"
+        )
     print("(times in ms; ok = completed/requests; gen/gw us/tok = CPU microseconds per output token)")
+    if idle_wake_us is not None:
+        print(
+            f"(one wake-up of an idle process costs {idle_wake_us:.0f} us of CPU on this machine: at low load, "
+            "when each token wakes the process, per-token CPU cannot fall below it)"
+        )
 
 
 def plot_all(results: list[dict[str, Any]], rows: list[dict[str, Any]], base: Path) -> list[Path]:

@@ -36,6 +36,18 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
 
 
+def wake_cost_us(wakes: int = 200, interval: float = 0.005) -> float:
+    """CPU microseconds one wake-up of an otherwise idle process costs on this machine.
+
+    At low load a streaming process is woken once per token, so its CPU per token can be no lower
+    than this, whatever it does when awake (on the 2-core development VM it is ~200 µs).
+    """
+    cpu0 = time.process_time()
+    for _ in range(wakes):
+        time.sleep(interval)
+    return (time.process_time() - cpu0) / wakes * 1e6
+
+
 @dataclass
 class Stack:
     gateway: str
@@ -55,15 +67,37 @@ class Stack:
 
 def launch_stack(timeout: float = 240.0, log: Path | None = None) -> Stack:
     """`python -m gateway serve` (gateway + embedded Triton) on free loopback ports."""
-    port, http, grpc, metrics, api = (free_port() for _ in range(5))
-    log = log or REPO_ROOT / "perf" / "results" / "stack.log"
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    args = ["--triton-http-port", str(http), "--triton-grpc-port", str(grpc), "--triton-metrics-port", str(metrics)]
+    return _launch(args, f"127.0.0.1:{grpc}", {}, timeout, log or REPO_ROOT / "perf" / "results" / "stack.log")
+
+
+def launch_gateway(
+    triton: str, model: str, triton_model: str, env: dict[str, str], log: Path, timeout: float = 120.0
+) -> Stack:
+    """One more gateway, on free ports, in front of a running Triton, with ``env`` added to its environment."""
+    tokenizer = REPO_ROOT / "model_repository" / "smollm2" / "weights"
+    args = [
+        "--triton-url",
+        triton,
+        "--triton-model",
+        triton_model,
+        "--model-id",
+        model,
+        "--tokenizer-dir",
+        str(tokenizer),
+    ]
+    return _launch(args, triton, env, timeout, log)
+
+
+def _launch(args: list[str], triton: str, env: dict[str, str], timeout: float, log: Path) -> Stack:
+    port, api = free_port(), free_port()
     log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
-    cmd += ["--triton-http-port", str(http), "--triton-grpc-port", str(grpc), "--triton-metrics-port", str(metrics)]
-    cmd += ["--grpc-port", str(api)]
-    print(f"[bench] starting the stack: {' '.join(cmd)} (log: {log})", file=sys.stderr, flush=True)
+    cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--grpc-port", str(api), *args]
+    shown = " ".join(f"{k}={v!r}" for k, v in env.items())
+    print(f"[bench] starting {shown} {' '.join(cmd)} (log: {log})", file=sys.stderr, flush=True)
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -72,7 +106,7 @@ def launch_stack(timeout: float = 240.0, log: Path | None = None) -> Stack:
         try:
             with urllib.request.urlopen(url + "/ready", timeout=2) as resp:
                 if resp.status == 200:
-                    return Stack(url, f"127.0.0.1:{grpc}", f"127.0.0.1:{api}", proc.pid, proc)
+                    return Stack(url, triton, f"127.0.0.1:{api}", proc.pid, proc)
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.5)

@@ -3,8 +3,8 @@
 - ``gateway-chat``: POST /v1/chat/completions, SSE, parsed incrementally
 - ``gateway-completions``: POST /v1/completions with the prompt as token ids (exact input length)
 - ``gateway-grpc``: the gateway's own gRPC API, ``StreamChatCompletion`` with the chat messages
-- ``direct``: Triton's ModelStreamInfer through ``tritonclient.grpc.aio.stream_infer``, the same
-  token ids the gateway sends for the chat target, no gateway code involved
+- ``direct``: Triton's ModelStreamInfer on a bare ``grpc.aio`` stub with the same token ids the
+  gateway sends for the chat target; no gateway code involved
 
 The byte checks below keep the generator cheap: a chunk is only JSON-parsed when it carries usage.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +20,7 @@ import aiohttp
 import grpc
 import numpy as np
 import orjson
-import tritonclient.grpc.aio as grpcclient
-from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc import service_pb2
 
 from perf.metrics import RequestRecord
 from perf.sse import SSEParser
@@ -97,57 +95,55 @@ async def _post(
     return record
 
 
-def _int32(name: str, values: list[int]) -> InferInput:
-    tensor = InferInput(name, [1, len(values)], "INT32")
-    tensor.set_data_from_numpy(np.asarray([values], dtype=np.int32))
-    return tensor
-
-
-async def triton_direct(client: grpcclient.InferenceServerClient, model: str, w: Workload) -> RequestRecord:
-    """One stream per request, ended by the client once it has every token (lengths are exact)."""
-    streaming = InferInput("streaming", [1, 1], "BOOL")
-    streaming.set_data_from_numpy(np.asarray([[True]]))
-    inputs = [
-        _int32("input_ids", w.chat_ids),
-        _int32("input_lengths", [len(w.chat_ids)]),
-        _int32("request_output_len", [w.output_tokens]),
-        _int32("min_tokens", [w.output_tokens]),
-        _int32("runtime_top_k", [1]),
-        streaming,
+def direct_request(model: str, w: Workload) -> service_pb2.ModelInferRequest:
+    """Triton's ModelInferRequest for ``w``: greedy, exactly ``output_tokens`` tokens, streamed."""
+    req = service_pb2.ModelInferRequest(model_name=model)
+    req.parameters["triton_enable_empty_final_response"].bool_param = True
+    tensors: list[tuple[str, str, list[int], bytes]] = [
+        ("input_ids", "INT32", [1, len(w.chat_ids)], np.asarray(w.chat_ids, dtype=np.int32).tobytes()),
+        ("input_lengths", "INT32", [1, 1], np.int32(len(w.chat_ids)).tobytes()),
+        ("request_output_len", "INT32", [1, 1], np.int32(w.output_tokens).tobytes()),
+        ("min_tokens", "INT32", [1, 1], np.int32(w.output_tokens).tobytes()),
+        ("runtime_top_k", "INT32", [1, 1], np.int32(1).tobytes()),
+        ("streaming", "BOOL", [1, 1], b"\x01"),
     ]
-    done = asyncio.Event()
+    for name, datatype, shape, raw in tensors:
+        tensor = req.inputs.add(name=name, datatype=datatype)
+        tensor.shape.extend(shape)
+        req.raw_input_contents.append(raw)
+    req.outputs.add(name="output_ids")
+    return req
 
-    async def requests() -> AsyncIterator[dict[str, Any]]:
-        yield {"model_name": model, "inputs": inputs, "outputs": [InferRequestedOutput("output_ids")]}
-        await done.wait()  # keep the stream open until every token arrived
 
+async def triton_direct(stub: Any, request: service_pb2.ModelInferRequest, w: Workload) -> RequestRecord:
+    """One ModelStreamInfer call per request on a bare grpc.aio stub: the cheapest client there is
+    in Python, so that direct is never slowed by its client more than the gateway targets are."""
     record = RequestRecord("direct", time.monotonic(), input_tokens=len(w.chat_ids))
-    responses = client.stream_infer(requests())
+    call = stub.ModelStreamInfer()
     try:
-        async for result, error in responses:
-            now = time.monotonic()
-            if error is not None:
+        await call.write(request)
+        while record.output_tokens < w.output_tokens:
+            response = await call.read()
+            if response is grpc.aio.EOF:
+                break
+            if response.error_message:
                 record.error = "triton_error"
                 break
-            # the token count from the raw bytes (INT32): as_numpy per response would cost the generator
-            # more CPU than the gateway spends per token
-            raw = result.get_response().raw_output_contents
-            new = len(raw[0]) // 4 if raw else 0
+            now = time.monotonic()
+            raw = response.infer_response.raw_output_contents
+            new = len(raw[0]) // 4 if raw else 0  # INT32 output_ids, counted without decoding
             if new:
                 if not record.first_token:
                     record.first_token = now
                 record.chunk_times.append(now)
                 record.output_tokens += new
-            if record.output_tokens >= w.output_tokens:
-                break
     except asyncio.CancelledError:
         record.cancelled = True
         raise
-    except Exception as exc:
-        record.error = type(exc).__name__
+    except grpc.aio.AioRpcError as exc:
+        record.error = exc.code().name
     finally:
-        done.set()
-        responses.cancel()
+        call.cancel()
     record.end = time.monotonic()
     return record
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+from collections.abc import Coroutine
+from typing import Any
 
 from aiohttp import web
 
@@ -17,6 +20,19 @@ from gateway.api.context import CONFIG, GRPC
 from gateway.core.lifecycle import LIFECYCLE
 
 log = logging.getLogger(__name__)
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop when it is installed (``GATEWAY_EVENT_LOOP=asyncio`` for the stock loop)."""
+    if os.environ.get("GATEWAY_EVENT_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
 
 
 async def serve(app: web.Application) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 
+import numpy as np
 import pytest
 
+from perf.bench import _parse_compare
 from perf.metrics import SLO, RequestRecord, distribution, percentile, summarize
-from perf.report import gateway_vs_direct
+from perf.report import gateway_vs_direct, variants_vs_default
 from perf.sse import SSEParser
 
 STREAM = (
@@ -91,3 +94,73 @@ def test_gateway_vs_direct_ratios() -> None:
             "throughput_ratio": 0.95,
         }
     ]
+
+
+def test_variants_vs_default() -> None:
+    def result(target: str, ttft: float, itl: float, tps: float, cpu: float) -> dict[str, object]:
+        return {
+            "level": 8,
+            "target": target,
+            "ttft_ms": {"p50": ttft},
+            "itl_ms": {"p99": itl},
+            "output_tokens_per_s": tps,
+            "cpu": {"gateway_us_per_token": cpu},
+        }
+
+    results = [
+        result("gateway-chat", 12, 1.0, 1000, 80),
+        result("gateway-chat@stock", 14, 1.5, 800, 100),
+        result("gateway-completions@stock", 14, 1.5, 800, 100),  # no default to compare with: skipped
+        result("direct", 10, 1, 1000, 0),
+    ]
+    assert variants_vs_default(results) == [
+        {
+            "level": 8,
+            "target": "gateway-chat",
+            "variant": "stock",
+            "gateway_us_per_token": 80,
+            "variant_gateway_us_per_token": 100,
+            "cpu_ratio": 0.8,
+            "ttft_p50_ms_minus_variant": -2,
+            "itl_p99_ms_minus_variant": -0.5,
+            "throughput_ratio": 1.25,
+        }
+    ]
+
+
+def test_parse_compare() -> None:
+    parser = argparse.ArgumentParser()
+    assert _parse_compare("stock:GRPC_EXPERIMENTS=,GATEWAY_EVENT_LOOP=asyncio", parser) == (
+        "stock",
+        {"GRPC_EXPERIMENTS": "", "GATEWAY_EVENT_LOOP": "asyncio"},
+    )
+    assert _parse_compare("x:A=b=c", parser) == ("x", {"A": "b=c"})
+    for bad in ("stock", ":A=1", "a@b:A=1", "stock:novalue"):
+        with pytest.raises(SystemExit):
+            _parse_compare(bad, parser)
+
+
+def test_direct_request_matches_the_workload() -> None:
+    from perf.targets import Workload, direct_request
+
+    w = Workload([{"role": "user", "content": "hi"}], chat_ids=[5, 6, 7], prompt_ids=[5], output_tokens=9)
+    req = direct_request("synthetic", w)
+    assert req.model_name == "synthetic"
+    assert req.parameters["triton_enable_empty_final_response"].bool_param
+    assert len(req.inputs) == len(req.raw_input_contents) == 6
+    pairs = zip(req.inputs, req.raw_input_contents, strict=True)
+    tensors = {t.name: (t.datatype, list(t.shape), raw) for t, raw in pairs}
+    assert len(tensors) == 6
+
+    def values(name: str) -> list[int]:
+        datatype, shape, raw = tensors[name]
+        array = np.frombuffer(raw, dtype=np.int32 if datatype == "INT32" else np.bool_)
+        assert array.size == math.prod(shape)
+        return [int(v) for v in array]
+
+    assert tensors["input_ids"][:2] == ("INT32", [1, 3]) and values("input_ids") == [5, 6, 7]
+    assert values("input_lengths") == [3]
+    assert values("request_output_len") == values("min_tokens") == [9]  # exact output length
+    assert values("runtime_top_k") == [1]  # greedy, as the gateway targets ask
+    assert tensors["streaming"][0] == "BOOL" and values("streaming") == [1]
+    assert [o.name for o in req.outputs] == ["output_ids"]
