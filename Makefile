@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEIGHTS := model_repository/smollm2/weights/.complete
 
-.PHONY: install protos model redis run test test-unit test-e2e lint format clean bench
+.PHONY: install protos model redis run test test-unit test-e2e lint format clean bench bench-compare
 
 install: $(STAMP)
 
@@ -69,6 +69,12 @@ test: model protos redis lint
 # the standard comparison: synthetic upstream, closed-loop sweep, gateway against Triton direct
 bench: model protos
 	$(BIN)/python -m perf.bench --launch --concurrency 1,8,32,64 --rounds 2
+
+# the gateway's runtime tuning against grpc's and asyncio's stock settings, interleaved in one run
+bench-compare: model protos
+	$(BIN)/python -m perf.bench --launch --concurrency 1,8,32,64 --rounds 2 \
+		--targets gateway-chat,gateway-completions,direct \
+		--compare "stock:GRPC_EXPERIMENTS=,GATEWAY_EVENT_LOOP=asyncio"
 
 clean:
 	rm -rf $(VENV) model_repository/*/weights gateway/_generated .pytest_cache .mypy_cache .ruff_cache

@@ -2,7 +2,7 @@
 
 The same greedy request (chat template applied by the gateway's tokenizer, fixed output length via
 ``ignore_eos``) goes alternately (a) through the gateway's OpenAI chat endpoint over SSE and
-(b) straight to Triton over gRPC (``stream_infer`` with the same token ids), using the load
+(b) straight to Triton over gRPC (``ModelStreamInfer`` on a bare grpc.aio stub, the same token ids), using the load
 generator's own targets (:mod:`perf.targets`) and metrics (:mod:`perf.metrics`). It prints medians
 and gateway/direct ratios, and writes a JSON file and a PNG plot.
 
@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 import aiohttp
-import tritonclient.grpc.aio as grpcclient
+import grpc
+from tritonclient.grpc import service_pb2_grpc
 
 from gateway.config import REPO_ROOT
 from gateway.text.tokenizer import Tokenizer
@@ -85,13 +86,15 @@ async def main() -> int:
     args = parser.parse_args()
 
     w = workload(Tokenizer(args.tokenizer_dir), args.input_tokens, args.tokens)
-    client = grpcclient.InferenceServerClient(args.triton)
+    channel = grpc.aio.insecure_channel(args.triton)
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    direct = targets.direct_request(args.triton_model, w)
     runs: list[RequestRecord] = []
     async with aiohttp.ClientSession() as session:
         for i in range(args.warmup + args.runs):
             pair = [
                 await targets.gateway_chat(session, args.gateway, args.model, w),
-                await targets.triton_direct(client, args.triton_model, w),
+                await targets.triton_direct(stub, direct, w),
             ]
             for r in pair:
                 if not r.ok:
@@ -105,7 +108,7 @@ async def main() -> int:
             )
             if i >= args.warmup:
                 runs.extend(pair)
-    await client.close()
+    await channel.close()
 
     summary = summarize(runs)
     args.out.mkdir(parents=True, exist_ok=True)
