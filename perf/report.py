@@ -10,6 +10,15 @@ from typing import Any
 DIRECT = "direct"
 
 
+def _minus(a: dict[str, Any], b: dict[str, Any], metric: str, stat: str) -> float:
+    value: float = a[metric][stat] - b[metric][stat]
+    return value
+
+
+def _throughput_ratio(a: dict[str, Any], b: dict[str, Any]) -> float:
+    return float(a["output_tokens_per_s"] / b["output_tokens_per_s"]) if b["output_tokens_per_s"] else math.nan
+
+
 def gateway_vs_direct(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per level and gateway target: added TTFT/ITL (gateway minus direct) and throughput ratio."""
     by_level: dict[Any, dict[str, dict[str, Any]]] = defaultdict(dict)
@@ -27,12 +36,10 @@ def gateway_vs_direct(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 {
                     "level": level,
                     "target": name,
-                    "added_ttft_p50_ms": r["ttft_ms"]["p50"] - direct["ttft_ms"]["p50"],
-                    "added_ttft_p99_ms": r["ttft_ms"]["p99"] - direct["ttft_ms"]["p99"],
-                    "added_itl_p99_ms": r["itl_ms"]["p99"] - direct["itl_ms"]["p99"],
-                    "throughput_ratio": r["output_tokens_per_s"] / direct["output_tokens_per_s"]
-                    if direct["output_tokens_per_s"]
-                    else math.nan,
+                    "added_ttft_p50_ms": _minus(r, direct, "ttft_ms", "p50"),
+                    "added_ttft_p99_ms": _minus(r, direct, "ttft_ms", "p99"),
+                    "added_itl_p99_ms": _minus(r, direct, "itl_ms", "p99"),
+                    "throughput_ratio": _throughput_ratio(r, direct),
                 }
             )
     return out
@@ -56,11 +63,9 @@ def variants_vs_default(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "gateway_us_per_token": theirs,
                 "variant_gateway_us_per_token": mine,
                 "cpu_ratio": theirs / mine if mine and theirs else math.nan,
-                "ttft_p50_ms_minus_variant": default["ttft_ms"]["p50"] - r["ttft_ms"]["p50"],
-                "itl_p99_ms_minus_variant": default["itl_ms"]["p99"] - r["itl_ms"]["p99"],
-                "throughput_ratio": default["output_tokens_per_s"] / r["output_tokens_per_s"]
-                if r["output_tokens_per_s"]
-                else math.nan,
+                "ttft_p50_ms_minus_variant": _minus(default, r, "ttft_ms", "p50"),
+                "itl_p99_ms_minus_variant": _minus(default, r, "itl_ms", "p99"),
+                "throughput_ratio": _throughput_ratio(default, r),
             }
         )
     return out
