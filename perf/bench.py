@@ -250,7 +250,6 @@ def _bench(args: argparse.Namespace) -> int:
                 chosen.append(t + suffix)
     if "direct" in args.targets.split(","):
         chosen.append("direct")
-    pids = {t: args.gateways[t.partition("@")[2]]["pid"] if t != "direct" else 0 for t in chosen}
     open_loop = bool(args.rate)
     levels = [float(x) for x in args.rate.split(",")] if open_loop else [int(x) for x in args.concurrency.split(",")]
     all_records: list[dict[str, Any]] = []
@@ -268,7 +267,8 @@ def _bench(args: argparse.Namespace) -> int:
                 run_level(pool, target, cfg, w, args.warmup, min(concurrency or 1, args.warmup), rate)
             for rnd in range(args.rounds):
                 for target in chosen:
-                    pid = pids[target] or args.gateway_pid  # for direct: what the idle gateway burns
+                    # the gateway that serves the target; for direct, what the idle default gateway burns
+                    pid = args.gateways[target.partition("@")[2]]["pid"]
                     gw0 = process_cpu_seconds(pid)
                     records, window, gen_cpu = run_level(pool, target, cfg, w, requests, concurrency, rate)
                     cpu[target]["gateway_s"] += process_cpu_seconds(pid) - gw0

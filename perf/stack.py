@@ -40,7 +40,8 @@ def wake_cost_us(wakes: int = 200, interval: float = 0.005) -> float:
     """CPU microseconds one wake-up of an otherwise idle process costs on this machine.
 
     At low load a streaming process is woken once per token, so its CPU per token can be no lower
-    than this, whatever it does when awake (on the 2-core development VM it is ~200 µs).
+    than this, whatever it does when awake (on the 2-core development VM, 30 to 200 µs, varying from
+    run to run).
     """
     cpu0 = time.process_time()
     for _ in range(wakes):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 from collections.abc import Coroutine
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.context import CONFIG, GRPC
+from gateway.config import env
 from gateway.core.lifecycle import LIFECYCLE
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def run(main: Coroutine[Any, Any, None]) -> None:
     """Run ``main`` on uvloop when it is installed (``GATEWAY_EVENT_LOOP=asyncio`` for the stock loop)."""
-    if os.environ.get("GATEWAY_EVENT_LOOP", "uvloop") != "asyncio":
+    if env("GATEWAY_EVENT_LOOP", "uvloop") != "asyncio":
         try:
             import uvloop
         except ImportError:
