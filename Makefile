@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEIGHTS := model_repository/smollm2/weights/.complete
 
-.PHONY: install protos model redis run test test-unit test-e2e lint format clean bench bench-compare
+.PHONY: install protos model redis run test test-unit test-e2e lint format clean bench bench-compare bench-churn
 
 install: $(STAMP)
 
@@ -75,6 +75,12 @@ bench-compare: model protos
 	$(BIN)/python -m perf.bench --launch --concurrency 1,8,32,64 --rounds 2 \
 		--targets gateway-chat,gateway-completions,direct \
 		--compare "stock:GRPC_EXPERIMENTS=,GATEWAY_EVENT_LOOP=asyncio"
+
+# sustained mixed load on a launched stack (streams, stop strings, n=2, non-streaming, client disconnects,
+# both models); exits non-zero on any Triton restart, unexpected error or hang. CHURN_ARGS to change it.
+CHURN_ARGS ?= --duration 600 --concurrency 16
+bench-churn: model protos
+	$(BIN)/python -m perf.churn --launch $(CHURN_ARGS)
 
 clean:
 	rm -rf $(VENV) model_repository/*/weights gateway/_generated .pytest_cache .mypy_cache .ruff_cache

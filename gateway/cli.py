@@ -11,8 +11,10 @@ import importlib.util
 import ipaddress
 import logging
 import os
+import signal
 import sys
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,8 @@ from gateway.config import (
     load_config,
 )
 from gateway.embedded.gguf_convert import prepare
+from gateway.embedded.ports import PortClaim, first_conflict
+from gateway.embedded.supervisor import RestartPolicy, TritonSupervisor
 from gateway.embedded.tritonserver import TritonLaunchError, TritonPorts, TritonServer
 from gateway.workers import supervise
 
@@ -94,6 +98,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--triton-http-port", type=int, default=int(env("TRITON_HTTP_PORT", "8000")))
     serve.add_argument("--triton-grpc-port", type=int, default=int(env("TRITON_GRPC_PORT", "8001")))
     serve.add_argument("--triton-metrics-port", type=int, default=int(env("TRITON_METRICS_PORT", "8002")))
+    serve.add_argument(
+        "--triton-max-restarts",
+        type=int,
+        default=int(env("TRITON_MAX_RESTARTS", "5")),
+        help="restarts of a launched Triton that died, allowed within --triton-restart-window (default 5); one more"
+        " failure and the gateway exits 1",
+    )
+    serve.add_argument(
+        "--triton-restart-window",
+        type=float,
+        default=float(env("TRITON_RESTART_WINDOW", "300")),
+        help="seconds (default 300)",
+    )
 
     prep = sub.add_parser("prepare-model", help="convert the bundled SmolLM2 GGUF for the CPU Triton model")
     prep.add_argument("--gguf", type=Path, default=None)
@@ -151,41 +168,131 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def _serve(args: argparse.Namespace) -> int:
-    try:
-        config, triton = _load(args)
-    except ConfigError as exc:
-        _progress(f"invalid configuration: {exc}")
-        return 2
-    from gateway.api.app import create_app
-    from gateway.api.run import run, serve
+def _port_claims(config: GatewayConfig, triton: TritonServer | None) -> list[PortClaim]:
+    claims = [PortClaim(config.host, config.port, "gateway REST", "--port", "GATEWAY_PORT")]
+    if config.grpc_port is not None:
+        claims.append(PortClaim(config.grpc_host, config.grpc_port, "gateway gRPC", "--grpc-port", "GATEWAY_GRPC_PORT"))
+    if triton is not None:
+        host, ports = triton.host, triton.ports
+        claims += [
+            PortClaim(host, ports.http, "Triton HTTP", "--triton-http-port", "TRITON_HTTP_PORT"),
+            PortClaim(host, ports.grpc, "Triton gRPC", "--triton-grpc-port", "TRITON_GRPC_PORT"),
+            PortClaim(host, ports.metrics, "Triton metrics", "--triton-metrics-port", "TRITON_METRICS_PORT"),
+        ]
+    return claims
 
-    if not config.keys and not (_loopback(config.host) and _loopback(config.grpc_host)):
-        log.warning(
-            "no API keys configured and bound beyond loopback (%s): anyone who can connect can use it", config.host
-        )
+
+def _missing_tokenizer(config: GatewayConfig) -> str | None:
+    for model in config.models:
+        path = model.tokenizer_dir / "tokenizer.json"
+        if not path.is_file():
+            return (
+                f"no tokenizer for model {model.id!r}: {path} is missing"
+                " (set --tokenizer-dir or GATEWAY_TOKENIZER_DIR, or tokenizer_dir in the config file)"
+            )
+    return None
+
+
+def _probe(url: str, timeout: float) -> str | None:
+    """Why the Triton at ``url`` is not ready now (None when it is): one ServerReady call."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    with grpc.insecure_channel(url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        try:
+            ready = stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=timeout).ready
+        except grpc.RpcError as exc:
+            return f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.Call) else str(exc)
+    return None if ready else "it answers, not ready"
+
+
+def _warn_unreachable(config: GatewayConfig, timeout: float = 2.0) -> None:
+    """Say at once which configured Triton servers do not answer ready (serving goes on: /ready tells)."""
+    urls = sorted({url for model in config.models for url in model.upstreams})
+    with ThreadPoolExecutor(max_workers=min(len(urls), 16) or 1) as pool:
+        for url, why in zip(urls, pool.map(lambda u: _probe(u, timeout), urls), strict=True):
+            if why is not None:
+                log.warning("Triton at %s is not ready at start (%s); /ready is 503 until it is", url, why)
+
+
+def _interrupt_self(_reason: str) -> None:
+    """Stop now, as Ctrl-C does: both the single-process and the --workers paths handle SIGINT."""
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def _stop_triton(triton: TritonServer | None, supervisor: TritonSupervisor | None) -> None:
+    if triton is None or (triton.pid is None and supervisor is None):
+        return  # never started
     try:
+        if supervisor is not None:
+            supervisor.close()  # no restart from here on; it stops a Triton it restarted itself
+        triton.stop()
+    except KeyboardInterrupt:  # Ctrl-C again: no more waiting
+        triton.kill()
+    _progress("tritonserver stopped")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """0: stopped by a signal; 1: Triton failed to start or kept dying; 2: bad settings; 130: Ctrl-C at start-up."""
+    if args.triton_max_restarts < 0 or args.triton_restart_window <= 0:
+        _progress("error: --triton-max-restarts must be 0 or more and --triton-restart-window more than 0")
+        return 2
+    triton: TritonServer | None = None
+    supervisor: TritonSupervisor | None = None
+    try:
+        try:
+            config, triton = _load(args)
+        except ConfigError as exc:
+            _progress(f"invalid configuration: {exc}")
+            return 2
+        problem = _missing_tokenizer(config) or first_conflict(_port_claims(config, triton))
+        if problem is not None:
+            _progress(f"error: {problem}")
+            return 2
+        from gateway.api.app import create_app
+        from gateway.api.run import run, serve
+
+        if not config.keys and not (_loopback(config.host) and _loopback(config.grpc_host)):
+            log.warning(
+                "no API keys configured and bound beyond loopback (%s): anyone who can connect can use it", config.host
+            )
         if triton is not None:
             _progress(f"starting tritonserver ({triton.binary})")
             triton.start()
             triton.wait_ready(progress=_progress)
             _progress(f"Triton ready: gRPC {triton.grpc_url}, HTTP {triton.http_url}")
+            policy = RestartPolicy(args.triton_max_restarts, args.triton_restart_window)
+            supervisor = TritonSupervisor(triton, policy, _interrupt_self)
+            supervisor.start()
+        else:
+            _warn_unreachable(config)
         _progress(f"gateway on http://{config.host}:{config.port}/v1 serving {', '.join(m.id for m in config.models)}")
         if config.grpc_port is not None:
             _progress(f"gRPC API (llmgateway.v1.LLMGateway) on {config.grpc_host}:{config.grpc_port}")
         _progress(f"auth: {len(config.keys)} API key(s)" if config.keys else "auth: off (no API keys configured)")
         if args.workers > 1:
             _progress(f"{args.workers} worker processes")
-            return supervise(config, args.workers, args.log_level.upper())
-        run(serve(create_app(config)))
+            code = supervise(config, args.workers, args.log_level.upper())
+        else:
+            run(serve(create_app(config)))
+            code = 0
     except TritonLaunchError as exc:
         _progress(f"error: {exc}")
-        return 1
+        code = 1
+    except KeyboardInterrupt:  # before serving began: a signal handler takes SIGINT from there on
+        code = 130
+        if supervisor is None or supervisor.gave_up is None:
+            _progress("interrupted during start-up")
     finally:
-        if triton is not None:
-            triton.stop()
-            _progress("tritonserver stopped")
-    return 0
+        _stop_triton(triton, supervisor)
+    if supervisor is not None and supervisor.gave_up is not None:
+        _progress(
+            f"error: {supervisor.gave_up} (--triton-max-restarts / TRITON_MAX_RESTARTS"
+            " in --triton-restart-window / TRITON_RESTART_WINDOW)"
+        )
+        return 1
+    return code
 
 
 def _create_key(args: argparse.Namespace) -> int:

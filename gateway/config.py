@@ -47,6 +47,12 @@ class ModelConfig(BaseModel):
     max_in_flight: int | None = Field(default=None, ge=1, description="requests sent upstream at once (unset: no cap)")
     max_queue: int = Field(default=0, ge=0, description="requests that may wait for a slot; more get 503")
     queue_timeout: float = Field(default=5.0, gt=0, description="seconds a request may wait for a slot")
+    first_token_timeout: float = Field(
+        default=60.0, gt=0, description="seconds Triton may take to a request's first response; then 504"
+    )
+    idle_timeout: float = Field(
+        default=30.0, gt=0, description="seconds a stream may then go without a response from Triton; then 504"
+    )
 
     @model_validator(mode="after")
     def _one_way_to_name_upstreams(self) -> ModelConfig:
@@ -104,6 +110,14 @@ class GatewayConfig(BaseModel):
     triton_timeout: float = Field(default=5.0, gt=0, description="seconds for Triton health/config calls")
     health_check_interval: float = Field(
         default=2.0, gt=0, description="seconds between active health checks of each upstream (server + model ready)"
+    )
+    probe_interval: float = Field(
+        default=10.0,
+        gt=0,
+        description="an upstream that completed no request for this long is probed with a 1-token generation",
+    )
+    probe_timeout: float = Field(
+        default=10.0, gt=0, description="seconds that probe generation may take before the upstream is unhealthy"
     )
     eject_after_failures: int = Field(
         default=3, ge=1, description="consecutive failed requests that take an upstream out until it checks healthy"

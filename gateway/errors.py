@@ -59,6 +59,12 @@ class InvalidJSON(InvalidRequest):
     kind = ErrorKind(400, "invalid_request_error", "invalid_json", "INVALID_ARGUMENT")
 
 
+class MalformedRequest(InvalidRequest):
+    """Bytes that are not a request at all: malformed HTTP, an undecodable body or protobuf message."""
+
+    kind = ErrorKind(400, "invalid_request_error", "malformed_request", "INVALID_ARGUMENT")
+
+
 class UnsupportedParameter(InvalidRequest):
     kind = ErrorKind(400, "invalid_request_error", "unsupported_parameter", "INVALID_ARGUMENT")
 
@@ -93,6 +99,12 @@ class PayloadTooLarge(GatewayError):
 
 class UnsupportedMediaType(GatewayError):
     kind = ErrorKind(415, "invalid_request_error", "unsupported_media_type", "INVALID_ARGUMENT")
+
+
+class ExpectationFailed(GatewayError):
+    """An ``Expect`` header other than ``100-continue``."""
+
+    kind = ErrorKind(417, "invalid_request_error", "expectation_failed", "INVALID_ARGUMENT")
 
 
 class RateLimited(GatewayError):
@@ -143,6 +155,7 @@ ERROR_TABLE: dict[type[GatewayError], ErrorKind] = {
     for cls in (
         InvalidRequest,
         InvalidJSON,
+        MalformedRequest,
         UnsupportedParameter,
         ContextLengthExceeded,
         Unauthorized,
@@ -152,6 +165,7 @@ ERROR_TABLE: dict[type[GatewayError], ErrorKind] = {
         MethodNotAllowed,
         PayloadTooLarge,
         UnsupportedMediaType,
+        ExpectationFailed,
         RateLimited,
         UpstreamUnavailable,
         Overloaded,

@@ -28,7 +28,8 @@ def launch_dying_with_parent(cmd: list[str]) -> tuple[list[str], Callable[[], No
 
     util-linux's setpriv sets the signal between fork and exec, so no Python runs in the forked child:
     safe while other threads (gRPC's) run, where a preexec_fn can crash the child. Without setpriv,
-    the preexec_fn does it.
+    the preexec_fn does it. Linux sends the signal when the *thread* that launched the child ends, so
+    launch from a thread that outlives the child (the main thread, or the Triton supervisor's).
     """
     setpriv = shutil.which("setpriv")
     if setpriv is not None:

@@ -1,5 +1,8 @@
 """``--workers N``: N gateway processes sharing the REST and gRPC ports (SO_REUSEPORT).
 
+Only the gateway's own workers share a port: :func:`ports_shared` is true in them alone, so a
+single gateway binds its ports exclusively and a second one started on the same port fails.
+
 Each worker has its own event loop and Triton channels. What must be
 shared lives on the machine: rate-limit state in a SQLite file, Prometheus samples in a
 multiprocess directory (so /metrics on any worker reports all of them). The supervisor forwards
@@ -23,6 +26,13 @@ from gateway.procutil import die_with_parent
 
 log = logging.getLogger(__name__)
 
+SHARED_PORTS_ENV = "GATEWAY_WORKERS_SHARE_PORTS"  # set by supervise() for the workers it starts
+
+
+def ports_shared() -> bool:
+    """Whether this process is one of several workers that bind the same ports (SO_REUSEPORT)."""
+    return os.environ.get(SHARED_PORTS_ENV) == "1"
+
 
 def run_worker(config_json: str, log_level: str) -> None:
     """One worker process: the app on the shared ports until a signal."""
@@ -40,6 +50,7 @@ def supervise(config: GatewayConfig, workers: int, log_level: str) -> int:
     metrics_dir = runtime / "metrics"
     metrics_dir.mkdir()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # inherited by the workers
+    os.environ[SHARED_PORTS_ENV] = "1"
     shared = config.model_copy(update={"limits_db": config.limits_db or runtime / "limits.db"})
     ctx = multiprocessing.get_context("spawn")
     procs = [

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from gateway.api.auth import auth_middleware
+from gateway.api.body import expect_later
 from gateway.api.chat import chat_completions
 from gateway.api.completions import completions
 from gateway.api.context import CONFIG, GRPC, KEYS, LIMITER, REGISTRY
@@ -34,7 +35,12 @@ def _engines(engine_for: EngineFactory | None) -> Callable[[web.Application], As
             factory = pool.client
         config = app[CONFIG]
         registry = app[REGISTRY] = ModelRegistry(
-            config.models, factory, config.health_check_interval, config.eject_after_failures
+            config.models,
+            factory,
+            config.health_check_interval,
+            config.eject_after_failures,
+            config.probe_interval,
+            config.probe_timeout,
         )
         registry.start()
         yield
@@ -85,8 +91,9 @@ def create_app(config: GatewayConfig, engine_for: EngineFactory | None = None) -
     app.cleanup_ctx.append(_engines(engine_for))
     app.cleanup_ctx.append(_grpc_api)
     for base in ("/v1", "/{project_id}/v1"):  # the project-scoped path must match the key's project
-        app.router.add_post(f"{base}/chat/completions", chat_completions)
-        app.router.add_post(f"{base}/completions", completions)
+        # Expect: 100-continue is answered by read_json, after auth and the size check
+        app.router.add_post(f"{base}/chat/completions", chat_completions, expect_handler=expect_later)
+        app.router.add_post(f"{base}/completions", completions, expect_handler=expect_later)
         app.router.add_get(f"{base}/models", list_models)
         app.router.add_get(f"{base}/models/{{model_id}}", get_model)
     app.router.add_get("/health", health)

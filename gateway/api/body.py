@@ -1,27 +1,56 @@
-"""Request bodies: size limit, JSON, and the wire model, with errors that name the parameter."""
+"""Request bodies: media type, size limit, JSON, and the wire model, with errors that name the parameter."""
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
-from gateway.api.schema import UNSUPPORTED_PARAMS, SamplingFields
+from gateway.api.schema import COMBINATION_ERROR, UNSUPPORTED_PARAMS, SamplingFields
 from gateway.core.types import SamplingInput
-from gateway.errors import InvalidJSON, InvalidRequest, PayloadTooLarge, UnsupportedParameter
+from gateway.errors import (
+    ExpectationFailed,
+    InvalidJSON,
+    InvalidRequest,
+    MalformedRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    UnsupportedParameter,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
+JSON = "application/json"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+async def expect_later(request: web.Request) -> None:
+    """The routes' ``Expect`` handler: nothing yet. aiohttp's default answers ``100 Continue`` before
+    any middleware runs; :func:`read_json` answers it once auth, media type and size have passed."""
+
 
 async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
+    if request.content_type != JSON:  # a missing Content-Type reads as application/octet-stream
+        given = request.headers.get("Content-Type")
+        raise UnsupportedMediaType(
+            f"Unsupported Content-Type {given!r}: send the body as 'Content-Type: application/json'"
+            if given is not None
+            else "Missing Content-Type: send the body as 'Content-Type: application/json'"
+        )
     if request.content_length is not None and request.content_length > max_bytes:
         raise PayloadTooLarge(f"Request body of {request.content_length} bytes exceeds the limit of {max_bytes} bytes")
+    await _continue(request)
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"Request body exceeds the limit of {max_bytes} bytes") from None
+    except web.RequestPayloadError as exc:  # e.g. a Content-Encoding the body is not in
+        cause = exc.__cause__
+        reason = cause.message if isinstance(cause, HttpProcessingError) else "the body is malformed"
+        raise MalformedRequest(f"We could not read the request body: {reason}") from None
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"Request body of {len(raw)} bytes exceeds the limit of {max_bytes} bytes")
     try:
@@ -50,15 +79,32 @@ def _is_union_tag(part: int | str) -> bool:
     return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or part.startswith("function-"))
 
 
+async def _continue(request: web.Request) -> None:
+    """Answer ``Expect: 100-continue`` now that the body is wanted (see :func:`expect_later`)."""
+    expect = request.headers.get("Expect")
+    if expect is None:
+        return
+    if expect.lower() != "100-continue":
+        raise ExpectationFailed(f"Unsupported Expect header: {expect!r}")
+    if request.version >= HttpVersion11:
+        await request.writer.write(_CONTINUE)
+        request.writer.output_size = 0  # the response proper has not started
+
+
 def _invalid(exc: ValidationError) -> InvalidRequest:
     error = exc.errors(include_url=False)[0]
     # drop pydantic's union branch tags (e.g. "str", "list[int]") so the path is the parameter's
     loc = [str(p) for p in error["loc"] if not _is_union_tag(p)]
     param = ".".join(loc) if loc else None
-    if error["type"] == "extra_forbidden":
+    kind = error["type"]
+    if kind == "extra_forbidden":
         return InvalidRequest(f"Unrecognized request argument supplied: {param}", param=param)
-    if error["type"] == "missing":
+    if kind == "missing":
         return InvalidRequest(f"Missing required parameter: '{param}'", param=param)
+    if kind == COMBINATION_ERROR:
+        return InvalidRequest(error["msg"], param=param)
+    if kind.endswith("_type"):  # int_type, bool_type, string_type, ...: the strict wire types
+        return InvalidRequest(f"Invalid type for '{param}': {error['msg']}", param=param)
     return InvalidRequest(f"Invalid value for '{param}': {error['msg']}", param=param)
 
 

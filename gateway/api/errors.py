@@ -7,7 +7,14 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway.errors import GatewayError, InternalError, MethodNotAllowed, PayloadTooLarge, RouteNotFound
+from gateway.errors import (
+    GatewayError,
+    InternalError,
+    MalformedRequest,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RouteNotFound,
+)
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +25,10 @@ def error_response(exc: GatewayError) -> web.Response:
     headers = dict(exc.headers)
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-    return web.json_response(exc.body(), status=exc.kind.http_status, headers=headers)
+    response = web.json_response(exc.body(), status=exc.kind.http_status, headers=headers)
+    if isinstance(exc, MalformedRequest):  # what is left of the request on the wire cannot be trusted
+        response.force_close()
+    return response
 
 
 def _from_http(exc: web.HTTPException, request: web.Request) -> GatewayError:

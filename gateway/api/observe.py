@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
@@ -17,6 +18,8 @@ from gateway.observability.metrics import REQUEST_DURATION, REQUESTS, render
 access_log = logging.getLogger("gateway.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CLIENT_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable, no spaces, bounded
+CLIENT_CLOSED = 499  # nginx's "client closed request": the client left before its response ended
+CLIENT_GONE = web.RequestKey("client_gone", bool)  # set by a stream whose client left mid-way
 
 
 def request_id_of(request: web.Request) -> str:
@@ -39,10 +42,14 @@ def stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
 async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[STARTED] = time.monotonic()
     request[REQUEST_ID] = request_id_of(request)
-    response = await handler(request)
+    try:
+        response = await handler(request)
+    except (asyncio.CancelledError, ConnectionError):  # the client went away: still logged and counted
+        _account(request, CLIENT_CLOSED)
+        raise
     if not response.prepared:
         stamp_headers(request, response)
-    _account(request, response.status)
+    _account(request, CLIENT_CLOSED if request.get(CLIENT_GONE) else response.status)
     return response
 
 

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from gateway.api.context import PLAN
 from gateway.api.formats import SSE_DONE, ResponseFormat, sse_event
-from gateway.api.observe import stamp_headers
+from gateway.api.observe import CLIENT_GONE, stamp_headers
 from gateway.core.generate import collect, generate
 from gateway.core.plan import Plan
 from gateway.core.types import Delta, Usage
@@ -80,6 +80,7 @@ async def _stream(
     except ConnectionError:
         log.info("client disconnected; generation cancelled")
         DISCONNECTS.labels(request[PLAN].model.id).inc()
+        request[CLIENT_GONE] = True
         return response
     except GatewayError as exc:
         log.warning("stream failed after the first byte: %s", exc.message)

@@ -16,8 +16,10 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.context import CONFIG, GRPC
+from gateway.api.protocol_errors import GatewayRunner
 from gateway.config import env
 from gateway.core.lifecycle import LIFECYCLE
+from gateway.workers import ports_shared
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +39,11 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 async def serve(app: web.Application) -> None:
     config = app[CONFIG]
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    runner = GatewayRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port, reuse_port=True)
+        # SO_REUSEPORT only among the gateway's own workers: a second gateway must fail to bind, not split the traffic
+        site = web.TCPSite(runner, config.host, config.port, reuse_port=ports_shared())
         await site.start()
         stop = asyncio.Event()
         tasks: set[asyncio.Task[None]] = set()

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from gateway.core.limits import MAX_CHOICES, MAX_STOP_STRINGS, PENALTY_RANGE, TEMPERATURE_RANGE
 
@@ -38,16 +39,32 @@ UNSUPPORTED_PARAMS: dict[str, tuple[Any, ...]] = {
 
 Stop = str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None
 
+# the error type of a check that spans fields; its message is reported as written
+COMBINATION_ERROR = "invalid_combination"
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+
+class WireModel(BaseModel):
+    """Validated as OpenAI does: no coercion (``"4"`` is not 4 and ``1`` is not true, while a JSON
+    integer is a valid float), unknown fields refused, and ``null`` for an optional field means
+    "not given" (its default applies)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_not_given(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or None not in data.values():
+            return data
+        fields = cls.model_fields
+        return {k: v for k, v in data.items() if v is not None or k not in fields or fields[k].is_required()}
+
+
+class StreamOptions(WireModel):
     include_usage: bool = False
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(WireModel):
     """Parameters shared by chat and completions."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
@@ -82,6 +99,15 @@ class SamplingFields(BaseModel):
             raise ValueError("stop strings must not be empty")
         return value
 
+    @field_validator("stream_options")
+    @classmethod
+    def _only_when_streaming(cls, value: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        if value is not None and "stream" in info.data and not info.data["stream"]:
+            raise PydanticCustomError(
+                COMBINATION_ERROR, "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+            )
+        return value
+
     @property
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -101,13 +127,12 @@ class SamplingFields(BaseModel):
         return "max_tokens"
 
 
-class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TextPart(WireModel):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(WireModel):
     model_config = ConfigDict(extra="ignore")  # name, refusal, ... are accepted and unused
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None

@@ -28,8 +28,11 @@ class Principal:
     key_limits: LimitsConfig
     project_limits: LimitsConfig
 
+    def may_use(self, model_id: str) -> bool:
+        return self.models is None or model_id in self.models
+
     def check_model(self, model_id: str) -> None:
-        if self.models is not None and model_id not in self.models:
+        if not self.may_use(model_id):
             raise Forbidden(f"This key may not use the model '{model_id}'", param="model")
 
     def check_project(self, project_id: str | None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncGenerator
 
@@ -17,26 +18,43 @@ from gateway.core.lifecycle import LIFECYCLE
 from gateway.core.models import ServedModel
 from gateway.core.plan import Plan
 from gateway.core.types import Choice, Delta, FinishReason, GenerateRequest, RequestStats, SamplingParams, Usage
-from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.observability.metrics import IN_FLIGHT, TOKENS, UPSTREAM_ERRORS, ChoiceObserver
+from gateway.text.stop import StopTail
 from gateway.text.stream_state import StreamState
+
+log = logging.getLogger(__name__)
+
+# token responses a finished choice still reads while its model ends the request itself
+_DRAIN_RESPONSES = 4
 
 
 async def generate_choice(
     model: ServedModel, request_id: str, choice: Choice, sampling: SamplingParams, stats: RequestStats
 ) -> AsyncGenerator[Delta, None]:
-    """Deltas of one choice; the last one carries the finish reason."""
+    """Deltas of one choice; the last one carries the finish reason.
+
+    A choice that is complete before its upstream stream ended (its length reached, the end token,
+    a stop string the model stops on too) reads that stream to its end instead of cancelling it:
+    the model is about to end the request itself, and cancelling a Triton request as it ends is a
+    race that crashes older tritonservers. Only a model that would go on is cancelled.
+    """
     if choice.seed is not None and choice.seed != sampling.seed:
         sampling = dataclasses.replace(sampling, seed=choice.seed)
     tokenizer = model.tokenizer
     state = StreamState(tokenizer, sampling.max_tokens, sampling.stop, sampling.ignore_eos)
-    request = GenerateRequest(f"{request_id}-{choice.index}", choice.prompt_ids, sampling)
+    config = model.config
+    request = GenerateRequest(
+        f"{request_id}-{choice.index}", choice.prompt_ids, sampling, config.first_token_timeout, config.idle_timeout
+    )
     end_id = -1 if sampling.ignore_eos else tokenizer.eos_token_id
     tokens = model.upstreams.generate(request, end_id, tokenizer.pad_token_id)
     index = choice.index
     observer = ChoiceObserver(model.id, stats.started)
+    tail = StopTail(sampling.stop_ids)
     try:
         async for ids in tokens:
+            tail.feed(ids)
             text = state.feed(ids)
             if text:
                 observer.delta()
@@ -44,6 +62,8 @@ async def generate_choice(
                     stats.first_token = time.monotonic()
             if state.finish_reason is not None:
                 yield Delta(index, text, state.finish_reason, state.completion_tokens)
+                if state.finish_reason is FinishReason.LENGTH or end_id in ids or tail.model_stops:
+                    await _read_to_end(tokens)
                 return
             if text:
                 yield Delta(index, text, None, state.completion_tokens)
@@ -55,6 +75,18 @@ async def generate_choice(
     finally:
         stats.completion_tokens += state.completion_tokens
         await tokens.aclose()  # cancels the Triton request if it is still running
+
+
+async def _read_to_end(tokens: AsyncGenerator[list[int], None]) -> None:
+    """Let a model that is ending the request end it (a few stray responses at most, then cancel)."""
+    try:
+        extra = 0
+        async for _ in tokens:
+            extra += 1
+            if extra > _DRAIN_RESPONSES:
+                return  # it went on after all: the caller's aclose() cancels it
+    except GatewayError as exc:  # the choice is complete; what the upstream says now changes nothing
+        log.info("upstream error after a complete choice: %s", exc.message)
 
 
 async def generate(plan: Plan) -> AsyncGenerator[Delta, None]:

@@ -43,6 +43,8 @@ class ModelRegistry:
         engine_for: Callable[[str], Engine],
         health_check_interval: float = 2.0,
         eject_after_failures: int = 3,
+        probe_interval: float = 10.0,
+        probe_timeout: float = 10.0,
     ) -> None:
         """``engine_for`` gives the engine of a Triton URL (one shared client per server)."""
         self._models: dict[str, ServedModel] = {}
@@ -52,7 +54,15 @@ class ModelRegistry:
             context = cfg.context_length or tokenizer.model_max_length or 2048
             admission = Admission(cfg.id, cfg.max_in_flight, cfg.max_queue, cfg.queue_timeout)
             engines = [engine_for(url) for url in cfg.upstreams]
-            group = UpstreamGroup(cfg.id, cfg.triton_model, engines, health_check_interval, eject_after_failures)
+            group = UpstreamGroup(
+                cfg.id,
+                cfg.triton_model,
+                engines,
+                health_check_interval,
+                eject_after_failures,
+                probe_interval,
+                probe_timeout,
+            )
             self._models[cfg.id] = ServedModel(cfg, tokenizer, group, context, created, admission)
 
     def start(self) -> None:
@@ -65,11 +75,13 @@ class ModelRegistry:
             await model.upstreams.close()
 
     def get(self, model_id: str, principal: Principal) -> ServedModel:
-        """The model, if it exists (404) and the caller may use it (403)."""
+        """The model, if it exists and the caller may use it: 404 alike otherwise, so that a key
+        cannot learn which models exist outside its scope."""
         model = self._models.get(model_id)
-        if model is None:
-            raise ModelNotFound(f"The model '{model_id}' does not exist", param="model")
-        principal.check_model(model_id)
+        if model is None or not principal.may_use(model_id):
+            raise ModelNotFound(
+                f"The model '{model_id}' does not exist or you do not have access to it.", param="model"
+            )
         return model
 
     def visible(self, principal: Principal) -> list[ServedModel]:

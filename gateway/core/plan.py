@@ -14,7 +14,7 @@ from gateway.auth.keys import Principal
 from gateway.core.models import ModelRegistry, ServedModel
 from gateway.core.sampling import resolve_sampling
 from gateway.core.types import Choice, RequestStats, SamplingInput, SamplingParams
-from gateway.errors import InvalidRequest
+from gateway.errors import ContextLengthExceeded, InvalidRequest
 from gateway.limits.ratelimit import Grant, RateLimiter
 from gateway.observability.metrics import OVERHEAD
 
@@ -63,7 +63,9 @@ async def plan_chat(
     stats = RequestStats(started or time.monotonic())
     model = registry.get(model_id, principal)
     tokenizer = model.tokenizer
-    prompt_ids = tokenizer.encode(tokenizer.apply_chat_template(messages))
+    chars = sum(len(m["content"]) for m in messages)
+    _check_length(model, chars, "messages")
+    prompt_ids = await tokenizer.encode_chat(messages, chars)
     sampling = resolve_sampling(
         model,
         await model.contract(),
@@ -94,7 +96,9 @@ async def plan_completion(
     vocab = tokenizer.vocab_size
     ids_list: list[list[int]] = []
     for prompt in prompts:
-        ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if isinstance(prompt, str):
+            _check_length(model, len(prompt), "prompt")
+        ids = await tokenizer.encode_async(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
             raise InvalidRequest("prompt must not be empty", param="prompt")
         if not isinstance(prompt, str) and any(not 0 <= t < vocab for t in ids):
@@ -113,6 +117,17 @@ async def plan_completion(
     choices = _choices(ids_list, n, given.seed)
     plan = Plan(model, new_id("cmpl"), choices, sampling, prompt_tokens, stats, principal.project, echo_texts)
     return await _planned(plan, principal, limiter)
+
+
+def _check_length(model: ServedModel, chars: int, param: str) -> None:
+    """Refuse a prompt that cannot fit the context from its length alone, before tokenizing it."""
+    at_least = model.tokenizer.min_tokens(chars)
+    if at_least >= model.context_length:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {model.context_length} tokens. However, your prompt of "
+            f"{chars} characters is at least {at_least} tokens.",
+            param=param,
+        )
 
 
 async def _planned(plan: Plan, principal: Principal, limiter: RateLimiter | None) -> Plan:

@@ -67,6 +67,7 @@ def resolve_sampling(
         min_tokens=given.min_tokens,
         ignore_eos=given.ignore_eos,
         stop=given.stop,
+        stop_ids=model.tokenizer.stop_sequences(given.stop) if given.stop and contract.supports("stop") else (),
         presence_penalty=given.presence_penalty or 0.0,
         frequency_penalty=given.frequency_penalty or 0.0,
     )

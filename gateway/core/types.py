@@ -23,6 +23,9 @@ class SamplingParams:
     min_tokens: int = 0
     ignore_eos: bool = False
     stop: tuple[str, ...] = ()
+    # token sequences the model itself stops on (TensorRT-LLM's stop_words_list); each decodes to
+    # text that contains one of ``stop``, so the text-level match always comes at or before it
+    stop_ids: tuple[tuple[int, ...], ...] = ()
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
 
@@ -55,6 +58,8 @@ class GenerateRequest:
     request_id: str
     prompt_ids: list[int]
     sampling: SamplingParams
+    first_token_timeout: float = 60.0  # seconds the upstream may take to its first response
+    idle_timeout: float = 30.0  # seconds it may then go silent between two responses
 
 
 @dataclass(slots=True)

@@ -6,7 +6,9 @@ shared libraries (and our Python's libdir) on ``LD_LIBRARY_PATH``, and the virtu
 on ``PATH`` (the stub takes its interpreter from ``PATH``, not ``PYTHONPATH``).
 
 The server is bound to 127.0.0.1, started in its own session, killed with the launcher if the
-launcher dies (``PR_SET_PDEATHSIG``), and stopped with SIGTERM then SIGKILL on :meth:`stop`.
+launcher dies (``PR_SET_PDEATHSIG``), and stopped with SIGTERM then SIGKILL on :meth:`stop`. It is
+ready when it answers ready over HTTP *and* (on Linux) the sockets listening on its three ports are
+its own: another server on one of them would otherwise answer in its place.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.embedded.ports import foreign_or_unbound
 from gateway.procutil import launch_dying_with_parent
 
 log = logging.getLogger(__name__)
@@ -132,6 +136,8 @@ class TritonServer:
         self.models = models
         self.log_path = cache_dir / "tritonserver.log"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0  # where the current run's log begins (a restart appends to the log)
+        self._started = False
 
     @property
     def grpc_url(self) -> str:
@@ -164,12 +170,20 @@ class TritonServer:
             return []
         return ["--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models)]
 
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
     def start(self) -> None:
+        """Launch it (again: a restart keeps the earlier runs' log above the new one)."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         backends = assemble_backends(self.binary, self.cache_dir)
         cmd, preexec = launch_dying_with_parent(self.command(backends))
         log.info("starting tritonserver: %s", " ".join(cmd))
-        with open(self.log_path, "wb") as log_file:
+        mode = "ab" if self._started else "wb"
+        self._started = True
+        with open(self.log_path, mode) as log_file:
+            self._log_offset = log_file.tell()
             self._proc = subprocess.Popen(
                 cmd,
                 stdout=log_file,
@@ -177,27 +191,49 @@ class TritonServer:
                 stdin=subprocess.DEVNULL,
                 env=server_env(self.binary),
                 start_new_session=True,  # Ctrl-C reaches us; we stop Triton in order
-                preexec_fn=preexec,  # noqa: PLW1509 - only without setpriv, before the gateway starts threads
+                preexec_fn=preexec,  # noqa: PLW1509 - only without setpriv (util-linux); one prctl call
             )
 
-    def wait_ready(self, timeout: float = 180.0, progress: Callable[[str], None] | None = None) -> None:
-        """Block until Triton reports ready; on failure quote its log."""
+    def wait_ready(
+        self,
+        timeout: float = 180.0,
+        progress: Callable[[str], None] | None = None,
+        abort: threading.Event | None = None,
+    ) -> None:
+        """Block until this Triton answers ready on ports it alone listens on; on failure quote its log.
+
+        ``abort`` set: give up at once (TritonLaunchError), leaving the process to :meth:`stop`.
+        """
         deadline = time.monotonic() + timeout
         last_note = 0.0
+        problems: list[str] = []
         while True:
+            if self._http_ready():
+                problems = self.foreign_ports()
+                if not problems and self.running:  # alive after ready: the answer was its own
+                    return
             if self._proc is None or self._proc.poll() is not None:
                 code = None if self._proc is None else self._proc.returncode
-                raise TritonLaunchError(f"tritonserver exited with code {code}\n{self.log_excerpt()}")
-            if self._http_ready():
-                return
+                raise TritonLaunchError(f"tritonserver {describe_exit(code)}\n{self.log_excerpt()}")
             now = time.monotonic()
             if now > deadline:
                 self.stop()
-                raise TritonLaunchError(f"tritonserver not ready after {timeout:.0f}s\n{self.log_excerpt()}")
+                why = f" ({'; '.join(problems)})" if problems else ""
+                raise TritonLaunchError(f"tritonserver not ready after {timeout:.0f}s{why}\n{self.log_excerpt()}")
             if progress and now - last_note > 5:
                 progress(f"waiting for tritonserver ({int(deadline - now)}s left)")
                 last_note = now
-            time.sleep(0.2)
+            if abort is None:
+                time.sleep(0.2)
+            elif abort.wait(0.2):
+                raise TritonLaunchError("tritonserver start-up aborted")
+
+    def foreign_ports(self) -> list[str]:
+        """Reasons to doubt that this Triton alone answers on its ports: [] when none (or where /proc cannot tell)."""
+        if self._proc is None:
+            return ["tritonserver not running"]
+        ports = (self.ports.http, self.ports.grpc, self.ports.metrics)
+        return foreign_or_unbound(ports, self.host, self._proc.pid) or []
 
     def _http_ready(self) -> bool:
         try:
@@ -207,8 +243,11 @@ class TritonServer:
             return False
 
     def log_excerpt(self, lines: int = 30) -> str:
+        """The error lines (or else the last lines) of the current run's log."""
         try:
-            text = self.log_path.read_text(errors="replace").splitlines()
+            with open(self.log_path, "rb") as log_file:
+                log_file.seek(self._log_offset)
+                text = log_file.read().decode(errors="replace").splitlines()
         except OSError:
             return "(no tritonserver log)"
         errors = [line for line in text if " E" in line[:2] or "error" in line.lower() or "failed" in line.lower()]
@@ -218,6 +257,11 @@ class TritonServer:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once it has exited (reaped), as subprocess gives it: -N for signal N."""
+        return None if self._proc is None else self._proc.poll()
 
     def kill(self) -> None:
         """SIGKILL Triton and its model processes at once, as a crash would (no drain); start() may follow."""
@@ -238,6 +282,19 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 log.warning("tritonserver did not stop in %.0fs; killing it", timeout)
         _kill_session(proc)
+
+
+def describe_exit(code: int | None) -> str:
+    """'exited with code 1', 'killed by SIGSEGV', for log lines."""
+    if code is None:
+        return "is not running"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}"
+    return f"exited with code {code}"
 
 
 def _kill_session(proc: subprocess.Popen[bytes]) -> None:

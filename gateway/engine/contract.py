@@ -44,6 +44,7 @@ INPUT_TENSORS: dict[str, TensorSpec] = {
     "min_tokens": TensorSpec("INT32", "i"),
     "presence_penalty": TensorSpec("FP32", "f"),
     "frequency_penalty": TensorSpec("FP32", "f"),
+    "stop_words_list": TensorSpec("INT32", "i"),
 }
 # The outputs the gateway reads (parse_tokens), all INT32.
 OUTPUT_TENSORS: dict[str, str] = {"output_ids": "INT32", "sequence_length": "INT32"}
@@ -60,6 +61,7 @@ PARAM_TENSORS: dict[str, str] = {
     "ignore_eos": "min_tokens",
     "presence_penalty": "presence_penalty",
     "frequency_penalty": "frequency_penalty",
+    "stop": "stop_words_list",  # optional: without it the gateway alone stops on stop strings
 }
 REQUIRED_INPUTS = ("input_ids", "input_lengths", "request_output_len")
 REQUIRED_OUTPUTS = ("output_ids",)
@@ -182,10 +184,23 @@ def build_request(
         r.scalar("presence_penalty", sampling.presence_penalty)
     if sampling.frequency_penalty:
         r.scalar("frequency_penalty", sampling.frequency_penalty)
+    if sampling.stop_ids and "stop_words_list" in contract.inputs:
+        ids, offsets = stop_words_rows(sampling.stop_ids)
+        r.add("stop_words_list", ids + offsets, [2, len(ids)])
     r.req.outputs.add().name = "output_ids"
     if "sequence_length" in contract.outputs:
         r.req.outputs.add().name = "sequence_length"
     return r.req
+
+
+def stop_words_rows(sequences: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
+    """TensorRT-LLM's ``stop_words_list`` rows: every sequence's ids, then their end offsets padded with -1."""
+    ids: list[int] = []
+    offsets: list[int] = []
+    for seq in sequences:
+        ids.extend(seq)
+        offsets.append(len(ids))
+    return ids, offsets + [-1] * (len(ids) - len(offsets))
 
 
 def parse_tokens(response: service_pb2.ModelInferResponse) -> list[int]:

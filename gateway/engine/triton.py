@@ -1,9 +1,9 @@
 """Triton over gRPC (KServe v2): one bidirectional stream per generated sequence.
 
 A stream per request because cancelling a gRPC stream cancels everything on it: a shared stream
-could not cancel one request. Closing the token iterator (the client went away, a stop string
-matched, the task was cancelled) cancels the call, and Triton cancels the request in the model.
-grpc errors are translated into gateway errors here, where they enter.
+could not cancel one request. A call is read to its end and cancelled only when the model must be
+stopped (see :meth:`TritonClient.generate`). grpc errors are translated into gateway errors here,
+where they enter.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from gateway.core.types import GenerateRequest
 from gateway.engine.contract import ContractError, ModelContract, build_request, is_final, parse_tokens
+from gateway.engine.deadline import StreamDeadline
 from gateway.errors import (
     GatewayError,
     Overloaded,
@@ -53,7 +54,7 @@ def translate_rpc_error(exc: grpc.aio.AioRpcError, url: str) -> GatewayError:
     code = exc.code()
     detail = exc.details() or code.name
     if code == grpc.StatusCode.UNAVAILABLE:
-        return UpstreamUnavailable(f"Triton at {url} is unavailable: {detail}")
+        return UpstreamUnavailable(f"Triton at {url} is unavailable: {detail}", retry_after=1.0)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return UpstreamTimeout(f"Triton at {url} did not answer in time")
     if code == grpc.StatusCode.NOT_FOUND:
@@ -120,31 +121,54 @@ class TritonClient:
         end_id: int | None,
         pad_id: int | None,
     ) -> AsyncGenerator[list[int], None]:
-        """New token ids as Triton streams them; ends at the final response.
+        """New token ids as Triton streams them; ends with the call.
 
-        Closing the iterator early cancels the Triton request.
+        The request stream is half-closed once the request is written, and the call is read to
+        its end (the final response, then the server's end of the call), so a request that ends by
+        itself is never cancelled: cancelling a call while Triton sends its final response is a
+        known race that crashes or deadlocks older tritonservers. Closing the iterator early (the
+        client went away, a stop string matched, an error) cancels the call, and Triton cancels
+        the request in the model. A stream that waits on Triton past its deadline is cancelled
+        and ends with :class:`UpstreamTimeout`.
         """
         infer = build_request(contract, request.request_id, request.prompt_ids, request.sampling, end_id, pad_id)
         call = self._stub.ModelStreamInfer()
+        deadline = StreamDeadline(request.first_token_timeout, request.idle_timeout, call.cancel)
+        final = False
         try:
             await call.write(infer)
+            await call.done_writing()
             while True:
+                deadline.waiting()
                 response = await call.read()
+                deadline.answered()
                 if response is grpc.aio.EOF:
                     return
                 if response.error_message:
                     raise upstream_message_error(response.error_message)
+                if final:
+                    continue  # nothing follows the final response but the end of the call
                 infer_response = response.infer_response
                 tokens = parse_tokens(infer_response)
+                final = is_final(infer_response)
                 if tokens:
                     yield tokens
-                if is_final(infer_response):
-                    return
         except grpc.aio.AioRpcError as exc:
+            if deadline.expired:
+                raise self._timed_out(deadline) from None
             raise translate_rpc_error(exc, self.url) from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if deadline.expired and (task is None or not task.cancelling()):
+                raise self._timed_out(deadline) from None  # our own cancel of the call, not the task's
+            raise
         finally:
+            deadline.cancel()
             if not call.done():
-                call.cancel()
+                call.cancel()  # stopped early: the model must stop generating
+
+    def _timed_out(self, deadline: StreamDeadline) -> UpstreamTimeout:
+        return UpstreamTimeout(f"Triton at {self.url} sent nothing for {deadline.limit:g}s; the request was cancelled")
 
 
 class TritonPool:

@@ -2,7 +2,10 @@
 
 - **Routing**: the available upstream with the fewest requests in flight; ties rotate.
 - **Active health**: every ``interval`` seconds each upstream is asked whether the server and the model
-  are ready (gRPC ServerReady + ModelReady); the answer marks it healthy or not.
+  are ready (gRPC ServerReady + ModelReady); the answer marks it healthy or not. A server can say
+  ready and still answer nothing (a deadlocked stream handler), so an upstream that has completed
+  no request for ``probe_interval`` seconds must also complete a 1-token generation within
+  ``probe_timeout`` to stay healthy. Under traffic, the requests themselves are that proof.
 - **Passive ejection**: ``eject_after`` consecutive failed requests (unavailable, broken off, timed
   out) take an upstream out at once and trigger a check; it comes back when a check begun after the
   ejection passes.
@@ -23,13 +26,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncGenerator, Collection
 
-from gateway.core.types import GenerateRequest
+from gateway.core.types import GenerateRequest, SamplingParams
 from gateway.engine.base import Engine
 from gateway.engine.contract import ModelContract
-from gateway.errors import Overloaded, UpstreamInterrupted, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import GatewayError, Overloaded, UpstreamInterrupted, UpstreamTimeout, UpstreamUnavailable
 from gateway.observability.metrics import (
     UPSTREAM_EJECTIONS,
     UPSTREAM_FAILURES,
@@ -42,6 +46,8 @@ from gateway.observability.metrics import (
 log = logging.getLogger(__name__)
 
 _MIN_CHECK_GAP = 0.1  # seconds between checks triggered by failures
+_READY_WAIT = 2.0  # seconds a readiness query waits for a running check before answering as last known
+_PROBE_SAMPLING = SamplingParams(max_tokens=1, temperature=0.0)
 
 
 class Upstream:
@@ -56,6 +62,7 @@ class Upstream:
         "failures",
         "healthy",
         "in_flight",
+        "last_ok",
     )
 
     def __init__(self, engine: Engine, model_id: str) -> None:
@@ -64,6 +71,8 @@ class Upstream:
         self.healthy = False  # until the first check says otherwise
         self.failures = 0  # consecutive
         self.ejected_at: float | None = None
+        # when it last produced tokens or passed a probe generation (from the start: no probe at once)
+        self.last_ok = time.monotonic()
         self._in_flight_gauge = UPSTREAM_IN_FLIGHT.labels(model_id, engine.url)
         self._healthy_gauge = UPSTREAM_HEALTHY.labels(model_id, engine.url)
         self._requests = UPSTREAM_REQUESTS.labels(model_id, engine.url)
@@ -94,7 +103,14 @@ class UpstreamGroup:
     """The upstreams of one model, and the task that checks their health."""
 
     def __init__(
-        self, model_id: str, triton_model: str, engines: list[Engine], interval: float = 2.0, eject_after: int = 3
+        self,
+        model_id: str,
+        triton_model: str,
+        engines: list[Engine],
+        interval: float = 2.0,
+        eject_after: int = 3,
+        probe_interval: float = 10.0,
+        probe_timeout: float = 10.0,
     ) -> None:
         if not engines:
             raise ValueError(f"model {model_id!r} has no upstream")
@@ -103,6 +119,8 @@ class UpstreamGroup:
         self.upstreams = [Upstream(e, model_id) for e in engines]
         self._interval = interval
         self._eject_after = eject_after
+        self._probe_interval = probe_interval
+        self._probe_timeout = probe_timeout
         self._turn = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -157,8 +175,10 @@ class UpstreamGroup:
                     if not started:
                         started = True
                         upstream.failures = 0
+                        upstream.last_ok = time.monotonic()
                     yield ids
                 upstream.failures = 0
+                upstream.last_ok = time.monotonic()
                 return
             except (UpstreamUnavailable, UpstreamInterrupted, Overloaded) as exc:
                 if not isinstance(exc, Overloaded):  # a full queue is load, not a fault
@@ -199,9 +219,38 @@ class UpstreamGroup:
 
     async def _probe(self, upstream: Upstream) -> bool:
         try:
-            return await asyncio.wait_for(upstream.engine.model_ready(self.triton_model), max(self._interval, 1.0))
+            ready = await asyncio.wait_for(upstream.engine.model_ready(self.triton_model), max(self._interval, 1.0))
         except TimeoutError:
             return False
+        if not ready or time.monotonic() - upstream.last_ok < self._probe_interval:
+            return ready
+        return await self._probe_generation(upstream)
+
+    async def _probe_generation(self, upstream: Upstream) -> bool:
+        """A 1-token generation must complete: proof that the server answers, not only says ready."""
+        request = GenerateRequest(
+            f"health-probe-{secrets.token_hex(4)}",
+            [0],
+            _PROBE_SAMPLING,
+            first_token_timeout=self._probe_timeout,
+            idle_timeout=self._probe_timeout,
+        )
+        tokens: AsyncGenerator[list[int], None] | None = None
+        try:
+            async with asyncio.timeout(self._probe_timeout):
+                contract = await upstream.engine.contract(self.triton_model)
+                tokens = upstream.engine.generate(contract, request, None, None)
+                async for _ in tokens:
+                    pass
+        except (TimeoutError, GatewayError) as exc:
+            reason = "no answer" if isinstance(exc, TimeoutError) else exc.message
+            log.warning("model %s: %s failed its probe generation: %s", self.model_id, upstream.url, reason)
+            return False
+        finally:
+            if tokens is not None:
+                await tokens.aclose()
+        upstream.last_ok = time.monotonic()
+        return True
 
     async def check(self) -> None:
         """One round of active health checks; callers during a round share it."""
@@ -229,8 +278,10 @@ class UpstreamGroup:
             upstream.publish()
 
     async def ready(self) -> bool:
-        """At least one upstream is available, checked now."""
-        await self.check()
+        """At least one upstream is available: checked now, or as last known if a check takes long
+        (a probe generation waiting on a server that stopped answering)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.check(), _READY_WAIT)
         return any(u.available for u in self.upstreams)
 
     async def _run(self) -> None:

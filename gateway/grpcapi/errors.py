@@ -12,13 +12,28 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from gateway.errors import GatewayError, InternalError
+from gateway.errors import GatewayError, InternalError, MalformedRequest
 from gateway.observability.metrics import REQUESTS
 
 log = logging.getLogger(__name__)
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+
+
+class Malformed:
+    """What a request that is not its protobuf message deserializes to (see :mod:`gateway.grpcapi.wire`)."""
+
+    __slots__ = ("message_type",)
+    model = ""  # read by the request counter, as a real request's model
+
+    def __init__(self, message_type: str) -> None:
+        self.message_type = message_type
+
+
+def _well_formed(request: object) -> None:
+    if isinstance(request, Malformed):
+        raise MalformedRequest(f"The request is not a valid {request.message_type} protobuf message")
 
 
 def status_of(exc: GatewayError) -> grpc.Status:
@@ -72,6 +87,7 @@ def unary(
     @functools.wraps(method)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
         try:
+            _well_formed(request)
             response = await method(self, request, context)
         except Exception as exc:  # the one translation point for unary calls
             _count(route, request, exc)
@@ -91,6 +107,7 @@ def streaming(
     @functools.wraps(method)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> AsyncIterator[Resp]:
         try:
+            _well_formed(request)
             async for item in method(self, request, context):
                 yield item
         except Exception as exc:  # the one translation point for streaming calls

@@ -19,15 +19,17 @@ from gateway.auth.keys import KeyStore
 from gateway.core.lifecycle import LIFECYCLE
 from gateway.core.models import ModelRegistry
 from gateway.grpcapi.service import LLMGatewayService
-from gateway.grpcapi.stubs import SERVICE_NAME, pb_grpc
+from gateway.grpcapi.stubs import SERVICE_NAME
+from gateway.grpcapi.wire import add_service
 from gateway.limits.ratelimit import RateLimiter
+from gateway.workers import ports_shared
 
 log = logging.getLogger(__name__)
 
 _OPTIONS = [
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
-    ("grpc.so_reuseport", 1),  # several worker processes may share the port
+    ("grpc.so_reuseport", 1 if ports_shared() else 0),  # only the gateway's own --workers share the port
 ]
 
 
@@ -44,7 +46,7 @@ class GrpcServer:
         self._registry = registry
         self._interval = interval
         self._server = grpc.aio.server(options=_OPTIONS)
-        pb_grpc.add_LLMGatewayServicer_to_server(LLMGatewayService(registry, keys, limiter), self._server)  # type: ignore[no-untyped-call]
+        add_service(LLMGatewayService(registry, keys, limiter), self._server)
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name

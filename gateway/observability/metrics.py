@@ -22,13 +22,15 @@ from prometheus_client import (
 )
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# whole requests: long generations run for many minutes (vLLM's e2e buckets reach 7680 s)
+_REQUEST = (*_LATENCY, 120.0, 240.0, 480.0, 960.0, 1920.0, 3840.0)
 _ITL = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
 
 REQUESTS = Counter(
     "gateway_requests_total", "Requests answered, by API route, model and status", ["route", "model", "status"]
 )
 REQUEST_DURATION = Histogram(
-    "gateway_request_duration_seconds", "End-to-end request latency", ["route", "model"], buckets=_LATENCY
+    "gateway_request_duration_seconds", "End-to-end request latency", ["route", "model"], buckets=_REQUEST
 )
 TTFT = Histogram("gateway_time_to_first_token_seconds", "Request arrival to first text", ["model"], buckets=_LATENCY)
 ITL = Histogram("gateway_inter_token_latency_seconds", "Gap between text deltas of a choice", ["model"], buckets=_ITL)
@@ -103,3 +105,8 @@ def render() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
+
+
+TRITON_RESTARTS = Counter(
+    "gateway_triton_restarts_total", "Times the tritonserver the gateway launched died and was restarted (ready again)"
+)

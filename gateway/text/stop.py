@@ -49,3 +49,31 @@ class StopMatcher:
                     best = k
                     break
         return best
+
+
+class StopTail:
+    """Whether the model itself stops here: the tokens so far end with one of its stop sequences.
+
+    The stop sequences are the ones sent to the model (TensorRT-LLM's ``stop_words_list``). When a
+    stop string matched on the text and this holds, the model ends the request at this very token,
+    so it need not be cancelled. Keeps only the last few ids; nothing at all without sequences.
+    """
+
+    __slots__ = ("_keep", "_seqs", "_tail")
+
+    def __init__(self, sequences: tuple[tuple[int, ...], ...]) -> None:
+        self._seqs = sequences
+        self._keep = max((len(s) for s in sequences), default=0)
+        self._tail: list[int] = []
+
+    def feed(self, ids: list[int]) -> None:
+        if self._keep:
+            tail = self._tail
+            tail.extend(ids)
+            if len(tail) > self._keep:
+                del tail[: len(tail) - self._keep]
+
+    @property
+    def model_stops(self) -> bool:
+        tail = tuple(self._tail)
+        return any(tail[len(tail) - len(s) :] == s for s in self._seqs if len(s) <= len(tail))

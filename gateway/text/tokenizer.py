@@ -7,8 +7,10 @@ environment. No ``transformers`` at serve time.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,12 @@ from tokenizers import Tokenizer as _RustTokenizer
 from tokenizers.decoders import DecodeStream
 
 from gateway.errors import InvalidRequest
+
+# Prompts up to this many characters are templated and tokenized inline (tens of µs); larger ones on
+# a thread, so one huge request cannot stall every stream of the process (tokenizers drops the GIL).
+INLINE_CHARS = 32_768
+_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenize")
+_STOP_CACHE_SIZE = 1024
 
 
 def _raise_exception(message: str) -> None:
@@ -48,6 +56,9 @@ class Tokenizer:
         pad = _special(config.get("pad_token"))
         self.pad_token_id = self._tok.token_to_id(pad) if pad else self.eos_token_id
         self.model_max_length = int(config.get("model_max_length") or 0) or None
+        # the most characters one token can stand for: a prompt of n characters is >= n / this tokens
+        self.max_token_chars = max((len(piece) for piece in self._tok.get_vocab(with_added_tokens=True)), default=1)
+        self._stop_cache: dict[tuple[str, ...], tuple[tuple[int, ...], ...]] = {}
         self._template = None
         if template:
             env = ImmutableSandboxedEnvironment(
@@ -64,6 +75,43 @@ class Tokenizer:
         """Token ids of ``text``; special tokens written in the text are parsed as such."""
         ids: list[int] = self._tok.encode(text, add_special_tokens=False).ids
         return ids
+
+    def min_tokens(self, chars: int) -> int:
+        """A lower bound on the tokens of a text of ``chars`` characters, known without tokenizing it."""
+        return chars // self.max_token_chars
+
+    async def encode_async(self, text: str) -> list[int]:
+        """:meth:`encode`, on a worker thread when the text is large."""
+        if len(text) <= INLINE_CHARS:
+            return self.encode(text)
+        return await asyncio.get_running_loop().run_in_executor(_POOL, self.encode, text)
+
+    async def encode_chat(self, messages: list[dict[str, Any]], chars: int) -> list[int]:
+        """The prompt ids of ``messages`` (``chars``: their content's length), off the event loop when large."""
+        if chars <= INLINE_CHARS and len(messages) <= 256:
+            return self.encode(self.apply_chat_template(messages))
+        return await asyncio.get_running_loop().run_in_executor(
+            _POOL, lambda: self.encode(self.apply_chat_template(messages))
+        )
+
+    def stop_sequences(self, stops: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
+        """Token sequences whose text is a stop string as a model would write it: alone, and after a
+        space (byte-level BPE folds the space into the word's token). Sent to the model so it stops
+        by itself; each decodes to text containing its stop string, so the gateway's text-level match
+        never comes later than the model's."""
+        cached = self._stop_cache.get(stops)
+        if cached is not None:
+            return cached
+        seqs: list[tuple[int, ...]] = []
+        for stop in stops:
+            for text in (stop,) if stop[:1].isspace() else (stop, " " + stop):
+                ids = tuple(self.encode(text))
+                if ids and ids not in seqs and self.decode(ids) == text:
+                    seqs.append(ids)
+        if len(self._stop_cache) >= _STOP_CACHE_SIZE:
+            self._stop_cache.clear()
+        result = self._stop_cache[stops] = tuple(seqs)
+        return result
 
     def decode(self, ids: Sequence[int]) -> str:
         text: str = self._tok.decode(list(ids), skip_special_tokens=True)

@@ -272,3 +272,23 @@ async def test_saturated_upstream_is_refused_fast(
     await busy.read()
     engine.delay = 0
     assert (await client.post(CHAT, json=chat())).status == 200
+
+
+@pytest.mark.parametrize("script", ["eos", "eos then more", "nothing"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+async def test_an_end_token_first_is_an_empty_stop_with_zero_completion_tokens(
+    client: TestClient, engine: FakeEngine, tokenizer: Tokenizer, script: str, path: str
+) -> None:
+    eos = tokenizer.eos_token_id
+    assert eos is not None
+    engine.script = {"eos": [[eos]], "eos then more": [[eos], tokenizer.encode(" more")], "nothing": []}[script]
+    body = chat() if path == CHAT else {"model": MODEL, "prompt": "Say"}
+    whole = await (await client.post(path, json=body)).json()
+    choice = whole["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    assert (choice["message"]["content"] if path == CHAT else choice["text"]) == ""
+    assert whole["usage"]["completion_tokens"] == 0
+    assert whole["usage"]["total_tokens"] == whole["usage"]["prompt_tokens"]
+    _, events = await post_sse(client, path, {**body, "stream": True, "stream_options": {"include_usage": True}})
+    assert finish_reasons(events) == {0: "stop"}
+    assert events[-2]["usage"] == whole["usage"]

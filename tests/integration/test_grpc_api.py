@@ -132,6 +132,28 @@ async def _drain(call: grpc.aio.UnaryStreamCall) -> None:  # type: ignore[type-a
         pass
 
 
+# not a protobuf message: a truncated length-delimited field, a bad wire type, invalid UTF-8 in a string
+GARBAGE = (b"\x0a\xff\xff", b"\xff\xff\xff\xff", b"\x0a\x02\xc3\x28")
+
+
+@pytest.mark.parametrize("method", ["ChatCompletion", "Completion", "Tokenize", "StreamChatCompletion"])
+@pytest.mark.parametrize("raw", GARBAGE)
+async def test_malformed_protobuf_is_invalid_argument(channel: grpc.aio.Channel, method: str, raw: bytes) -> None:
+    path = f"/llmgateway.v1.LLMGateway/{method}"
+    call = (
+        _drain(channel.unary_stream(path)(raw))
+        if method.startswith("Stream")
+        else channel.unary_unary(path)(raw)  # no serializers: the raw bytes go out as they are
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = err.value.details() or ""
+    assert details.startswith("The request is not a valid llmgateway.v1.") and "protobuf message" in details
+    assert "Error" not in details and "<class" not in details  # no Python exception leaks out
+    assert dict(err.value.trailing_metadata() or ())["error-code"] == "malformed_request"
+
+
 async def test_upstream_unavailable(stub: pb_grpc.LLMGatewayStub, engine: FakeEngine) -> None:
     engine.unavailable = True
     with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -38,7 +38,7 @@ SAMPLINGS = (
         frequency_penalty=-0.5,
     ),
     SamplingParams(max_tokens=8, temperature=0.0, seed=7, min_tokens=2, presence_penalty=0.5, frequency_penalty=0.5),
-    SamplingParams(max_tokens=8, ignore_eos=True),
+    SamplingParams(max_tokens=8, ignore_eos=True, stop=("x", "yz"), stop_ids=((9,), (10, 11))),
 )  # fmt: skip
 
 

@@ -97,3 +97,19 @@ def test_nothing_after_finish(tokenizer: Tokenizer) -> None:
     assert state.finished
     assert state.feed(tokenizer.encode("more")) == ""
     assert state.completion_tokens == 1
+
+
+def test_eos_as_the_first_token_is_an_empty_stop_with_no_tokens(tokenizer: Tokenizer) -> None:
+    # the end token is not part of the output (as TensorRT-LLM's sequence_length): 0 tokens, stop
+    assert tokenizer.eos_token_id is not None
+    for ids in ([tokenizer.eos_token_id], [tokenizer.eos_token_id, *tokenizer.encode("more")]):
+        state = StreamState(tokenizer, max_tokens=1)
+        assert stream(state, ids) == ["", ""]
+        assert state.finish_reason is FinishReason.STOP
+        assert state.completion_tokens == 0
+
+
+def test_an_upstream_that_ends_without_tokens_stops_with_none(tokenizer: Tokenizer) -> None:
+    state = StreamState(tokenizer, max_tokens=1)  # a model that stops on its end token and omits it
+    assert state.finish() == ""
+    assert state.finish_reason is FinishReason.STOP and state.completion_tokens == 0

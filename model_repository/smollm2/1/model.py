@@ -7,6 +7,7 @@ As TensorRT-LLM does, the end token is not part of the output and ``end_id`` of 
 
 Sampling follows TensorRT-LLM: ``runtime_top_k`` 1 (or temperature 0) is greedy, 0 means no top-k
 limit, ``runtime_top_p`` 0 or 1 means no nucleus limit. A request is cancelled between two tokens.
+A request ends after a sequence of its ``stop_words_list``, which is the last thing it sends.
 
 Seeds: CTranslate2 keeps one random generator per worker thread, seeded once from a global seed on
 first use, so a seeded request gets a fresh generator (weights from memory, ~0.2 s) whose worker
@@ -22,7 +23,12 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import ctranslate2
+# CTranslate2's MKL int8 GEMM returns wrong results on some Xeon CPUs (seen on the 2-core
+# development VM: greedy output turned to nonsense, while float32 and the oneDNN int8 path gave the
+# reference text). Use the oneDNN path unless an operator chose otherwise; read at the first GEMM.
+os.environ.setdefault("CT2_USE_MKL", "0")
+
+import ctranslate2  # after the environment it reads
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -103,6 +109,7 @@ class TritonPythonModel:
             self._seed_lock.acquire()
             ctranslate2.set_random_seed(seed % (2**32))
         produced: list[int] = []
+        recent: list[int] = []  # the last tokens, to match stop sequences
         count = 0
         try:
             for step in steps:
@@ -120,6 +127,11 @@ class TritonPythonModel:
                     sender.send(_response([token]))
                 else:
                     produced.append(token)
+                if job.stops:
+                    recent.append(token)
+                    if any(recent[-len(stop) :] == stop for stop in job.stops):
+                        steps.close()
+                        break
         finally:
             if seeded:
                 self._seed_lock.release()
@@ -145,6 +157,7 @@ class _Job:
         "repetition_penalty",
         "request_id",
         "seed",
+        "stops",
         "streaming",
         "temperature",
         "top_k",
@@ -163,6 +176,7 @@ class _Job:
         self.temperature = 1.0
         self.repetition_penalty = 1.0
         self.seed: int | None = None
+        self.stops: list[list[int]] = []
 
     @classmethod
     def from_request(cls, request: Any, vocab_size: int) -> _Job:
@@ -196,6 +210,7 @@ class _Job:
         job.repetition_penalty = float(_scalar(request, "repetition_penalty", 1.0))
         seed = _scalar(request, "seed", None)
         job.seed = None if seed is None or job.top_k == 1 else int(seed)
+        job.stops = _stop_words(request)
         return job
 
 
@@ -207,6 +222,23 @@ def _scalar_or_array(request: Any, name: str) -> np.ndarray | None:
 def _scalar(request: Any, name: str, default: Any) -> Any:
     value = _scalar_or_array(request, name)
     return default if value is None else value.reshape(-1)[0].item()
+
+
+def _stop_words(request: Any) -> list[list[int]]:
+    """TensorRT-LLM's ``stop_words_list`` [2, L]: ids, then each sequence's end offset (-1 padded)."""
+    rows = _scalar_or_array(request, "stop_words_list")
+    if rows is None:
+        return []
+    rows = rows.reshape(2, -1)
+    ids, offsets = rows[0].tolist(), rows[1].tolist()
+    seqs, start = [], 0
+    for end in offsets:
+        if end < 0:
+            break
+        if end > start:
+            seqs.append(ids[start:end])
+        start = end
+    return seqs
 
 
 def _response(tokens: list[int]) -> Any:

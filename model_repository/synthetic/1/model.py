@@ -3,7 +3,9 @@
 One scheduler thread serves every stream: a heap of (due time, stream), so thousands of
 concurrent streams cost one thread and a sleep until the next due token. Tokens cycle through a
 fixed list of ordinary word ids, so the gateway detokenizes realistic text. Every stream is
-exactly ``request_output_len`` tokens long (as with ``ignore_eos``): output lengths are exact.
+exactly ``request_output_len`` tokens long (as with ``ignore_eos``): output lengths are exact,
+unless it ends earlier on one of its ``stop_words_list`` sequences, as TensorRT-LLM does (the stop
+sequence is the last thing it sends).
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
 class _Stream:
-    __slots__ = ("last_check", "left", "position", "request_id", "sender", "streaming", "tokens")
+    __slots__ = ("last_check", "left", "position", "request_id", "sender", "stops", "streaming", "tokens")
 
-    def __init__(self, request_id: str, sender: Any, count: int, streaming: bool) -> None:
+    def __init__(self, request_id: str, sender: Any, count: int, streaming: bool, stops: list[list[int]]) -> None:
         self.request_id = request_id
         self.sender = sender
         self.left = count
@@ -33,6 +35,13 @@ class _Stream:
         self.streaming = streaming
         self.tokens: list[int] = []
         self.last_check = 0.0
+        self.stops = stops
+
+    def stopped(self) -> bool:
+        """The tokens so far end with a stop sequence (the whole output is needed only then)."""
+        n = self.position
+        return any(n >= len(s) and all(_WORDS[(n - len(s) + i) % len(_WORDS)] == t for i, t in enumerate(s))
+                   for s in self.stops)  # fmt: skip
 
 
 class TritonPythonModel:
@@ -61,7 +70,8 @@ class TritonPythonModel:
                         flags=_FINAL,
                     )
                     continue
-                stream = _Stream(request.request_id(), sender, count, bool(_scalar(request, "streaming", False)))
+                streaming = bool(_scalar(request, "streaming", False))
+                stream = _Stream(request.request_id(), sender, count, streaming, _stop_words(request))
                 stream.last_check = now
                 self._seq += 1
                 heapq.heappush(self._heap, (now + self._ttft, self._seq, stream))
@@ -95,7 +105,7 @@ class TritonPythonModel:
             stream.sender.send(_response([token]))
         else:
             stream.tokens.append(token)
-        if stream.left > 0:
+        if stream.left > 0 and not (stream.stops and stream.stopped()):
             return True
         if not stream.streaming:
             stream.sender.send(_response(stream.tokens))
@@ -112,6 +122,23 @@ class TritonPythonModel:
 def _scalar(request: Any, name: str, default: Any) -> Any:
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     return default if tensor is None else tensor.as_numpy().reshape(-1)[0].item()
+
+
+def _stop_words(request: Any) -> list[list[int]]:
+    """TensorRT-LLM's ``stop_words_list`` [2, L]: ids, then each sequence's end offset (-1 padded)."""
+    tensor = pb_utils.get_input_tensor_by_name(request, "stop_words_list")
+    if tensor is None:
+        return []
+    rows = tensor.as_numpy().reshape(2, -1)
+    ids, offsets = rows[0].tolist(), rows[1].tolist()
+    seqs, start = [], 0
+    for end in offsets:
+        if end < 0:
+            break
+        if end > start:
+            seqs.append(ids[start:end])
+        start = end
+    return seqs
 
 
 def _response(tokens: list[int]) -> Any:

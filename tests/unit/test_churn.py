@@ -1,0 +1,354 @@
+"""The churn benchmark's pure parts: arguments, the request mix, outcome classification, aggregation
+and the gate (perf/churn.py, perf/churn_report.py). No network, no processes."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from typing import Any
+
+import orjson
+import pytest
+
+from perf.churn import parse_args
+from perf.churn_report import (
+    DEFAULT_MIX,
+    KINDS,
+    Mix,
+    Record,
+    Sample,
+    error_code,
+    failures,
+    finish_outcome,
+    finish_reason_of,
+    format_summary,
+    has_content,
+    nonstream_outcome,
+    outcome_class,
+    parse_metric,
+    parse_mix,
+    progress_line,
+    request_body,
+    resources,
+    summarize,
+    timeline,
+    triton_changes,
+    unexpected,
+)
+
+# --- arguments ---
+
+
+def test_defaults() -> None:
+    args = parse_args([])
+    assert not args.launch
+    assert args.url == "http://127.0.0.1:8080"
+    assert args.duration == 600
+    assert args.concurrency == 16
+    assert args.request_timeout == 120
+    assert args.weights == parse_mix(DEFAULT_MIX)
+    assert args.allow == []
+
+
+def test_launch_and_options() -> None:
+    args = parse_args(
+        ["--launch", "--duration", "60", "--concurrency", "8", "--mix", "one_token=1,disconnect=3", "--seed", "7"]
+    )
+    assert args.launch
+    assert (args.duration, args.concurrency, args.seed) == (60, 8, 7)
+    assert args.weights == {"one_token": 1.0, "disconnect": 3.0}
+
+
+def test_allow_is_repeatable_and_comma_separated() -> None:
+    args = parse_args(["--allow", "http_503:server_overloaded,http_429", "--allow", "hung"])
+    assert args.allow == ["http_503:server_overloaded", "http_429", "hung"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--launch", "--url", "http://x:1"],
+        ["--concurrency", "0"],
+        ["--duration", "0"],
+        ["--request-timeout", "-1"],
+        ["--mix", "nope=1"],
+        ["--mix", "one_token=0"],
+        ["--real-max-tokens", "0"],
+    ],
+)
+def test_bad_arguments(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+
+
+# --- the mix ---
+
+
+def test_parse_mix() -> None:
+    assert parse_mix("one_token=2, stop=1.5,,n2=0") == {"one_token": 2.0, "stop": 1.5}
+    assert parse_mix("stop=1,stop=2") == {"stop": 3.0}
+    for bad in ("stop", "stop=x", "stop=-1", "stop=inf", "", "unknown=1", "stop=0"):
+        with pytest.raises(ValueError):
+            parse_mix(bad)
+
+
+def test_default_mix_covers_every_kind_mostly_synthetic() -> None:
+    weights = parse_mix(DEFAULT_MIX)
+    assert set(weights) == set(KINDS)
+    shares = Mix(weights).shares()
+    assert math.isclose(sum(shares.values()), 1.0)
+    real = sum(share for name, share in shares.items() if KINDS[name].model == "real")
+    assert 0 < real <= 0.1
+
+
+def test_mix_picks_by_weight() -> None:
+    mix = Mix({"one_token": 1.0, "stop": 3.0, "n2": 6.0})
+    rng = random.Random(1)
+    counts = Counter(mix.pick(rng) for _ in range(20000))
+    assert set(counts) == {"one_token", "stop", "n2"}
+    assert counts["one_token"] / 20000 == pytest.approx(0.1, abs=0.015)
+    assert counts["stop"] / 20000 == pytest.approx(0.3, abs=0.015)
+    assert counts["n2"] / 20000 == pytest.approx(0.6, abs=0.015)
+    assert Mix({"stop": 1.0}).pick(random.Random(0)) == "stop"
+
+
+def test_mix_is_deterministic_for_a_seed() -> None:
+    mix = Mix(parse_mix(DEFAULT_MIX))
+    a, b = random.Random("0:3"), random.Random("0:3")
+    assert [mix.pick(a) for _ in range(50)] == [mix.pick(b) for _ in range(50)]
+
+
+def test_request_bodies() -> None:
+    one = request_body(KINDS["one_token"], "synthetic", 8)
+    assert one["max_tokens"] == 1 and one["stream"] is True and one["stream_options"] == {"include_usage": True}
+    assert "n" not in one and "stop" not in one
+    stop = request_body(KINDS["stop"], "synthetic", 8)
+    assert stop["stop"] == ["lazy"]  # occurs in the synthetic model's cyclic text
+    n2 = request_body(KINDS["n2_nonstream"], "synthetic", 8)
+    assert n2["n"] == 2 and n2["stream"] is False and "stream_options" not in n2
+    real = request_body(KINDS["real_stream"], "smollm2-135m-instruct", 5)
+    assert real["model"] == "smollm2-135m-instruct" and real["max_tokens"] == 5
+    assert request_body(KINDS["long_stream"], "synthetic", 5)["max_tokens"] == 256
+    assert all(KINDS[k].disconnect for k in ("disconnect", "real_disconnect"))
+
+
+# --- reading answers ---
+
+CHUNK = b'{"id":"x","choices":[{"index":0,"delta":{"content":" fox"},"logprobs":null,"finish_reason":null}]}'
+OPENING = b'{"id":"x","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}'
+FINISH = b'{"id":"x","choices":[{"index":1,"delta":{},"logprobs":null,"finish_reason":"length"}]}'
+
+
+def test_sse_chunk_checks() -> None:
+    assert finish_reason_of(CHUNK) is None
+    assert finish_reason_of(OPENING) is None
+    assert finish_reason_of(FINISH) == "length"
+    assert has_content(CHUNK)
+    assert not has_content(OPENING)
+    assert not has_content(FINISH)
+
+
+def test_error_code() -> None:
+    body = orjson.dumps({"error": {"message": "m", "type": "server_error", "code": "upstream_unavailable"}})
+    assert error_code(body) == "upstream_unavailable"
+    assert error_code(orjson.dumps({"error": {"message": "m", "type": "invalid_request_error", "code": None}})) == (
+        "invalid_request_error"
+    )
+    assert error_code(b"<html>bad gateway</html>") == "not_json"
+    assert error_code(b'{"detail": 1}') == "unknown"
+    assert error_code(b"[1]") == "unknown"
+
+
+def test_finish_outcomes() -> None:
+    assert finish_outcome(KINDS["long_stream"], ["length"]) == "ok:length"
+    assert finish_outcome(KINDS["stop"], ["stop"]) == "ok:stop"
+    assert finish_outcome(KINDS["stop"], ["length"]) == "bad_finish:length"
+    assert finish_outcome(KINDS["n2"], ["length"]) == "incomplete"
+    assert finish_outcome(KINDS["n2"], ["length", "length"]) == "ok:length"
+    assert finish_outcome(KINDS["real_stream"], ["stop"]) == "ok:stop"
+    assert finish_outcome(KINDS["disconnect"], ["stop", "length"]) == "ok:length+stop"  # no expectation
+    assert finish_outcome(KINDS["one_token"], []) == "incomplete"
+
+
+def test_nonstream_outcomes() -> None:
+    kind = KINDS["n2_nonstream"]
+    two = {"choices": [{"finish_reason": "length"}, {"finish_reason": "length"}]}
+    assert nonstream_outcome(kind, orjson.dumps(two)) == "ok:length"
+    assert nonstream_outcome(kind, orjson.dumps({"choices": [{"finish_reason": "length"}]})) == "incomplete"
+    assert nonstream_outcome(kind, b"not json") == "bad_body"
+    assert nonstream_outcome(kind, b'{"object":"x"}') == "bad_body"
+
+
+def test_outcome_classes_and_gate() -> None:
+    assert outcome_class("ok:length") == "ok"
+    assert outcome_class("disconnect") == "disconnect"
+    assert outcome_class("hung") == "hung"
+    for bad in ("http_503:upstream_unavailable", "sse_error:internal_error", "conn:ServerDisconnectedError"):
+        assert outcome_class(bad) == "error"
+        assert unexpected(bad)
+    assert not unexpected("ok:stop") and not unexpected("disconnect")
+    assert unexpected("hung") and unexpected("truncated") and unexpected("bad_finish:stop")
+    assert not unexpected("http_503:server_overloaded", ["http_503:server_overloaded"])
+    assert not unexpected("http_429:rate_limited", ["http_429"])
+    assert unexpected("http_503:upstream_unavailable", ["http_503:server_overloaded"])
+
+
+# --- aggregation ---
+
+
+def _records() -> list[Record]:
+    return [
+        Record("one_token", 0.0, 0.03, "ok:length", 0.025),
+        Record("one_token", 0.5, 0.54, "ok:length", 0.035),
+        Record("long_stream", 0.1, 1.4, "ok:length", 0.03),
+        Record("disconnect", 1.0, 1.05, "disconnect", 0.03),
+        Record("nonstream", 2.0, 2.2, "ok:length"),
+        Record("stop", 2.5, 2.6, "http_503:upstream_unavailable"),
+        Record("stop", 3.0, 3.1, "sse_error:upstream_error"),
+        Record("n2", 3.5, 123.5, "hung"),
+    ]
+
+
+def test_summarize() -> None:
+    s = summarize(_records(), window=4.0)
+    assert s["requests"] == 8
+    assert s["requests_per_s"] == 2.0
+    assert s["ok_per_s"] == 1.0
+    assert s["classes"] == {"ok": 4, "disconnect": 1, "error": 2, "hung": 1}
+    assert s["outcomes"]["ok:length"] == 4
+    assert s["unexpected"] == 3
+    assert set(s["unexpected_outcomes"]) == {"http_503:upstream_unavailable", "sse_error:upstream_error", "hung"}
+    one = s["kinds"]["one_token"]
+    assert one["requests"] == 2
+    assert one["e2e_ms"]["max"] == pytest.approx(40.0)
+    assert one["ttft_ms"]["p50"] == pytest.approx(30.0)
+    assert math.isnan(s["kinds"]["nonstream"]["ttft_ms"]["p50"])  # no TTFT without a stream
+    assert math.isnan(s["kinds"]["stop"]["e2e_ms"]["p50"])  # latency over ok requests only
+    assert s["kinds"]["disconnect"]["disconnect_after_ms"]["p50"] == pytest.approx(50.0)
+    allowed = summarize(_records(), 4.0, ["http_503", "sse_error"])
+    assert allowed["unexpected"] == 1
+
+
+def test_summarize_empty() -> None:
+    s = summarize([], window=0.0)
+    assert s["requests"] == 0 and s["unexpected"] == 0 and math.isnan(s["requests_per_s"])
+
+
+def test_timeline_buckets_by_end_time() -> None:
+    buckets = timeline(_records(), bucket=2.0, window=4.0)
+    assert [b["t"] for b in buckets] == [2.0, 4.0]
+    assert buckets[0]["ok"] == 1.5  # three ok requests ended in [0, 2) s: 1.5/s
+    assert buckets[0]["disconnect"] == 0.5
+    assert buckets[1]["error"] == 1.0
+    assert buckets[1]["hung"] == 0.5  # ended past the window: counted in the last bucket
+    short = timeline(_records(), bucket=2.0, window=3.0)
+    assert [b["t"] for b in short] == [2.0, 3.0]
+    assert short[1]["error"] == 2.0  # two errors in the last, 1 s long slice
+
+
+def test_triton_changes() -> None:
+    assert triton_changes([10, 10, 10]) == {"pids": [10], "restarts": 0, "down_samples": 0, "down_at_end": False}
+    restarted = triton_changes([10, 10, None, None, 11, 11])
+    assert restarted["restarts"] == 1 and restarted["down_samples"] == 2 and restarted["pids"] == [10, 11]
+    assert triton_changes([10, 12])["restarts"] == 1  # restarted between two samples
+    dead = triton_changes([10, None, None])
+    assert dead["restarts"] == 0 and dead["down_samples"] == 2 and dead["down_at_end"]
+    assert triton_changes([None, None])["down_samples"] == 0  # never seen (not our child): unknown, not down
+    assert triton_changes([])["pids"] == []
+
+
+def _sample(t: float, rss: int | None, fds: int | None, pid: int | None, cpu: float | None = None) -> Sample:
+    return Sample(t, rss, fds, cpu, pid, 200_000 if pid else None)
+
+
+def test_resources() -> None:
+    samples = [
+        _sample(0, 100_000, 30, 10, 1.0),
+        _sample(2, 120_000, 45, 10, 2.0),
+        _sample(4, None, None, None),
+        _sample(6, 110_000, 40, 11, 4.0),
+    ]
+    samples[-1].log_restarts = 1
+    res = resources(samples, warm_t=1.0)
+    assert res["gateway_rss_kb"] == {
+        "start": 100_000,
+        "warm": 120_000,
+        "end": 110_000,
+        "growth": -10_000,
+        "min": 100_000,
+        "max": 120_000,
+    }
+    assert res["gateway_fds"]["max"] == 45
+    assert res["gateway_cpu_cores"] == pytest.approx(0.5)
+    assert res["triton"]["restarts"] == 1
+    assert res["log_restarts"] == 1
+    empty = resources([])
+    assert empty["gateway_rss_kb"]["start"] is None and empty["gateway_cpu_cores"] is None
+    assert empty["gateway_rss_kb"]["growth"] is None
+
+
+def test_parse_metric() -> None:
+    text = (
+        "# HELP gateway_triton_restarts_total Triton restarts\n"
+        "# TYPE gateway_triton_restarts_total counter\n"
+        "gateway_triton_restarts_total 2.0\n"
+        "gateway_triton_restarts_created 1.7e9\n"
+        'gateway_requests_in_flight{model="synthetic"} 1.0\n'
+        'gateway_requests_in_flight{model="smollm2-135m-instruct"} 2.0\n'
+        'gateway_requests_in_flight_other{model="x"} 5.0\n'
+    )
+    assert parse_metric(text, "gateway_triton_restarts_total") == 2.0
+    assert parse_metric(text, "gateway_requests_in_flight") == 3.0
+    assert parse_metric(text, "gateway_client_disconnects_total") is None
+    assert parse_metric("", "gateway_requests_in_flight") is None
+
+
+# --- the gate and the printed summary ---
+
+
+def _result(**overrides: Any) -> dict[str, Any]:
+    records = [r for r in _records() if r.outcome in ("ok:length", "disconnect")]
+    result: dict[str, Any] = {
+        "config": {"concurrency": 8},
+        "summary": summarize(records, 4.0),
+        "resources": resources([_sample(0, 100_000, 30, 10, 1.0), _sample(4, 101_000, 30, 10, 2.0)]),
+        "metrics": {"gateway_requests_in_flight": 0.0, "gateway_triton_restarts_total": None},
+        "final_checks": {"/health": {"ok": True}, "/ready": {"ok": True}, "synthetic": {"ok": True}},
+        "gateway_exited": False,
+    }
+    result.update(overrides)
+    return result
+
+
+def test_a_clean_run_passes() -> None:
+    result = _result()
+    assert failures(result) == []
+    result["failures"] = []
+    text = format_summary(result)
+    assert "PASS" in text and "one_token" in text and "98.6 MB at end" in text
+
+
+def test_gate_failures() -> None:
+    assert any("unexpected" in f for f in failures(_result(summary=summarize(_records(), 4.0))))
+    down = resources([_sample(0, 1, 1, 10), _sample(2, 1, 1, None), _sample(4, 1, 1, 11)])
+    reasons = failures(_result(resources=down))
+    assert any("restarted 1" in f for f in reasons) and any("gone in 1" in f for f in reasons)
+    logged = resources([_sample(0, 1, 1, 10)])
+    logged["log_restarts"] = 2
+    assert any("exited unexpectedly" in f for f in failures(_result(resources=logged)))
+    assert failures(_result(metrics={"gateway_triton_restarts_total": 1.0}))
+    assert failures(_result(metrics={"gateway_requests_in_flight": 3.0}))
+    assert failures(_result(final_checks={"/ready": {"ok": False, "detail": "HTTP 503"}}))
+    assert failures(_result(gateway_exited=True))
+    assert failures(_result(summary=summarize([], 1.0)))
+    result = _result(gateway_exited=True)
+    result["failures"] = failures(result)
+    assert "FAIL" in format_summary(result)
+
+
+def test_progress_line() -> None:
+    line = progress_line(30.0, 900, 30.0, 31.5, 2, 1, _sample(30, 150 * 1024, 42, 1234))
+    assert "900 req" in line and "30.0 req/s" in line and "errors 2" in line and "hung 1" in line
+    assert "150.0 MB" in line and "fds 42" in line and "tritonserver 1234" in line
+    assert "tritonserver gone" in progress_line(1.0, 0, 0.0, 0.0, 0, 0, _sample(1, None, None, None))
