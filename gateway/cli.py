@@ -15,6 +15,7 @@ import signal
 import sys
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from gateway.config import (
     load_config,
 )
 from gateway.embedded.gguf_convert import prepare
+from gateway.embedded.liveness import PROBE_TIMEOUT, generation_probe
 from gateway.embedded.ports import PortClaim, first_conflict
 from gateway.embedded.supervisor import RestartPolicy, TritonSupervisor
 from gateway.embedded.tritonserver import TritonLaunchError, TritonPorts, TritonServer
@@ -111,6 +113,20 @@ def _parser() -> argparse.ArgumentParser:
         default=float(env("TRITON_RESTART_WINDOW", "300")),
         help="seconds (default 300)",
     )
+    serve.add_argument(
+        "--triton-liveness-interval",
+        type=float,
+        default=float(env("TRITON_LIVENESS_INTERVAL", "10")),
+        help="seconds between liveness probes of a launched Triton, each a 1-token generation on its synthetic"
+        f" model given as long to answer (at most {PROBE_TIMEOUT:.0f}s); 0: no probes (default 10)",
+    )
+    serve.add_argument(
+        "--triton-liveness-failures",
+        type=int,
+        default=int(env("TRITON_LIVENESS_FAILURES", "3")),
+        help="failed probes in a row after which a launched Triton counts as hung: it is killed and restarted"
+        " (default 3)",
+    )
 
     prep = sub.add_parser("prepare-model", help="convert the bundled SmolLM2 GGUF for the CPU Triton model")
     prep.add_argument("--gguf", type=Path, default=None)
@@ -151,7 +167,6 @@ def _load(args: argparse.Namespace) -> tuple[GatewayConfig, TritonServer | None]
             default_max_tokens=args.default_max_tokens,
         )
         return config.model_copy(update={"models": [model]}), None
-    prepare_default_model(args.model_repository)
     ports = TritonPorts(args.triton_http_port, args.triton_grpc_port, args.triton_metrics_port)
     # explicit loading: the repository also holds GPU-only models (tensorrt_llm) a CPU Triton cannot load
     triton = TritonServer(
@@ -216,6 +231,21 @@ def _warn_unreachable(config: GatewayConfig, timeout: float = 2.0) -> None:
                 log.warning("Triton at %s is not ready at start (%s); /ready is 503 until it is", url, why)
 
 
+def _supervisor(args: argparse.Namespace, triton: TritonServer) -> TritonSupervisor:
+    """Restarts of the launched Triton, and probes of it (a 1-token generation) unless turned off."""
+    policy = RestartPolicy(args.triton_max_restarts, args.triton_restart_window)
+    interval = args.triton_liveness_interval
+    probe = partial(generation_probe, triton.grpc_url, timeout=min(interval, PROBE_TIMEOUT)) if interval else None
+    return TritonSupervisor(
+        triton,
+        policy,
+        _interrupt_self,
+        probe=probe,
+        liveness_interval=interval,
+        liveness_failures=args.triton_liveness_failures,
+    )
+
+
 def _interrupt_self(_reason: str) -> None:
     """Stop now, as Ctrl-C does: both the single-process and the --workers paths handle SIGINT."""
     os.kill(os.getpid(), signal.SIGINT)
@@ -234,9 +264,12 @@ def _stop_triton(triton: TritonServer | None, supervisor: TritonSupervisor | Non
 
 
 def _serve(args: argparse.Namespace) -> int:
-    """0: stopped by a signal; 1: Triton failed to start or kept dying; 2: bad settings; 130: Ctrl-C at start-up."""
+    """0: stopped by a signal; 1: Triton failed to start or kept failing; 2: bad settings; 130: Ctrl-C at start-up."""
     if args.triton_max_restarts < 0 or args.triton_restart_window <= 0:
         _progress("error: --triton-max-restarts must be 0 or more and --triton-restart-window more than 0")
+        return 2
+    if args.triton_liveness_interval < 0 or args.triton_liveness_failures < 1:
+        _progress("error: --triton-liveness-interval must be 0 or more and --triton-liveness-failures 1 or more")
         return 2
     triton: TritonServer | None = None
     supervisor: TritonSupervisor | None = None
@@ -246,7 +279,11 @@ def _serve(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             _progress(f"invalid configuration: {exc}")
             return 2
-        problem = _missing_tokenizer(config) or first_conflict(_port_claims(config, triton))
+        problem = first_conflict(_port_claims(config, triton))
+        if problem is None:
+            if triton is not None:  # converts the GGUF on first use (minutes): only once the ports are free
+                prepare_default_model(args.model_repository)
+            problem = _missing_tokenizer(config)
         if problem is not None:
             _progress(f"error: {problem}")
             return 2
@@ -262,8 +299,7 @@ def _serve(args: argparse.Namespace) -> int:
             triton.start()
             triton.wait_ready(progress=_progress)
             _progress(f"Triton ready: gRPC {triton.grpc_url}, HTTP {triton.http_url}")
-            policy = RestartPolicy(args.triton_max_restarts, args.triton_restart_window)
-            supervisor = TritonSupervisor(triton, policy, _interrupt_self)
+            supervisor = _supervisor(args, triton)
             supervisor.start()
         else:
             _warn_unreachable(config)

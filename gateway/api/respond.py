@@ -20,6 +20,7 @@ from gateway.api.context import PLAN
 from gateway.api.formats import SSE_DONE, ResponseFormat, sse_event
 from gateway.api.observe import CLIENT_GONE, stamp_headers
 from gateway.core.generate import collect, generate
+from gateway.core.halt import guarded
 from gateway.core.plan import Plan
 from gateway.core.types import Delta, Usage
 from gateway.errors import GatewayError, InternalError
@@ -39,13 +40,20 @@ async def respond(
     request: web.Request, fmt: ResponseFormat, plan: Plan, *, stream: bool, include_usage: bool
 ) -> web.StreamResponse:
     try:
-        if not stream:
-            texts, reasons, usage = await collect(plan)
-            return web.Response(body=orjson.dumps(fmt.whole(texts, reasons, usage)), content_type="application/json")
-        return await _stream(request, fmt, generate(plan), len(plan.choices), Usage(plan.prompt_tokens), include_usage)
+        # in a task of its own: a client that goes away halts the request, never cancels a Triton read
+        return await guarded(plan.halt, _respond(request, fmt, plan, stream, include_usage))
     except asyncio.CancelledError:  # the client went away (handler cancellation)
         DISCONNECTS.labels(plan.model.id).inc()
         raise
+
+
+async def _respond(
+    request: web.Request, fmt: ResponseFormat, plan: Plan, stream: bool, include_usage: bool
+) -> web.StreamResponse:
+    if not stream:
+        texts, reasons, usage = await collect(plan)
+        return web.Response(body=orjson.dumps(fmt.whole(texts, reasons, usage)), content_type="application/json")
+    return await _stream(request, fmt, generate(plan), len(plan.choices), Usage(plan.prompt_tokens), include_usage)
 
 
 async def _stream(
@@ -78,8 +86,10 @@ async def _stream(
         tail = fmt.usage(usage) + SSE_DONE if include_usage else SSE_DONE
         await response.write(tail)
     except ConnectionError:
-        log.info("client disconnected; generation cancelled")
-        DISCONNECTS.labels(request[PLAN].model.id).inc()
+        plan = request[PLAN]
+        if not plan.halt.halted:  # else the handler's cancellation has counted it already
+            log.info("client disconnected; generation stopped")
+            DISCONNECTS.labels(plan.model.id).inc()
         request[CLIENT_GONE] = True
         return response
     except GatewayError as exc:

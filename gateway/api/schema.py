@@ -61,6 +61,7 @@ class WireModel(BaseModel):
 
 class StreamOptions(WireModel):
     include_usage: bool = False
+    include_obfuscation: bool = True  # OpenAI pads chunks against side channels; accepted, not needed here
 
 
 class SamplingFields(WireModel):

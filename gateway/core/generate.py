@@ -2,8 +2,10 @@
 
 Each choice is one Triton stream run through its :class:`StreamState`. One choice is iterated
 directly (the common case, no extra task or queue); several are run as tasks merged through a
-queue. Leaving the iterator early (client gone, error) closes every Triton stream it opened,
-which cancels those requests in Triton.
+queue. Leaving the iterator early (an error, a stop string) ends every Triton stream it opened
+without cancelling it under Triton: the models are stopped in-band (:mod:`gateway.engine.stopping`).
+A transport runs this under :func:`gateway.core.halt.guarded`, so a client that goes away halts the
+request instead of cancelling a task that is reading from Triton.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator
 
+from gateway.core.halt import Halt
 from gateway.core.lifecycle import LIFECYCLE
 from gateway.core.models import ServedModel
 from gateway.core.plan import Plan
@@ -30,7 +33,7 @@ _DRAIN_RESPONSES = 4
 
 
 async def generate_choice(
-    model: ServedModel, request_id: str, choice: Choice, sampling: SamplingParams, stats: RequestStats
+    model: ServedModel, request_id: str, choice: Choice, sampling: SamplingParams, stats: RequestStats, halt: Halt
 ) -> AsyncGenerator[Delta, None]:
     """Deltas of one choice; the last one carries the finish reason.
 
@@ -45,7 +48,12 @@ async def generate_choice(
     state = StreamState(tokenizer, sampling.max_tokens, sampling.stop, sampling.ignore_eos)
     config = model.config
     request = GenerateRequest(
-        f"{request_id}-{choice.index}", choice.prompt_ids, sampling, config.first_token_timeout, config.idle_timeout
+        f"{request_id}-{choice.index}",
+        choice.prompt_ids,
+        sampling,
+        config.first_token_timeout,
+        config.idle_timeout,
+        halt,
     )
     end_id = -1 if sampling.ignore_eos else tokenizer.eos_token_id
     tokens = model.upstreams.generate(request, end_id, tokenizer.pad_token_id)
@@ -109,16 +117,16 @@ async def generate(plan: Plan) -> AsyncGenerator[Delta, None]:
 
 
 async def _generate(plan: Plan) -> AsyncGenerator[Delta, None]:
-    model, request_id, sampling, stats = plan.model, plan.request_id, plan.sampling, plan.stats
+    model, request_id, sampling, stats, halt = plan.model, plan.request_id, plan.sampling, plan.stats, plan.halt
     if len(plan.choices) == 1:
-        async for delta in generate_choice(model, request_id, plan.choices[0], sampling, stats):
+        async for delta in generate_choice(model, request_id, plan.choices[0], sampling, stats, halt):
             yield delta
         return
     queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
 
     async def pump(choice: Choice) -> None:
         try:
-            async for delta in generate_choice(model, request_id, choice, sampling, stats):
+            async for delta in generate_choice(model, request_id, choice, sampling, stats, halt):
                 queue.put_nowait(delta)
         except asyncio.CancelledError:
             raise
@@ -139,8 +147,11 @@ async def _generate(plan: Plan) -> AsyncGenerator[Delta, None]:
             else:
                 yield item
     finally:
-        for task in tasks:
-            task.cancel()
+        # choices still running when the request ends early: stop their models in-band, and cancel
+        # only tasks that are not under a Triton read (none of their calls began)
+        if any(not t.done() for t in tasks) and not plan.halt.trigger():
+            for task in tasks:
+                task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.auth.keys import Principal
+from gateway.core.halt import Halt
 from gateway.core.models import ModelRegistry, ServedModel
 from gateway.core.sampling import resolve_sampling
 from gateway.core.types import Choice, RequestStats, SamplingInput, SamplingParams
@@ -35,6 +36,7 @@ class Plan:
     project: str
     echo: list[str] | None = None  # per choice: the prompt text to prepend (completions' echo)
     grant: Grant | None = None  # the rate limiter's admission, settled when generation ends
+    halt: Halt = field(default_factory=Halt)  # triggered when the client goes away: stop the models in-band
 
 
 def new_id(prefix: str) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from gateway.core.halt import Halt
 
 
 class FinishReason(enum.StrEnum):
@@ -60,6 +62,7 @@ class GenerateRequest:
     sampling: SamplingParams
     first_token_timeout: float = 60.0  # seconds the upstream may take to its first response
     idle_timeout: float = 30.0  # seconds it may then go silent between two responses
+    halt: Halt = field(default_factory=Halt, compare=False)  # the request's stop signal (client gone)
 
 
 @dataclass(slots=True)

@@ -5,8 +5,13 @@ that process serves requests itself or only waits for ``--workers`` processes. W
 the gateway's own health checks turn /ready 503 and streams in flight end with an error; once Triton
 is ready again on the same ports, the gateway's channels reconnect and /ready turns 200.
 
-More than ``max_restarts`` failures (deaths or failed restarts) within ``window`` seconds and it gives
-up: ``on_give_up`` is called once, with a one-line reason, to make the process exit non-zero so that
+A Triton can also hang: alive and "ready", but answering no stream. Given a ``probe`` (see
+:mod:`gateway.embedded.liveness`), the supervisor runs it every ``liveness_interval`` seconds while
+Triton runs; ``liveness_failures`` failed probes in a row and it SIGKILLs Triton, which then restarts
+as if it had died.
+
+More than ``max_restarts`` failures (deaths, hangs or failed restarts) within ``window`` seconds and it
+gives up: ``on_give_up`` is called once, with a one-line reason, to make the process exit non-zero so that
 whatever runs the gateway (systemd, Kubernetes) restarts the whole of it.
 
 A child launched with ``PR_SET_PDEATHSIG`` is killed when the *thread* that launched it ends, not the
@@ -24,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.embedded.liveness import Liveness, Probe
 from gateway.embedded.tritonserver import TritonLaunchError, describe_exit
 from gateway.observability.metrics import TRITON_RESTARTS
 
@@ -69,13 +75,18 @@ class TritonSupervisor:
         poll: float = 0.25,
         ready_timeout: float = 180.0,
         clock: Callable[[], float] = time.monotonic,
+        probe: Probe | None = None,
+        liveness_interval: float = 10.0,
+        liveness_failures: int = 3,
     ) -> None:
+        """``probe``: a liveness probe of the running server (None: only its exit is watched)."""
         self._server = server
         self._policy = policy
         self._on_give_up = on_give_up
         self._poll = poll
         self._ready_timeout = ready_timeout
         self._clock = clock
+        self._liveness = None if probe is None else Liveness(probe, liveness_interval, liveness_failures)
         self._failures: deque[float] = deque()
         self._closing = threading.Event()
         self._lock = threading.Lock()
@@ -93,6 +104,11 @@ class TritonSupervisor:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until supervision has ended (it gave up, failed or was closed); whether it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def _run(self) -> None:
         try:
             self._supervise()
@@ -107,18 +123,16 @@ class TritonSupervisor:
 
     def _supervise(self) -> None:
         while True:
-            while self._server.running:
-                if self._closing.wait(self._poll):
-                    return
+            down = self._watch()
+            if down is None:
+                return
+            what, excerpt = down
             down_since = self._clock()
-            pid, code = self._server.pid, self._server.returncode
-            excerpt = self._server.log_excerpt(15)
-            self._server.kill()  # already reaped by the poll; this ends backend stubs left in its session
-            what = f"tritonserver exited unexpectedly (pid {pid}, {describe_exit(code)})"
             while True:
                 failures = self._failed()
+                quoted = f"\n{excerpt}" if excerpt else ""  # the log's lines, when there is a log
                 if failures > self._policy.max_restarts:
-                    log.error("%s\n%s", what, excerpt)
+                    log.error("%s%s", what, quoted)
                     self._give_up(
                         f"{what}: {failures} failures in {self._policy.window:.0f}s,"
                         f" more than the {self._policy.max_restarts} restarts allowed; giving up"
@@ -126,20 +140,20 @@ class TritonSupervisor:
                     return
                 delay = self._policy.delay(failures)
                 log.warning(
-                    "%s; restarting it in %.1fs (failure %d of %d allowed in %.0fs)\n%s",
+                    "%s; restarting it in %.1fs (failure %d of %d allowed in %.0fs)%s",
                     what,
                     delay,
                     failures,
                     self._policy.max_restarts,
                     self._policy.window,
-                    excerpt,
+                    quoted,
                 )
                 if self._closing.wait(delay):
                     return
                 try:
                     self._server.start()
                     self._server.wait_ready(self._ready_timeout, abort=self._closing)
-                except TritonLaunchError as exc:
+                except (TritonLaunchError, OSError) as exc:  # OSError: Popen, the log, the backend directory
                     if self._closing.is_set():
                         return
                     self._server.kill()
@@ -150,10 +164,48 @@ class TritonSupervisor:
             self.restarts += 1
             TRITON_RESTARTS.inc()
             log.warning(
-                "tritonserver restarted (pid %s, ready %.1fs after it died): serving again",
+                "tritonserver restarted (pid %s, ready %.1fs after it went down): serving again",
                 self._server.pid,
                 self._clock() - down_since,
             )
+
+    def _watch(self) -> tuple[str, str] | None:
+        """Wait while Triton runs (and answers, when probed); then why it stopped and its log excerpt.
+
+        None once closing. A Triton found dead is reaped; one that stopped answering is killed.
+        """
+        liveness = self._liveness
+        if liveness is not None:
+            liveness.reset(self._clock())
+        while self._server.running:
+            if self._closing.wait(self._poll):
+                return None
+            if liveness is None or not liveness.due(self._clock()):
+                continue
+            problem = liveness.probe()
+            if self._closing.is_set():
+                return None
+            if not self._server.running:
+                break  # it died: that, not the probe, is what failed
+            verdict = liveness.record(problem, self._clock())
+            if verdict is None:
+                if problem is not None:
+                    log.warning(
+                        "tritonserver did not answer a liveness probe (%d of %d in a row): %s",
+                        liveness.failed,
+                        liveness.failures,
+                        problem,
+                    )
+                continue
+            what = f"tritonserver stopped answering (pid {self._server.pid}, {verdict})"
+            excerpt = self._server.log_excerpt(15)
+            log.error("%s; killing it", what)
+            self._server.kill()
+            return what, excerpt
+        pid, code = self._server.pid, self._server.returncode
+        excerpt = self._server.log_excerpt(15)
+        self._server.kill()  # already reaped by the poll; this ends backend stubs left in its session
+        return f"tritonserver exited unexpectedly (pid {pid}, {describe_exit(code)})", excerpt
 
     def _failed(self) -> int:
         """Count one failure; the failures within the window."""

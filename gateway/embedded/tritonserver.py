@@ -176,6 +176,12 @@ class TritonServer:
 
     def start(self) -> None:
         """Launch it (again: a restart keeps the earlier runs' log above the new one)."""
+        try:
+            self._launch()
+        except OSError as exc:  # the cache directory, the backend directory, the log, exec
+            raise TritonLaunchError(f"cannot start tritonserver: {exc}") from exc
+
+    def _launch(self) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         backends = assemble_backends(self.binary, self.cache_dir)
         cmd, preexec = launch_dying_with_parent(self.command(backends))

@@ -45,6 +45,7 @@ INPUT_TENSORS: dict[str, TensorSpec] = {
     "presence_penalty": TensorSpec("FP32", "f"),
     "frequency_penalty": TensorSpec("FP32", "f"),
     "stop_words_list": TensorSpec("INT32", "i"),
+    "stop": TensorSpec("BOOL", "?"),
 }
 # The outputs the gateway reads (parse_tokens), all INT32.
 OUTPUT_TENSORS: dict[str, str] = {"output_ids": "INT32", "sequence_length": "INT32"}
@@ -190,6 +191,20 @@ def build_request(
     r.req.outputs.add().name = "output_ids"
     if "sequence_length" in contract.outputs:
         r.req.outputs.add().name = "sequence_length"
+    return r.req
+
+
+def build_stop_request(contract: ModelContract, request_id: str) -> service_pb2.ModelInferRequest:
+    """TensorRT-LLM's in-band stop: a request with the same id and ``stop`` true ends that request.
+
+    The required inputs are there only because Triton checks them; the model reads ``stop`` first.
+    """
+    r = _Request(contract, request_id)
+    r.req.parameters["triton_enable_empty_final_response"].bool_param = True
+    r.add("input_ids", [0], [1])
+    r.add("input_lengths", [1])
+    r.add("request_output_len", [1])
+    r.add("stop", [True])
     return r.req
 
 

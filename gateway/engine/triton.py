@@ -18,6 +18,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from gateway.core.types import GenerateRequest
 from gateway.engine.contract import ContractError, ModelContract, build_request, is_final, parse_tokens
 from gateway.engine.deadline import StreamDeadline
+from gateway.engine.stopping import LiveCall, Stopper
 from gateway.errors import (
     GatewayError,
     Overloaded,
@@ -83,8 +84,10 @@ class TritonClient:
         self._channel = grpc.aio.insecure_channel(url, options=_CHANNEL_OPTIONS)
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self._contracts: dict[str, ModelContract] = {}
+        self._stopper = Stopper(self._stub, url, timeout)
 
     async def close(self) -> None:
+        await self._stopper.close()
         await self._channel.close()
 
     async def model_ready(self, model: str) -> bool:
@@ -123,17 +126,19 @@ class TritonClient:
     ) -> AsyncGenerator[list[int], None]:
         """New token ids as Triton streams them; ends with the call.
 
-        The request stream is half-closed once the request is written, and the call is read to
-        its end (the final response, then the server's end of the call), so a request that ends by
-        itself is never cancelled: cancelling a call while Triton sends its final response is a
-        known race that crashes or deadlocks older tritonservers. Closing the iterator early (the
-        client went away, a stop string matched, an error) cancels the call, and Triton cancels
-        the request in the model. A stream that waits on Triton past its deadline is cancelled
-        and ends with :class:`UpstreamTimeout`.
+        The request stream is half-closed once the request is written, and the call is read to its
+        end (the final response, then the server's end of the call). A call the gateway stops reading
+        early (closing this iterator: a stop string matched, an error) or whose request is halted (the
+        client went away) is ended without cancelling it under Triton (:mod:`gateway.engine.stopping`).
+        A stream that waits on Triton past its deadline is cancelled and ends with :class:`UpstreamTimeout`.
         """
+        if request.halt.halted:
+            return  # the client went away before this call began
         infer = build_request(contract, request.request_id, request.prompt_ids, request.sampling, end_id, pad_id)
         call = self._stub.ModelStreamInfer()
+        live = LiveCall(self._stopper, call, contract, request)
         deadline = StreamDeadline(request.first_token_timeout, request.idle_timeout, call.cancel)
+        request.halt.on_halt(live.halt)
         final = False
         try:
             await call.write(infer)
@@ -142,6 +147,8 @@ class TritonClient:
                 deadline.waiting()
                 response = await call.read()
                 deadline.answered()
+                if not live.has_answered:
+                    live.answered()
                 if response is grpc.aio.EOF:
                     return
                 if response.error_message:
@@ -165,7 +172,7 @@ class TritonClient:
         finally:
             deadline.cancel()
             if not call.done():
-                call.cancel()  # stopped early: the model must stop generating
+                live.release()  # stopped early: the model must stop, without racing Triton
 
     def _timed_out(self, deadline: StreamDeadline) -> UpstreamTimeout:
         return UpstreamTimeout(f"Triton at {self.url} sent nothing for {deadline.limit:g}s; the request was cancelled")

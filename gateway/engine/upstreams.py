@@ -3,9 +3,10 @@
 - **Routing**: the available upstream with the fewest requests in flight; ties rotate.
 - **Active health**: every ``interval`` seconds each upstream is asked whether the server and the model
   are ready (gRPC ServerReady + ModelReady); the answer marks it healthy or not. A server can say
-  ready and still answer nothing (a deadlocked stream handler), so an upstream that has completed
-  no request for ``probe_interval`` seconds must also complete a 1-token generation within
-  ``probe_timeout`` to stay healthy. Under traffic, the requests themselves are that proof.
+  ready and still answer nothing (a deadlocked stream handler), so an idle upstream that has
+  completed no request for ``probe_interval`` seconds must also complete a 1-token generation within
+  ``probe_timeout`` to stay healthy. Under traffic the requests themselves are that proof: their
+  first-token and idle deadlines end them, and eject the server, if it stops answering.
 - **Passive ejection**: ``eject_after`` consecutive failed requests (unavailable, broken off, timed
   out) take an upstream out at once and trigger a check; it comes back when a check begun after the
   ejection passes.
@@ -222,7 +223,9 @@ class UpstreamGroup:
             ready = await asyncio.wait_for(upstream.engine.model_ready(self.triton_model), max(self._interval, 1.0))
         except TimeoutError:
             return False
-        if not ready or time.monotonic() - upstream.last_ok < self._probe_interval:
+        # only an idle server is probed: under traffic its requests prove it answers, or time out
+        # (first-token and idle deadlines) and eject it; a probe queued behind them would only flap
+        if not ready or upstream.in_flight or time.monotonic() - upstream.last_ok < self._probe_interval:
             return ready
         return await self._probe_generation(upstream)
 
@@ -239,9 +242,10 @@ class UpstreamGroup:
         try:
             async with asyncio.timeout(self._probe_timeout):
                 contract = await upstream.engine.contract(self.triton_model)
-                tokens = upstream.engine.generate(contract, request, None, None)
-                async for _ in tokens:
-                    pass
+            # bounded by the request's own deadlines: a timeout here must not cancel a task under a read
+            tokens = upstream.engine.generate(contract, request, None, None)
+            async for _ in tokens:
+                pass
         except (TimeoutError, GatewayError) as exc:
             reason = "no answer" if isinstance(exc, TimeoutError) else exc.message
             log.warning("model %s: %s failed its probe generation: %s", self.model_id, upstream.url, reason)

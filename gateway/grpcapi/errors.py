@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -100,16 +100,16 @@ def unary(
 
 
 def streaming(
-    method: Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]],
-) -> Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]]:
+    method: Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[None]],
+) -> Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[None]]:
+    """A server-streaming method that writes its messages with ``context.write``."""
     route = f"grpc:{method.__name__}"
 
     @functools.wraps(method)
-    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> AsyncIterator[Resp]:
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> None:
         try:
             _well_formed(request)
-            async for item in method(self, request, context):
-                yield item
+            await method(self, request, context)
         except Exception as exc:  # the one translation point for streaming calls
             _count(route, request, exc)
             await _abort(context, exc)

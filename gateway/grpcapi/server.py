@@ -26,11 +26,16 @@ from gateway.workers import ports_shared
 
 log = logging.getLogger(__name__)
 
-_OPTIONS = [
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-    ("grpc.max_send_message_length", 16 * 1024 * 1024),
-    ("grpc.so_reuseport", 1 if ports_shared() else 0),  # only the gateway's own --workers share the port
-]
+_MAX_MESSAGE = 16 * 1024 * 1024
+
+
+def server_options() -> list[tuple[str, int]]:
+    """The server's options, read when it is built: only the gateway's own --workers share the port."""
+    return [
+        ("grpc.max_receive_message_length", _MAX_MESSAGE),
+        ("grpc.max_send_message_length", _MAX_MESSAGE),
+        ("grpc.so_reuseport", 1 if ports_shared() else 0),
+    ]
 
 
 class GrpcServer:
@@ -45,7 +50,7 @@ class GrpcServer:
     ) -> None:
         self._registry = registry
         self._interval = interval
-        self._server = grpc.aio.server(options=_OPTIONS)
+        self._server = grpc.aio.server(options=server_options())
         add_service(LLMGatewayService(registry, keys, limiter), self._server)
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)

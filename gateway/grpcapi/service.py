@@ -8,6 +8,7 @@ from typing import Any
 
 from gateway.auth.keys import KeyStore, Principal
 from gateway.core.generate import collect, generate
+from gateway.core.halt import guarded
 from gateway.core.lifecycle import LIFECYCLE
 from gateway.core.models import ModelRegistry
 from gateway.core.plan import Plan, plan_chat, plan_completion
@@ -56,27 +57,28 @@ class LLMGatewayService(pb_grpc.LLMGatewayServicer):
             limiter=self._limiter,
         )
 
+    # Generation runs under guarded(): a cancelled call (the client went away, its deadline passed)
+    # halts the request's models in-band instead of cancelling a task that reads from Triton.
+
     @unary
     async def ChatCompletion(self, request: pb.ChatCompletionRequest, context: Context) -> pb.CompletionResponse:
-        return await _whole(await self._chat_plan(request, context))
+        plan = await self._chat_plan(request, context)
+        return await guarded(plan.halt, _whole(plan))
 
     @unary
     async def Completion(self, request: pb.CompletionRequest, context: Context) -> pb.CompletionResponse:
-        return await _whole(await self._completion_plan(request, context))
+        plan = await self._completion_plan(request, context)
+        return await guarded(plan.halt, _whole(plan))
 
     @streaming
-    async def StreamChatCompletion(
-        self, request: pb.ChatCompletionRequest, context: Context
-    ) -> AsyncIterator[pb.CompletionChunk]:
-        async for chunk in _stream(await self._chat_plan(request, context)):
-            yield chunk
+    async def StreamChatCompletion(self, request: pb.ChatCompletionRequest, context: Context) -> None:
+        plan = await self._chat_plan(request, context)
+        await guarded(plan.halt, _write(plan, context))
 
     @streaming
-    async def StreamCompletion(
-        self, request: pb.CompletionRequest, context: Context
-    ) -> AsyncIterator[pb.CompletionChunk]:
-        async for chunk in _stream(await self._completion_plan(request, context)):
-            yield chunk
+    async def StreamCompletion(self, request: pb.CompletionRequest, context: Context) -> None:
+        plan = await self._completion_plan(request, context)
+        await guarded(plan.halt, _write(plan, context))
 
     @unary
     async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> pb.ListModelsResponse:
@@ -98,9 +100,10 @@ class LLMGatewayService(pb_grpc.LLMGatewayServicer):
         tokenizer = self._registry.get(request.model, self._principal(context)).tokenizer
         kind = request.WhichOneof("input")
         if kind == "text":
-            ids = tokenizer.encode(request.text)
+            ids = await tokenizer.encode_async(request.text)
         elif kind == "messages":
-            ids = tokenizer.encode(tokenizer.apply_chat_template(convert.messages(request.messages.messages)))
+            messages = convert.messages(request.messages.messages)
+            ids = await tokenizer.encode_chat(messages, sum(len(m["content"]) for m in messages))
         else:
             raise InvalidRequest("Missing required parameter: 'text' or 'messages'", param="input")
         return pb.TokenizeResponse(ids=ids, count=len(ids))
@@ -128,6 +131,11 @@ async def _whole(plan: Plan) -> pb.CompletionResponse:
         ],
         usage=convert.usage(usage),
     )
+
+
+async def _write(plan: Plan, context: Context) -> None:
+    async for chunk in _stream(plan):
+        await context.write(chunk)
 
 
 async def _stream(plan: Plan) -> AsyncIterator[pb.CompletionChunk]:

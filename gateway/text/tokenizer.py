@@ -80,18 +80,24 @@ class Tokenizer:
         """A lower bound on the tokens of a text of ``chars`` characters, known without tokenizing it."""
         return chars // self.max_token_chars
 
+    def encode_unlocked(self, text: str) -> list[int]:
+        """:meth:`encode` for a worker thread: the batch entry point drops the GIL while it works
+        (``encode`` itself holds it throughout, which would stall the event loop all the same)."""
+        ids: list[int] = self._tok.encode_batch_fast([text], add_special_tokens=False)[0].ids
+        return ids
+
     async def encode_async(self, text: str) -> list[int]:
         """:meth:`encode`, on a worker thread when the text is large."""
         if len(text) <= INLINE_CHARS:
             return self.encode(text)
-        return await asyncio.get_running_loop().run_in_executor(_POOL, self.encode, text)
+        return await asyncio.get_running_loop().run_in_executor(_POOL, self.encode_unlocked, text)
 
     async def encode_chat(self, messages: list[dict[str, Any]], chars: int) -> list[int]:
         """The prompt ids of ``messages`` (``chars``: their content's length), off the event loop when large."""
         if chars <= INLINE_CHARS and len(messages) <= 256:
             return self.encode(self.apply_chat_template(messages))
         return await asyncio.get_running_loop().run_in_executor(
-            _POOL, lambda: self.encode(self.apply_chat_template(messages))
+            _POOL, lambda: self.encode_unlocked(self.apply_chat_template(messages))
         )
 
     def stop_sequences(self, stops: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:

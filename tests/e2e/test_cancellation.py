@@ -1,10 +1,12 @@
 """Who ends a request in the model: the model itself, unless the gateway must stop it.
 
-Cancelling a Triton request as the model sends its final response crashes or deadlocks the
-embedded tritonserver (Triton's cancellation race), so the gateway reads every call to its end and
-cancels only a model that would go on: the client went away, or a stop string matched where the
-model itself does not stop. The CPU model logs "cancelled after N tokens" whenever it sees a
-cancellation, even after its last token, so its log tells which requests were cancelled.
+Cancelling a Triton call while the model still sends on it crashes or deadlocks the embedded
+tritonserver (Triton's cancellation race), so the gateway reads every call to its end and stops only
+a model that would go on (the client went away, or a stop string matched where the model itself does
+not stop), in-band, with TensorRT-LLM's ``stop`` request. The CPU model logs "cancelled after N
+tokens (stop request)" or "(call cancelled)" whenever it sees either, even after its last token, so
+its log tells which requests were stopped and how. tests/integration/test_call_endings.py checks the
+same against a stand-in that records every half-close, cancel and stop request.
 """
 
 from __future__ import annotations
@@ -70,11 +72,12 @@ async def test_requests_that_end_by_themselves_are_never_cancelled(stack: Stack)
     sentinel = await disconnect_after_tokens(stack)
     assert await cancelled_after(stack, sentinel) < 500
     log = stack.triton_log.read_text(errors="replace")
+    assert re.search(rf"request '{re.escape(sentinel)}' cancelled after \d+ tokens \(stop request\)", log)
     cancelled = [rid for rid in finished if f"request '{rid}' cancelled" in log]
     assert cancelled == [], f"requests that ended by themselves were cancelled: {cancelled}"
 
 
-async def test_a_stop_string_inside_a_token_cancels_the_model(stack: Stack) -> None:
+async def test_a_stop_string_inside_a_token_stops_the_model_in_band(stack: Stack) -> None:
     async with aiohttp.ClientSession() as session:
         _, texts, _ = await chat(session, stack, max_tokens=16)
         word = next(w for w in texts[0].split()[2:] if w.isalpha() and len(w) > 4)
@@ -82,6 +85,12 @@ async def test_a_stop_string_inside_a_token_cancels_the_model(stack: Stack) -> N
         rid, stopped, reasons = await chat(session, stack, max_tokens=200, ignore_eos=True, stop=[inner])
     assert reasons == ["stop"] and inner not in stopped[0]
     assert await cancelled_after(stack, f"{rid}-0") < 200
+    assert f"request '{rid}-0' cancelled after" in (line := _line(stack, f"{rid}-0")) and "(stop request)" in line
+
+
+def _line(stack: Stack, triton_request_id: str) -> str:
+    log = stack.triton_log.read_text(errors="replace").splitlines()
+    return next(line for line in log if f"request '{triton_request_id}' cancelled" in line)
 
 
 async def test_many_one_token_streams_leave_triton_serving(stack: Stack) -> None:

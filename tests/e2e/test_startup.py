@@ -7,7 +7,6 @@ launched tritonserver is a stand-in, tests/e2e/standin.py, or nothing is launche
 
 from __future__ import annotations
 
-import http.server
 import os
 import signal
 import socket
@@ -23,7 +22,7 @@ from gateway.embedded.tritonserver import TritonLaunchError, TritonPorts, Triton
 from perf.stack import free_port
 from tests.conftest import MODEL_REPOSITORY, WEIGHTS
 from tests.e2e.conftest import start_gateway, stop, wait_http
-from tests.e2e.standin import processes_mentioning, stand_in
+from tests.e2e.standin import ReadyServer, processes_mentioning, stand_in
 
 pytestmark = pytest.mark.e2e
 
@@ -71,6 +70,7 @@ def test_a_port_in_use_is_a_one_line_error_naming_it(tmp_path: Path, taken: str)
     assert code == 2, text[-4000:]
     assert text.strip().splitlines()[-1] == f"[gateway] error: port {port} ({what}) is in use: set {flag} or {env}"
     assert "Traceback" not in text and "starting tritonserver" not in text
+    assert "[gateway] model " not in text  # said before the model is looked at (converting it takes minutes)
 
 
 def test_a_missing_tokenizer_is_an_error_before_serving(tmp_path: Path) -> None:
@@ -106,12 +106,8 @@ def test_ctrl_c_while_waiting_for_triton_exits_130_and_stops_it(tmp_path: Path) 
     binary = stand_in(tmp_path / "standin", serve=False)  # never ready
     proc, _, log = start_gateway(tmp_path, "--tritonserver", str(binary), *triton_ports())
     try:
-        wait_for_text(log, "starting tritonserver")
-        deadline = time.monotonic() + 60
-        while not processes_mentioning(str(binary), besides=proc.pid):
-            assert time.monotonic() < deadline, "the stand-in tritonserver never started"
-            time.sleep(0.1)
-        time.sleep(0.5)  # inside wait_ready
+        wait_for_text(log, "waiting for tritonserver")  # said inside wait_ready, once it is launched
+        assert processes_mentioning(str(binary), besides=proc.pid), "the stand-in tritonserver is not running"
         proc.send_signal(signal.SIGINT)
         code = exit_code(proc, 60)
     finally:
@@ -135,17 +131,7 @@ def triton_ports() -> list[str]:
 @pytest.fixture
 def someone_elses_triton() -> Iterator[int]:
     """An HTTP server that answers Triton's readiness probe, as another Triton on the port would."""
-
-    class Ready(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *_: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ready)
+    server = ReadyServer(("127.0.0.1", 0))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server.server_address[1]

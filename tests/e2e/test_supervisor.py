@@ -1,9 +1,10 @@
 """The embedded tritonserver dies under streaming load (SIGKILL, SIGSEGV): the gateway reaps it, restarts
-it and serves again; when it keeps dying, the gateway gives up and exits 1.
+it and serves again; when it keeps dying, the gateway gives up and exits 1. One that hangs (ready, but
+answering no stream) is found by the liveness probe, killed and restarted the same way.
 
 One gateway (`python -m gateway serve`, real tritonserver, real model) is shared by the crash tests;
-the give-up test runs a stand-in tritonserver (tests/e2e/standin.py) that answers ready and dies a
-moment later.
+the give-up tests run a stand-in tritonserver (tests/e2e/standin.py) that answers ready and then dies
+a moment later, or hangs.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from gateway.embedded.liveness import generation_probe
 from perf.stack import free_port
 from tests.conftest import until
 from tests.e2e.conftest import port_open, start_gateway, stop, wait_http
-from tests.e2e.standin import processes_mentioning, stand_in
+from tests.e2e.standin import children, processes_mentioning, stand_in, stat_of, tritonservers
 from tests.sse import parse_sse
 
 pytestmark = pytest.mark.e2e
@@ -60,32 +62,11 @@ def crashy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Crashy]:
     wait_http(base + "/ready", proc, 240, log)
     yield Crashy(base, proc, log, tmp / "cache", ports)
     code = stop(proc)
-    assert code == 0, log.read_text()[-4000:]
+    text = log.read_text(errors="replace")
+    assert code == 0, text[-4000:]
     assert not any(port_open(p) for p in ports), "tritonserver outlived the gateway"
-    assert "Traceback" not in log.read_text(errors="replace")
-
-
-def stat_of(pid: int) -> tuple[str, str, int] | None:
-    """(comm, state, ppid) of a process; None when it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    comm = text[text.index("(") + 1 : text.rindex(")")]
-    state, ppid = text[text.rindex(")") + 2 :].split()[:2]
-    return comm, state, int(ppid)
-
-
-def all_pids() -> list[int]:
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-
-
-def children(pid: int) -> list[int]:
-    return [p for p in all_pids() if (s := stat_of(p)) is not None and s[2] == pid]
-
-
-def tritonservers(gateway: int) -> list[int]:
-    return [p for p in children(gateway) if (s := stat_of(p)) is not None and s[0] == "tritonserver"]
+    assert "Traceback" not in text
+    assert "stopped answering" not in text  # probed all along (every 10 s), a live Triton is never taken for hung
 
 
 @dataclass
@@ -183,6 +164,13 @@ async def test_triton_killed_under_load_is_restarted(crashy: Crashy, sig: signal
     await until(only_the_new_triton_and_its_stubs, 30, "no process of the killed Triton left")
 
 
+def test_the_liveness_probe_is_answered_by_a_live_triton(crashy: Crashy) -> None:
+    """A 1-token generation on the synthetic model, streamed to its end."""
+    assert generation_probe(f"127.0.0.1:{crashy.triton_ports[1]}") is None
+    refused = generation_probe(f"127.0.0.1:{crashy.triton_ports[1]}", model="nosuch")
+    assert refused is not None and refused.startswith("the model answered an error:") and "nosuch" in refused
+
+
 def test_single_process_gateway_port_is_not_shared(crashy: Crashy) -> None:
     """Only the gateway's own workers share a port: a second server using SO_REUSEPORT cannot bind it."""
     port = int(crashy.base_url.rsplit(":", 1)[1])
@@ -193,28 +181,58 @@ def test_single_process_gateway_port_is_not_shared(crashy: Crashy) -> None:
     assert err.value.errno == errno.EADDRINUSE
 
 
-def test_gives_up_and_exits_1_when_triton_keeps_dying(tmp_path: Path) -> None:
-    binary = stand_in(tmp_path / "standin", lifetime=2.0)
-    ports = (free_port(), free_port(), free_port())
+def run_to_the_end(tmp_path: Path, binary: Path, *extra: str) -> tuple[int, str]:
+    """A gateway launching ``binary`` as its tritonserver, run until it exits: its exit status and log."""
     proc, _, log = start_gateway(
         tmp_path,
         "--tritonserver", str(binary),
-        "--triton-http-port", str(ports[0]),
-        "--triton-grpc-port", str(ports[1]),
-        "--triton-metrics-port", str(ports[2]),
-        "--triton-max-restarts", "2",
+        "--triton-http-port", str(free_port()),
+        "--triton-grpc-port", str(free_port()),
+        "--triton-metrics-port", str(free_port()),
+        *extra,
     )  # fmt: skip
     try:
-        code = proc.wait(120)
+        code = proc.wait(180)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    text = log.read_text(errors="replace")
+    return code, log.read_text(errors="replace")
+
+
+def test_gives_up_and_exits_1_when_triton_keeps_dying(tmp_path: Path) -> None:
+    # each stand-in dies 2 s after its first ready answer: start-up (however slow) is over by then
+    binary = stand_in(tmp_path / "standin", after_ready=2.0)
+    code, text = run_to_the_end(tmp_path, binary, "--triton-max-restarts", "2", "--triton-liveness-interval", "0")
     assert code == 1, text[-4000:]
     assert "tritonserver exited unexpectedly (pid" in text and "exited with code 3" in text
     last = text.strip().splitlines()[-1]
     assert last.startswith("[gateway] error: tritonserver") and "3 failures in 300s" in last and "giving up" in last
     assert "--triton-max-restarts" in last
+    assert "Traceback" not in text
+    assert not processes_mentioning(str(tmp_path / "standin"), besides=os.getpid())
+
+
+def test_a_hung_triton_is_killed_restarted_and_given_up_on(tmp_path: Path) -> None:
+    # ready over HTTP and gRPC, but no stream is ever answered (as Triton 2.51 deadlocked in its stream handler)
+    binary = stand_in(tmp_path / "standin", hung=True)
+    code, text = run_to_the_end(
+        tmp_path, binary,
+        "--triton-max-restarts", "1",
+        "--triton-liveness-interval", "1",
+        "--triton-liveness-failures", "2",
+    )  # fmt: skip
+    assert code == 1, text[-4000:]
+    killed = [line for line in text.splitlines() if "; killing it" in line]
+    assert len(killed) == 2, text[-4000:]
+    assert all(
+        "tritonserver stopped answering (pid" in line and "2 failed liveness probes in a row" in line
+        and "no answer within 1s" in line
+        for line in killed
+    ), killed  # fmt: skip
+    assert text.count("tritonserver restarted (pid") == 1
+    assert "exited unexpectedly" not in text
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("[gateway] error: tritonserver stopped answering") and "2 failures in 300s" in last
     assert "Traceback" not in text
     assert not processes_mentioning(str(tmp_path / "standin"), besides=os.getpid())

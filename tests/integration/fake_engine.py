@@ -23,6 +23,7 @@ class FakeEngine:
         self.delay = 0.0
         self.requests: list[GenerateRequest] = []
         self.closed = 0  # streams closed, finished or cancelled
+        self.halted = 0  # streams stopped in-band (their request halted: the client went away)
 
     async def contract(self, model: str) -> ModelContract:
         if self.unavailable:
@@ -34,6 +35,8 @@ class FakeEngine:
     ) -> AsyncGenerator[list[int], None]:
         self.requests.append(request)
         sent = 0
+        stop = asyncio.Event()
+        request.halt.on_halt(stop.set)  # as a model with TensorRT-LLM's `stop` input: ends at its next step
         try:
             if self.unavailable:
                 raise UpstreamUnavailable(f"Triton at {self.url} is unavailable")
@@ -45,6 +48,9 @@ class FakeEngine:
                     return
                 sent += len(ids)
                 await asyncio.sleep(self.delay)
+                if stop.is_set():
+                    self.halted += 1
+                    return
                 yield ids
         finally:
             self.closed += 1

@@ -1,5 +1,5 @@
 """The churn benchmark's pure parts: arguments, the request mix, outcome classification, aggregation
-and the gate (perf/churn.py, perf/churn_report.py). No network, no processes."""
+and the gate (perf/churn*.py). No network, no processes."""
 
 from __future__ import annotations
 
@@ -12,30 +12,21 @@ import orjson
 import pytest
 
 from perf.churn import parse_args
-from perf.churn_report import (
-    DEFAULT_MIX,
-    KINDS,
-    Mix,
+from perf.churn_http import parse_metric
+from perf.churn_mix import DEFAULT_MIX, KINDS, Mix, parse_mix, request_body
+from perf.churn_outcome import (
     Record,
-    Sample,
     error_code,
-    failures,
     finish_outcome,
     finish_reason_of,
-    format_summary,
     has_content,
     nonstream_outcome,
     outcome_class,
-    parse_metric,
-    parse_mix,
-    progress_line,
-    request_body,
-    resources,
-    summarize,
-    timeline,
-    triton_changes,
     unexpected,
 )
+from perf.churn_report import format_summary, progress_line
+from perf.churn_sampler import Sample
+from perf.churn_summary import failures, resources, summarize, timeline, triton_changes
 
 # --- arguments ---
 

@@ -21,6 +21,7 @@ from gateway.engine.contract import (
     REQUIRED_INPUTS,
     ModelContract,
     build_request,
+    build_stop_request,
     parse_tokens,
 )
 
@@ -81,8 +82,10 @@ def test_every_tensor_sent_is_declared_alike(path: Path, batched: bool) -> None:
     contract = ModelContract.from_config(config)
     declared = {i.name: i for i in config.input}
     sent: set[str] = set()
-    for sampling in SAMPLINGS:
-        req = build_request(contract, "r", [5, 6, 7], sampling, end_id=2, pad_id=0)
+    requests = [build_request(contract, "r", [5, 6, 7], s, end_id=2, pad_id=0) for s in SAMPLINGS]
+    if "stop" in contract.inputs:
+        requests.append(build_stop_request(contract, "r"))
+    for req in requests:
         for tensor, raw in zip(req.inputs, req.raw_input_contents, strict=True):
             sent.add(tensor.name)
             spec = declared.get(tensor.name)

@@ -105,3 +105,12 @@ def test_only_the_gateways_own_workers_share_ports(monkeypatch: pytest.MonkeyPat
     assert not ports_shared()
     monkeypatch.setenv(SHARED_PORTS_ENV, "1")
     assert ports_shared()
+
+
+def test_the_grpc_api_reads_whether_ports_are_shared_when_it_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.grpcapi.server import server_options  # imported before the setting changes, as a worker does
+
+    monkeypatch.delenv(SHARED_PORTS_ENV, raising=False)
+    assert ("grpc.so_reuseport", 0) in server_options()
+    monkeypatch.setenv(SHARED_PORTS_ENV, "1")
+    assert ("grpc.so_reuseport", 1) in server_options()

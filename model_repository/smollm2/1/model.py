@@ -7,7 +7,8 @@ As TensorRT-LLM does, the end token is not part of the output and ``end_id`` of 
 
 Sampling follows TensorRT-LLM: ``runtime_top_k`` 1 (or temperature 0) is greedy, 0 means no top-k
 limit, ``runtime_top_p`` 0 or 1 means no nucleus limit. A request is cancelled between two tokens.
-A request ends after a sequence of its ``stop_words_list``, which is the last thing it sends.
+A request ends after a sequence of its ``stop_words_list``, which is the last thing it sends. A
+request with the same id and ``stop`` true ends it between two tokens (TensorRT-LLM's in-band stop).
 
 Seeds: CTranslate2 keeps one random generator per worker thread, seeded once from a global seed on
 first use, so a seeded request gets a fresh generator (weights from memory, ~0.2 s) whose worker
@@ -62,6 +63,9 @@ class TritonPythonModel:
         with open(os.path.join(weights, "vocabulary.json"), encoding="utf-8") as f:
             self._vocab: list[str] = json.load(f)
         self._seed_lock = threading.Lock()
+        self._ids_lock = threading.Lock()
+        self._live: set[str] = set()  # ids of the requests running, and those of them asked to stop
+        self._stopped: set[str] = set()
         self._pool = ThreadPoolExecutor(max_workers=_MAX_THREADS, thread_name_prefix="smollm2")
 
     def _new_generator(self, kwargs: dict[str, Any]) -> ctranslate2.Generator:
@@ -70,14 +74,30 @@ class TritonPythonModel:
     def execute(self, requests: list[Any]) -> None:
         for request in requests:
             sender = request.get_response_sender()
+            if _scalar(request, "stop", False):  # stop the running request of this id, if any
+                with self._ids_lock:
+                    if request.request_id() in self._live:
+                        self._stopped.add(request.request_id())
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                continue
             try:
                 job = _Job.from_request(request, len(self._vocab))
             except ValueError as exc:
                 _fail(sender, str(exc))
                 continue
+            with self._ids_lock:
+                self._live.add(job.request_id)
             self._pool.submit(self._run, job, sender)
 
     def _run(self, job: _Job, sender: Any) -> None:
+        try:
+            self._run_job(job, sender)
+        finally:
+            with self._ids_lock:
+                self._live.discard(job.request_id)
+                self._stopped.discard(job.request_id)
+
+    def _run_job(self, job: _Job, sender: Any) -> None:
         try:
             if job.seed is None:
                 self._generate(self._generator, job, sender, None)
@@ -110,13 +130,19 @@ class TritonPythonModel:
             ctranslate2.set_random_seed(seed % (2**32))
         produced: list[int] = []
         recent: list[int] = []  # the last tokens, to match stop sequences
+        keep = max((len(stop) for stop in job.stops), default=0)
         count = 0
+        stopped_by = None
         try:
             for step in steps:
                 if seeded:  # the worker has seeded its random generator: release the others
                     self._seed_lock.release()
                     seeded = False
-                if sender.is_cancelled():
+                if job.request_id in self._stopped:
+                    stopped_by = "(stop request)"
+                elif sender.is_cancelled():
+                    stopped_by = "(call cancelled)"
+                if stopped_by is not None:
                     steps.close()
                     break
                 token = step.token_id
@@ -127,17 +153,20 @@ class TritonPythonModel:
                     sender.send(_response([token]))
                 else:
                     produced.append(token)
-                if job.stops:
+                if keep:
                     recent.append(token)
+                    del recent[:-keep]
                     if any(recent[-len(stop) :] == stop for stop in job.stops):
                         steps.close()
                         break
         finally:
             if seeded:
                 self._seed_lock.release()
-        if sender.is_cancelled():
+        if stopped_by is None and sender.is_cancelled():  # cancelled after its last token
+            stopped_by = "(call cancelled)"
+        if stopped_by is not None:
             # a line tests (and operators) can rely on: generation really stopped
-            pb_utils.Logger.log_info(f"request {job.request_id!r} cancelled after {count} tokens")
+            pb_utils.Logger.log_info(f"request {job.request_id!r} cancelled after {count} tokens {stopped_by}")
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             return
         if not job.streaming:

@@ -5,7 +5,8 @@ concurrent streams cost one thread and a sleep until the next due token. Tokens 
 fixed list of ordinary word ids, so the gateway detokenizes realistic text. Every stream is
 exactly ``request_output_len`` tokens long (as with ``ignore_eos``): output lengths are exact,
 unless it ends earlier on one of its ``stop_words_list`` sequences, as TensorRT-LLM does (the stop
-sequence is the last thing it sends).
+sequence is the last thing it sends), or is stopped: a request with the same id and ``stop`` true
+ends it at its next token (TensorRT-LLM's in-band stop), as does a cancellation.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class TritonPythonModel:
         self._heap: list[tuple[float, int, _Stream]] = []
         self._seq = 0
         self._cond = threading.Condition()
+        self._live: set[str] = set()  # ids of the streams running, and those of them asked to stop
+        self._stopped: set[str] = set()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="synthetic", daemon=True)
         self._thread.start()
@@ -63,6 +66,11 @@ class TritonPythonModel:
         with self._cond:
             for request in requests:
                 sender = request.get_response_sender()
+                if _scalar(request, "stop", False):  # stop the running request of this id, if any
+                    if request.request_id() in self._live:
+                        self._stopped.add(request.request_id())
+                    sender.send(flags=_FINAL)
+                    continue
                 count = int(_scalar(request, "request_output_len", 16))
                 if count < 1:
                     sender.send(
@@ -73,6 +81,7 @@ class TritonPythonModel:
                 streaming = bool(_scalar(request, "streaming", False))
                 stream = _Stream(request.request_id(), sender, count, streaming, _stop_words(request))
                 stream.last_check = now
+                self._live.add(stream.request_id)
                 self._seq += 1
                 heapq.heappush(self._heap, (now + self._ttft, self._seq, stream))
             self._cond.notify()
@@ -92,12 +101,12 @@ class TritonPythonModel:
 
     def _step(self, stream: _Stream, due: float) -> bool:
         """Send one token; True while the stream goes on."""
+        if stream.request_id in self._stopped:
+            return self._end(stream, "(stop request)")
         if due - stream.last_check >= self._cancel_check:
             stream.last_check = due
             if stream.sender.is_cancelled():
-                pb_utils.Logger.log_info(f"request {stream.request_id!r} cancelled after {stream.position} tokens")
-                stream.sender.send(flags=_FINAL)
-                return False
+                return self._end(stream, "(call cancelled)")
         token = _WORDS[stream.position % len(_WORDS)]
         stream.position += 1
         stream.left -= 1
@@ -109,6 +118,16 @@ class TritonPythonModel:
             return True
         if not stream.streaming:
             stream.sender.send(_response(stream.tokens))
+        return self._end(stream, None)
+
+    def _end(self, stream: _Stream, stopped_by: str | None) -> bool:
+        """The final response; a line in the log when the request was stopped or cancelled (tests rely on it)."""
+        with self._cond:
+            self._live.discard(stream.request_id)
+            self._stopped.discard(stream.request_id)
+        if stopped_by is not None:
+            done = stream.position
+            pb_utils.Logger.log_info(f"request {stream.request_id!r} cancelled after {done} tokens {stopped_by}")
         stream.sender.send(flags=_FINAL)
         return False
 

@@ -1,0 +1,98 @@
+"""Whether a running Triton still answers: a 1-token generation, and when failed probes mean it hung.
+
+A tritonserver can deadlock in its gRPC stream handler (2.51, the nvidia-pytriton wheel's, does): it
+still accepts calls and ServerReady still says ready, but no stream is ever answered. Only a real
+generation tells. :func:`generation_probe` runs one on the embedded ``synthetic`` model (always
+loaded; no model compute) over a synchronous channel, for the supervisor's thread. Like every
+stream the gateway sends, the call is half-closed once the request is written and read to its end:
+never cancelled mid-stream, which is what sets off Triton's race. Only a call that runs past its
+deadline ends early, and that Triton was not answering anyway.
+
+:class:`Liveness` keeps the schedule and the count of failures in a row; it is given the time, so
+it is tested without threads or clocks.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+from gateway.config import SYNTHETIC_TRITON_MODEL
+
+Probe = Callable[[], str | None]  # None: it answered; else why not, in a few words
+
+PROBE_TIMEOUT = 10.0  # seconds a probe may take at most
+
+
+def generation_probe(url: str, model: str = SYNTHETIC_TRITON_MODEL, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """Why the Triton at ``url`` did not stream a 1-token generation to its end (None when it did)."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.ModelInferRequest(model_name=model, id="gateway-liveness")
+    request.parameters["triton_enable_empty_final_response"].bool_param = True
+    for name, datatype, raw in (
+        ("input_ids", "INT32", struct.pack("<i", 1)),
+        ("input_lengths", "INT32", struct.pack("<i", 1)),
+        ("request_output_len", "INT32", struct.pack("<i", 1)),
+        ("streaming", "BOOL", b"\x01"),
+    ):
+        tensor = request.inputs.add()
+        tensor.name, tensor.datatype = name, datatype
+        tensor.shape.extend([1, 1])
+        request.raw_input_contents.append(raw)
+    request.outputs.add().name = "output_ids"
+
+    final = False
+    with grpc.insecure_channel(url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        try:
+            # the request iterator ends after one request: grpc half-closes the call then
+            for response in stub.ModelStreamInfer(iter([request]), timeout=timeout):
+                if response.error_message:
+                    return f"the model answered an error: {response.error_message}"
+                final = final or response.infer_response.parameters["triton_final_response"].bool_param
+        except grpc.RpcError as exc:
+            if not isinstance(exc, grpc.Call):
+                return str(exc)
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return f"no answer within {timeout:g}s"
+            return f"{exc.code().name}: {exc.details()}"
+    return None if final else "the stream ended without a final response"
+
+
+class Liveness:
+    """When to probe a running Triton, and when failed probes mean it has stopped answering.
+
+    One probe every ``interval`` seconds, counted from the end of the last one (or from a start);
+    ``failures`` failed probes in a row and it has stopped answering. An answer clears the count.
+    """
+
+    def __init__(self, probe: Probe, interval: float = 10.0, failures: int = 3) -> None:
+        if interval < 0 or failures < 1:
+            raise ValueError("a liveness interval of 0 or more and at least 1 failure are needed")
+        self.probe = probe
+        self.interval = interval
+        self.failures = failures
+        self.failed = 0  # failed probes in a row
+        self._due = 0.0
+
+    def reset(self, now: float) -> None:
+        """A (re)started server: nothing failed yet, the first probe one interval from ``now``."""
+        self.failed = 0
+        self._due = now + self.interval
+
+    def due(self, now: float) -> bool:
+        return now >= self._due
+
+    def record(self, problem: str | None, now: float) -> str | None:
+        """Count one probe's outcome (``problem`` None: it answered); the verdict once too many failed in a row."""
+        self._due = now + self.interval
+        if problem is None:
+            self.failed = 0
+            return None
+        self.failed += 1
+        if self.failed < self.failures:
+            return None
+        probes = "probe" if self.failed == 1 else "probes"
+        return f"{self.failed} failed liveness {probes} in a row, the last: {problem}"
