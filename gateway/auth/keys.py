@@ -31,10 +31,6 @@ class Principal:
     def may_use(self, model_id: str) -> bool:
         return self.models is None or model_id in self.models
 
-    def check_model(self, model_id: str) -> None:
-        if not self.may_use(model_id):
-            raise Forbidden(f"This key may not use the model '{model_id}'", param="model")
-
     def check_project(self, project_id: str | None) -> None:
         if project_id is not None and project_id != self.project:
             raise Forbidden(f"This key does not belong to the project '{project_id}'")

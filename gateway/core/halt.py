@@ -59,7 +59,13 @@ async def guarded(halt: Halt, work: Coroutine[Any, Any, T]) -> T:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
         if task.done():
-            raise
+            if task.cancelled() or task.exception() is not None:
+                raise
+            # the work was complete (the client hung up just after its last byte): a result, not a loss
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            return task.result()
         if halt.trigger():
             _DETACHED.add(task)
             task.add_done_callback(_ended)
@@ -72,8 +78,3 @@ def _ended(task: asyncio.Task[Any]) -> None:
     _DETACHED.discard(task)
     if not task.cancelled() and (exc := task.exception()) is not None:
         log.debug("work of a request whose client went away ended with %r", exc)
-
-
-def detached() -> int:
-    """Requests whose client went away and whose models are still ending them."""
-    return len(_DETACHED)

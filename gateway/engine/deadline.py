@@ -14,11 +14,10 @@ from collections.abc import Callable
 
 
 class StreamDeadline:
-    __slots__ = ("_first", "_handle", "_idle", "_limit", "_loop", "_on_expiry", "_since", "_waiting", "expired")
+    __slots__ = ("_handle", "_idle", "_limit", "_loop", "_on_expiry", "_since", "_waiting", "expired")
 
     def __init__(self, first_token: float, idle: float, on_expiry: Callable[[], object]) -> None:
         self._loop = asyncio.get_running_loop()
-        self._first = first_token
         self._idle = idle
         self._limit = first_token  # until the first response, then ``idle``
         self._since = self._loop.time()

@@ -64,10 +64,6 @@ class Stopper:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    @property
-    def pending(self) -> int:
-        return len(self._tasks)
-
 
 class LiveCall:
     """One call in flight: how it is stopped and released. Its reader calls :meth:`answered` once."""

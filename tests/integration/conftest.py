@@ -26,6 +26,7 @@ def engine(contract: ModelContract, tokenizer: Tokenizer) -> FakeEngine:
 @pytest.fixture
 async def client(aiohttp_client: Callable[[web.Application], Awaitable[TestClient]], engine: FakeEngine) -> TestClient:
     config = GatewayConfig(
+        grpc_port=None,
         max_body_bytes=MAX_BODY,
         models=[ModelConfig(id=MODEL, triton_model="smollm2", tokenizer_dir=WEIGHTS, max_output_tokens=256)],
     )

@@ -106,14 +106,16 @@ class StalledTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
         call = Call(request.id)
         self.calls.append(call)
         rest = asyncio.ensure_future(self._half_close(requests, call))
+        ended = False
         try:
             async for response in self._generate(request, call):
                 yield response
             await rest  # Triton ends the call once the client is done writing and the request is done
-        except asyncio.CancelledError:
-            call.cancelled = True
-            raise
+            ended = True
         finally:
+            # only the client's cancel breaks a call off here (as CancelledError, or as GeneratorExit
+            # when it lands while grpc sends a response)
+            call.cancelled = not ended
             rest.cancel()
 
     async def _generate(

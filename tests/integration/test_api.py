@@ -260,7 +260,8 @@ async def test_saturated_upstream_is_refused_fast(
     aiohttp_client: Callable[[web.Application], Awaitable[TestClient]], engine: FakeEngine
 ) -> None:
     config = GatewayConfig(
-        models=[ModelConfig(id=MODEL, triton_model="smollm2", tokenizer_dir=WEIGHTS, max_in_flight=1, max_queue=0)]
+        grpc_port=None,
+        models=[ModelConfig(id=MODEL, triton_model="smollm2", tokenizer_dir=WEIGHTS, max_in_flight=1, max_queue=0)],
     )
     client = await aiohttp_client(create_app(config, lambda url: engine))
     engine.delay = 0.05

@@ -40,7 +40,7 @@ async def triton() -> AsyncIterator[StalledTriton]:
 
 async def gateway(aiohttp_client: ClientFactory, server: StalledTriton) -> TestClient:
     model = ModelConfig(id="scripted", triton_url=server.address, triton_model="synthetic", tokenizer_dir=WEIGHTS)
-    return await aiohttp_client(create_app(GatewayConfig(probe_interval=3600, models=[model])))
+    return await aiohttp_client(create_app(GatewayConfig(grpc_port=None, probe_interval=3600, models=[model])))
 
 
 def generation_calls(server: StalledTriton) -> list[Call]:

@@ -32,6 +32,7 @@ async def test_health_answers_while_a_huge_prompt_is_tokenized(
     aiohttp_client: Callable[[web.Application], Awaitable[TestClient]], engine: FakeEngine, endpoint: str
 ) -> None:
     config = GatewayConfig(
+        grpc_port=None,
         max_body_bytes=2 * BIG,
         models=[
             ModelConfig(
@@ -77,6 +78,7 @@ async def test_a_prompt_too_long_for_any_tokenization_is_refused_before_tokenizi
     aiohttp_client: Callable[[web.Application], Awaitable[TestClient]], engine: FakeEngine
 ) -> None:
     config = GatewayConfig(
+        grpc_port=None,
         max_body_bytes=2 * BIG,
         models=[ModelConfig(id="small", triton_model="smollm2", tokenizer_dir=WEIGHTS, context_length=1024)],
     )

@@ -59,7 +59,8 @@ class GatewayTestServer(TestServer):
 
 @pytest.fixture
 async def gateway(aiohttp_client: Callable[..., Awaitable[TestClient]], engine: FakeEngine) -> TestClient:
-    config = GatewayConfig(models=[ModelConfig(id=MODEL, triton_model="smollm2", tokenizer_dir=WEIGHTS)])
+    model = ModelConfig(id=MODEL, triton_model="smollm2", tokenizer_dir=WEIGHTS)
+    config = GatewayConfig(grpc_port=None, models=[model])
     return await aiohttp_client(GatewayTestServer(create_app(config, lambda url: engine)))
 
 

@@ -34,6 +34,7 @@ async def stalled() -> AsyncIterator[StalledTriton]:
 
 async def gateway(aiohttp_client: ClientFactory, server: StalledTriton, model_id: str) -> TestClient:
     config = GatewayConfig(
+        grpc_port=None,
         health_check_interval=0.2,
         eject_after_failures=1,
         probe_interval=0.2,

@@ -35,15 +35,13 @@ def test_key_is_stored_as_a_digest_and_checked() -> None:
 def test_model_and_project_scope() -> None:
     key, record = new_key("team-a")
     principal = store(record, models=["m1"]).authenticate(f"Bearer {key}")
-    principal.check_model("m1")
-    with pytest.raises(Forbidden):
-        principal.check_model("m2")
+    assert principal.may_use("m1") and not principal.may_use("m2")
     principal.check_project("team-a")
     principal.check_project(None)
     with pytest.raises(Forbidden):
         principal.check_project("team-b")
     own = record.model_copy(update={"models": ["m2"]})  # a key's own list replaces the project's
-    store(own, models=["m1"]).authenticate(f"Bearer {key}").check_model("m2")
+    assert store(own, models=["m1"]).authenticate(f"Bearer {key}").may_use("m2")
 
 
 def test_config_file_overrides_and_field_errors(tmp_path: Path) -> None:
