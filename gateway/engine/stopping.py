@@ -97,24 +97,23 @@ class LiveCall:
 
     def halt(self) -> None:
         """Stop the model; its reader goes on reading the call to its end."""
-        if self.call.done():
-            return
-        if not self.stoppable:
-            self.call.cancel()
-            return
-        self._stop_wanted = True
-        if self.has_answered:
-            self._send_stop()
+        self._end(read_rest=False)
 
     def release(self) -> None:
         """The reader stops reading a call that has not ended: stop the model, read the rest in the background."""
+        self._end(read_rest=True)
+
+    def _end(self, read_rest: bool) -> None:
         if self.call.done():
             return
         if not self.stoppable:
             self.call.cancel()
             return
         self._stop_wanted = True
-        self._stopper.spawn(self._read_to_end())
+        if read_rest:
+            self._stopper.spawn(self._read_to_end())
+        elif self.has_answered:
+            self._send_stop()
 
     def _send_stop(self) -> None:
         if not self._stop_sent:
