@@ -78,7 +78,7 @@ bench-compare: model protos
 
 # sustained mixed load on a launched stack (streams, stop strings, n=2, non-streaming, client disconnects,
 # both models); exits non-zero on any Triton restart, unexpected error or hang. CHURN_ARGS to change it.
-CHURN_ARGS ?= --duration 600 --concurrency 16
+CHURN_ARGS ?= --duration 600 --concurrency 32
 bench-churn: model protos
 	$(BIN)/python -m perf.churn --launch $(CHURN_ARGS)
 

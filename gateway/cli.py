@@ -271,6 +271,9 @@ def _serve(args: argparse.Namespace) -> int:
     if args.triton_liveness_interval < 0 or args.triton_liveness_failures < 1:
         _progress("error: --triton-liveness-interval must be 0 or more and --triton-liveness-failures 1 or more")
         return 2
+    # Ctrl-C stops start-up as it stops serving (which takes SIGINT itself), even when started with SIGINT
+    # ignored, as a non-interactive shell starts a background job (`gateway serve &`): Python keeps that
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     triton: TritonServer | None = None
     supervisor: TritonSupervisor | None = None
     try:

@@ -156,10 +156,11 @@ async def test_stream_options_without_stream_is_400(client: TestClient, path: st
 async def requests_counted(client: TestClient, status: str) -> float:
     text = await (await client.get("/metrics")).text()
     prefix = "gateway_requests_total{"
-    for line in text.splitlines():
-        if line.startswith(prefix) and f'status="{status}"' in line and 'route="/v1/chat/completions"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return sum(  # every model label: a client may leave before or after its request names the model
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix) and f'status="{status}"' in line and 'route="/v1/chat/completions"' in line
+    )
 
 
 def access_line(caplog: pytest.LogCaptureFixture, request_id: str) -> str | None:
