@@ -38,9 +38,10 @@ async def generate_choice(
     """Deltas of one choice; the last one carries the finish reason.
 
     A choice that is complete before its upstream stream ended (its length reached, the end token,
-    a stop string the model stops on too) reads that stream to its end instead of cancelling it:
-    the model is about to end the request itself, and cancelling a Triton request as it ends is a
-    race that crashes older tritonservers. Only a model that would go on is cancelled.
+    a stop string the model stops on too) reads that stream to its end: the model is about to end
+    the request itself. Only a model that would go on is stopped, and in-band, by closing the stream
+    (:mod:`gateway.engine.stopping`): cancelling a Triton call as it sends is a race that crashes
+    older tritonservers.
     """
     if choice.seed is not None and choice.seed != sampling.seed:
         sampling = dataclasses.replace(sampling, seed=choice.seed)
@@ -82,17 +83,17 @@ async def generate_choice(
         raise
     finally:
         stats.completion_tokens += state.completion_tokens
-        await tokens.aclose()  # cancels the Triton request if it is still running
+        await tokens.aclose()  # a Triton request still running is stopped in-band
 
 
 async def _read_to_end(tokens: AsyncGenerator[list[int], None]) -> None:
-    """Let a model that is ending the request end it (a few stray responses at most, then cancel)."""
+    """Let a model that is ending the request end it (a few stray responses at most, then stop it)."""
     try:
         extra = 0
         async for _ in tokens:
             extra += 1
             if extra > _DRAIN_RESPONSES:
-                return  # it went on after all: the caller's aclose() cancels it
+                return  # it went on after all: the caller's aclose() stops it
     except GatewayError as exc:  # the choice is complete; what the upstream says now changes nothing
         log.info("upstream error after a complete choice: %s", exc.message)
 

@@ -18,6 +18,7 @@ from gateway.core.types import Choice, RequestStats, SamplingInput, SamplingPara
 from gateway.errors import ContextLengthExceeded, InvalidRequest
 from gateway.limits.ratelimit import Grant, RateLimiter
 from gateway.observability.metrics import OVERHEAD
+from gateway.text.tokenizer import content_chars
 
 # OpenAI's legacy completions API generates 16 tokens when max_tokens is not given
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
@@ -65,9 +66,8 @@ async def plan_chat(
     stats = RequestStats(started or time.monotonic())
     model = registry.get(model_id, principal)
     tokenizer = model.tokenizer
-    chars = sum(len(m["content"]) for m in messages)
-    _check_length(model, chars, "messages")
-    prompt_ids = await tokenizer.encode_chat(messages, chars)
+    _check_length(model, content_chars(messages), "messages")
+    prompt_ids = await tokenizer.encode_chat(messages)
     sampling = resolve_sampling(
         model,
         await model.contract(),

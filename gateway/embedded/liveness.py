@@ -14,34 +14,25 @@ it is tested without threads or clocks.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 
 from gateway.config import SYNTHETIC_TRITON_MODEL
+from gateway.engine.contract import PROBE_SAMPLING, ModelContract, build_request, is_final
 
 Probe = Callable[[], str | None]  # None: it answered; else why not, in a few words
 
 PROBE_TIMEOUT = 10.0  # seconds a probe may take at most
+_PROBE_INPUTS = frozenset({"input_ids", "input_lengths", "request_output_len", "streaming"})
 
 
 def generation_probe(url: str, model: str = SYNTHETIC_TRITON_MODEL, timeout: float = PROBE_TIMEOUT) -> str | None:
     """Why the Triton at ``url`` did not stream a 1-token generation to its end (None when it did)."""
     import grpc
-    from tritonclient.grpc import service_pb2, service_pb2_grpc
+    from tritonclient.grpc import service_pb2_grpc
 
-    request = service_pb2.ModelInferRequest(model_name=model, id="gateway-liveness")
-    request.parameters["triton_enable_empty_final_response"].bool_param = True
-    for name, datatype, raw in (
-        ("input_ids", "INT32", struct.pack("<i", 1)),
-        ("input_lengths", "INT32", struct.pack("<i", 1)),
-        ("request_output_len", "INT32", struct.pack("<i", 1)),
-        ("streaming", "BOOL", b"\x01"),
-    ):
-        tensor = request.inputs.add()
-        tensor.name, tensor.datatype = name, datatype
-        tensor.shape.extend([1, 1])
-        request.raw_input_contents.append(raw)
-    request.outputs.add().name = "output_ids"
+    # the synthetic model's required inputs and ``streaming``, packed by the gateway's one request builder
+    contract = ModelContract(model, _PROBE_INPUTS, frozenset({"output_ids"}), batched=True, decoupled=True)
+    request = build_request(contract, "gateway-liveness", [1], PROBE_SAMPLING, None, None)
 
     final = False
     with grpc.insecure_channel(url) as channel:
@@ -51,7 +42,7 @@ def generation_probe(url: str, model: str = SYNTHETIC_TRITON_MODEL, timeout: flo
             for response in stub.ModelStreamInfer(iter([request]), timeout=timeout):
                 if response.error_message:
                     return f"the model answered an error: {response.error_message}"
-                final = final or response.infer_response.parameters["triton_final_response"].bool_param
+                final = final or is_final(response.infer_response)
         except grpc.RpcError as exc:
             if not isinstance(exc, grpc.Call):
                 return str(exc)

@@ -65,6 +65,8 @@ PARAM_TENSORS: dict[str, str] = {
     "stop": "stop_words_list",  # optional: without it the gateway alone stops on stop strings
 }
 REQUIRED_INPUTS = ("input_ids", "input_lengths", "request_output_len")
+# what a health probe asks of a model: one greedy token
+PROBE_SAMPLING = SamplingParams(max_tokens=1, temperature=0.0)
 REQUIRED_OUTPUTS = ("output_ids",)
 FINAL_PARAM = "triton_final_response"
 

@@ -31,9 +31,9 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, Collection
 
-from gateway.core.types import GenerateRequest, SamplingParams
+from gateway.core.types import GenerateRequest
 from gateway.engine.base import Engine
-from gateway.engine.contract import ModelContract
+from gateway.engine.contract import PROBE_SAMPLING, ModelContract
 from gateway.errors import GatewayError, Overloaded, UpstreamInterrupted, UpstreamTimeout, UpstreamUnavailable
 from gateway.observability.metrics import (
     UPSTREAM_EJECTIONS,
@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 _MIN_CHECK_GAP = 0.1  # seconds between checks triggered by failures
 _READY_WAIT = 2.0  # seconds a readiness query waits for a running check before answering as last known
-_PROBE_SAMPLING = SamplingParams(max_tokens=1, temperature=0.0)
 
 
 class Upstream:
@@ -234,7 +233,7 @@ class UpstreamGroup:
         request = GenerateRequest(
             f"health-probe-{secrets.token_hex(4)}",
             [0],
-            _PROBE_SAMPLING,
+            PROBE_SAMPLING,
             first_token_timeout=self._probe_timeout,
             idle_timeout=self._probe_timeout,
         )

@@ -102,8 +102,7 @@ class LLMGatewayService(pb_grpc.LLMGatewayServicer):
         if kind == "text":
             ids = await tokenizer.encode_async(request.text)
         elif kind == "messages":
-            messages = convert.messages(request.messages.messages)
-            ids = await tokenizer.encode_chat(messages, sum(len(m["content"]) for m in messages))
+            ids = await tokenizer.encode_chat(convert.messages(request.messages.messages))
         else:
             raise InvalidRequest("Missing required parameter: 'text' or 'messages'", param="input")
         return pb.TokenizeResponse(ids=ids, count=len(ids))

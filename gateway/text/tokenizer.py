@@ -28,6 +28,11 @@ _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenize")
 _STOP_CACHE_SIZE = 1024
 
 
+def content_chars(messages: list[dict[str, Any]]) -> int:
+    """The characters of a chat's contents: what bounds its tokenization cost and its token count."""
+    return sum(len(m["content"]) for m in messages)
+
+
 def _raise_exception(message: str) -> None:
     raise TemplateError(message)
 
@@ -92,9 +97,9 @@ class Tokenizer:
             return self.encode(text)
         return await asyncio.get_running_loop().run_in_executor(_POOL, self.encode_unlocked, text)
 
-    async def encode_chat(self, messages: list[dict[str, Any]], chars: int) -> list[int]:
-        """The prompt ids of ``messages`` (``chars``: their content's length), off the event loop when large."""
-        if chars <= INLINE_CHARS and len(messages) <= 256:
+    async def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+        """The prompt ids of ``messages``, off the event loop when they are large."""
+        if content_chars(messages) <= INLINE_CHARS and len(messages) <= 256:
             return self.encode(self.apply_chat_template(messages))
         return await asyncio.get_running_loop().run_in_executor(
             _POOL, lambda: self.encode_unlocked(self.apply_chat_template(messages))
