@@ -50,7 +50,7 @@ lint: protos
 	$(BIN)/ruff check gateway tests perf model_repository deploy
 	$(BIN)/ruff format --check gateway tests perf model_repository deploy
 	$(BIN)/mypy
-	$(BIN)/mypy --strict deploy/tensorrt_llm/fill_config.py
+	$(BIN)/mypy --strict deploy/tensorrt_llm/fill_config.py deploy/tensorrt_llm/xgrammar_info.py
 	$(BIN)/hadolint Dockerfile
 
 format: install

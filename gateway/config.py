@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -44,6 +44,12 @@ class ModelConfig(BaseModel):
     max_output_tokens: int = Field(default=4096, ge=1, description="largest max_tokens a request may ask for")
     default_max_tokens: int = Field(default=1024, ge=1, description="chat output limit when the request sets none")
     owned_by: str = "triton"
+    tool_parser: Literal["hermes", "llama3_json", "generic"] | None = Field(
+        default=None,
+        description="how the model writes tool calls: hermes (<tool_call>{...}</tool_call>, Qwen/Hermes), "
+        'llama3_json ({"name", "parameters"}), generic (tools described in the system prompt, calls in '
+        "hermes markup held by the grammar); default: hermes when the chat template renders tools, else generic",
+    )
     max_in_flight: int | None = Field(default=None, ge=1, description="requests sent upstream at once (unset: no cap)")
     max_queue: int = Field(default=0, ge=0, description="requests that may wait for a slot; more get 503")
     queue_timeout: float = Field(default=5.0, gt=0, description="seconds a request may wait for a slot")

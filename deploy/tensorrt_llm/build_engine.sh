@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build a TensorRT-LLM engine from a Hugging Face checkpoint and write a Triton model repository
-# around it: OUTPUT_REPO/tensorrt_llm/{config.pbtxt, 1/, engine/, tokenizer/}.
+# around it: OUTPUT_REPO/tensorrt_llm/{config.pbtxt, 1/, engine/, tokenizer/,
+# xgrammar_tokenizer_info.json}.
 #
 # Runs on a GPU node inside NVIDIA's Triton TensorRT-LLM container
 # (nvcr.io/nvidia/tritonserver:<yy.mm>-trtllm-python-py3), with this repository mounted: the
@@ -21,6 +22,19 @@
 #   MAX_NUM_TOKENS=8192      tokens per engine step (prefill chunks and decode tokens together)
 #   KV_CACHE_FRACTION=0.9    of the GPU memory left after the weights
 #   ENABLE_KV_CACHE_REUSE=true
+#   GUIDED_DECODING=true     write xgrammar_tokenizer_info.json (xgrammar_info.py) and turn the
+#                            backend's xgrammar guided decoding on: the gateway's response_format
+#                            json_object / json_schema and forced tool calls. Costs nothing per
+#                            request that sends no guide.
+#   GATHER_GENERATION_LOGITS=false
+#                            true: build with --gather_generation_logits, which the gateway's
+#                            top_logprobs needs (logprobs alone do not: output_log_probs comes from
+#                            any engine). Cost: each request asking for it gets a pinned host buffer
+#                            of max_tokens x vocab x 4 bytes (1,000 tokens of a 128k vocabulary:
+#                            ~0.5 GB), and every streamed token carries vocab x 4 bytes of logits
+#                            from GPU to host, through Triton's gRPC and into the gateway, which
+#                            takes the log-softmax on its CPU. false: the config leaves the
+#                            generation_logits output out and the gateway refuses top_logprobs.
 #   SERVE_ROOT=/models       where OUTPUT_REPO is mounted for tritonserver (paths in the config)
 #   TRTLLM_EXAMPLES          TensorRT-LLM's examples/ directory (searched for, else cloned)
 #   CONVERT_ARGS, BUILD_ARGS extra arguments for convert_checkpoint.py / trtllm-build
@@ -45,6 +59,14 @@ MAX_SEQ_LEN=${MAX_SEQ_LEN:-8192}
 MAX_NUM_TOKENS=${MAX_NUM_TOKENS:-8192}
 KV_CACHE_FRACTION=${KV_CACHE_FRACTION:-0.9}
 ENABLE_KV_CACHE_REUSE=${ENABLE_KV_CACHE_REUSE:-true}
+GUIDED_DECODING=${GUIDED_DECODING:-true}
+GATHER_GENERATION_LOGITS=${GATHER_GENERATION_LOGITS:-false}
+for flag in GUIDED_DECODING GATHER_GENERATION_LOGITS; do
+    [[ ${!flag} == true || ${!flag} == false ]] || die "$flag must be true or false, not '${!flag}'"
+done
+if [[ "$GUIDED_DECODING" == true && ! -f "$HF_MODEL_DIR/tokenizer.json" ]]; then
+    die "GUIDED_DECODING=true needs $HF_MODEL_DIR/tokenizer.json (or set GUIDED_DECODING=false)"
+fi
 SERVE_ROOT=${SERVE_ROOT:-/models}
 read -r -a CONVERT_EXTRA <<< "${CONVERT_ARGS:-}"
 read -r -a BUILD_EXTRA <<< "${BUILD_ARGS:-}"
@@ -53,6 +75,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 MODEL_DIR="$OUTPUT_REPO/tensorrt_llm"
 ENGINE_DIR="$MODEL_DIR/engine"
 TOKENIZER_DIR="$MODEL_DIR/tokenizer"
+TOKENIZER_INFO_NAME=xgrammar_tokenizer_info.json
 
 if [[ -z "${WORK_DIR:-}" ]]; then
     WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/trtllm-build.XXXXXX")
@@ -114,6 +137,14 @@ if trtllm-build --help 2>/dev/null | grep -q -- '--kv_cache_type'; then
 else
     KV_CACHE_ARGS=(--paged_kv_cache enable)
 fi
+# Only the engine can hand out a step's full-vocabulary logits, and only if built to (see
+# GATHER_GENERATION_LOGITS in the header for what it costs).
+LOGITS_ARGS=()
+FILL_LOGITS=(--no-generation-logits)
+if [[ "$GATHER_GENERATION_LOGITS" == true ]]; then
+    LOGITS_ARGS=(--gather_generation_logits)
+    FILL_LOGITS=()
+fi
 say "building the engine into $ENGINE_DIR"
 rm -rf "$ENGINE_DIR"
 trtllm-build \
@@ -131,6 +162,7 @@ trtllm-build \
     --max_num_tokens "$MAX_NUM_TOKENS" \
     --max_beam_width 1 \
     --workers "$((TP_SIZE * PP_SIZE))" \
+    "${LOGITS_ARGS[@]}" \
     "${BUILD_EXTRA[@]}"
 
 # The gateway tokenizes with these files (tokenizer.json + tokenizer_config.json, which holds the
@@ -144,6 +176,19 @@ for name in tokenizer.json tokenizer_config.json special_tokens_map.json tokeniz
     fi
 done
 [[ -f "$TOKENIZER_DIR/tokenizer.json" ]] || say "warning: no tokenizer.json: the gateway needs a fast (Rust) tokenizer file"
+
+# Guided decoding: the C++ backend builds xgrammar's tokenizer from this JSON (the vocabulary, the
+# serialized tokenizer.json and the eos id), not from tokenizer_dir.
+FILL_GUIDED=()
+if [[ "$GUIDED_DECODING" == true ]]; then
+    python3 -c 'import tokenizers' 2>/dev/null \
+        || { say "installing tokenizers for xgrammar_info.py"; python3 -m pip install --quiet tokenizers; }
+    say "writing $MODEL_DIR/$TOKENIZER_INFO_NAME (guided decoding)"
+    python3 "$HERE/xgrammar_info.py" "$TOKENIZER_DIR" --output "$MODEL_DIR/$TOKENIZER_INFO_NAME"
+    FILL_GUIDED=(--guided-decoding-tokenizer-info "$SERVE_ROOT/tensorrt_llm/$TOKENIZER_INFO_NAME")
+else
+    rm -f "$MODEL_DIR/$TOKENIZER_INFO_NAME"
+fi
 
 # TensorRT-LLM <= 0.19 reads seed and min_tokens as random_seed and min_length
 FILL_EXTRA=()
@@ -160,10 +205,13 @@ python3 "$HERE/fill_config.py" \
     --max-batch-size "$MAX_BATCH_SIZE" \
     --kv-cache-free-gpu-mem-fraction "$KV_CACHE_FRACTION" \
     --enable-kv-cache-reuse "$ENABLE_KV_CACHE_REUSE" \
+    "${FILL_GUIDED[@]}" \
+    "${FILL_LOGITS[@]}" \
     "${FILL_EXTRA[@]}" \
     --force
 
 WORLD=$((TP_SIZE * PP_SIZE))
+say "guided decoding: $GUIDED_DECODING; top_logprobs (--gather_generation_logits): $GATHER_GENERATION_LOGITS"
 say "done. Serve it with OUTPUT_REPO mounted at $SERVE_ROOT:"
 if [[ $WORLD -eq 1 ]]; then
     echo "  tritonserver --model-repository=$SERVE_ROOT --model-control-mode=explicit --load-model=tensorrt_llm" >&2

@@ -7,12 +7,18 @@ load time), the given settings are set, and the result is written as
 given keep the template's values. Paths are as the serving Triton sees them (inside its container),
 not as this machine does.
 
+Two settings follow from how the engine was built and decide what the gateway offers:
+``--guided-decoding-tokenizer-info`` turns on xgrammar guided decoding (``response_format`` and forced
+tool calls), and ``--no-generation-logits`` declares an engine built without
+``--gather_generation_logits`` (no ``top_logprobs``).
+
 Needs ``tritonclient[grpc]`` (for ``model_config_pb2``) and ``protobuf``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import sys
 from collections.abc import Sequence
@@ -29,6 +35,10 @@ SCHEDULER_POLICIES = ("guaranteed_no_evict", "max_utilization")
 # under names it does not know, so serving an old release needs these; the gateway maps them back
 # (gateway/engine/contract.py, LEGACY_NAMES).
 LEGACY_NAMES = {"seed": "random_seed", "min_tokens": "min_length"}
+# the only grammar backend of TensorRT-LLM's C++ runtime (llguidance is Python-runtime only)
+GUIDED_DECODING_BACKEND = "xgrammar"
+# filled only by an engine built with --gather_generation_logits (the gateway's top_logprobs)
+GENERATION_LOGITS = "generation_logits"
 
 
 def _fraction(text: str) -> float:
@@ -116,6 +126,18 @@ def parser() -> argparse.ArgumentParser:
         "--gpu-device-ids", metavar="IDS", help="comma-separated GPU ids for this model (default: all visible)"
     )
     p.add_argument(
+        "--guided-decoding-tokenizer-info",
+        metavar="FILE",
+        help="turn guided decoding on: guided_decoding_backend=xgrammar and xgrammar_tokenizer_info_path=FILE, "
+        "the JSON xgrammar_info.py writes, as Triton sees it (default: off, as in the template)",
+    )
+    p.add_argument(
+        "--no-generation-logits",
+        action="store_true",
+        help="the engine was built without --gather_generation_logits: leave the generation_logits output out, "
+        "so the gateway refuses top_logprobs (400) instead of the engine failing each such request",
+    )
+    p.add_argument(
         "--legacy-names",
         action="store_true",
         help="name the seed and min_tokens inputs random_seed and min_length, for TensorRT-LLM <= 0.19",
@@ -140,6 +162,20 @@ def load(path: Path) -> Any:
     return config
 
 
+def guided_decoding(tokenizer_info: str | None) -> dict[str, str]:
+    """The parameters that turn on the backend's guided decoding (none: the template's, off).
+
+    The C++ backend reads ``xgrammar_tokenizer_info_path`` itself (``tokenizer_dir`` plays no part);
+    the gateway offers ``response_format`` and forced tool calls only when ``guided_decoding_backend``
+    is set (gateway/engine/contract.py).
+    """
+    if tokenizer_info is None:
+        return {}
+    if not tokenizer_info.strip():
+        raise ValueError("--guided-decoding-tokenizer-info is empty")
+    return {"guided_decoding_backend": GUIDED_DECODING_BACKEND, "xgrammar_tokenizer_info_path": tokenizer_info}
+
+
 def fill(config: Any, args: argparse.Namespace) -> Any:
     """Set the given settings on a copy of ``config``; the rest keep the template's values."""
     out = model_config_pb2.ModelConfig()
@@ -148,6 +184,15 @@ def fill(config: Any, args: argparse.Namespace) -> Any:
     if args.legacy_names:
         for tensor in out.input:
             tensor.name = LEGACY_NAMES.get(tensor.name, tensor.name)
+    if args.no_generation_logits:
+        # The gateway offers top_logprobs only for a model that declares this output
+        # (gateway/engine/contract.py, PARAM_OUTPUTS). The backend takes the logits datatype from
+        # generation_logits or context_logits, whichever it meets first: context_logits stays.
+        kept = [copy.deepcopy(tensor) for tensor in out.output if tensor.name != GENERATION_LOGITS]
+        if not any(tensor.name == "context_logits" for tensor in kept):
+            raise ValueError("--no-generation-logits: the template declares no context_logits to keep")
+        del out.output[:]
+        out.output.extend(kept)
     if args.max_batch_size is not None:
         out.max_batch_size = args.max_batch_size
         if out.HasField("dynamic_batching"):
@@ -168,6 +213,7 @@ def fill(config: Any, args: argparse.Namespace) -> Any:
         "max_beam_width": args.max_beam_width,
         "cancellation_check_period_ms": args.cancellation_check_period_ms,
         "gpu_device_ids": args.gpu_device_ids,
+        **guided_decoding(args.guided_decoding_tokenizer_info),
         **dict(args.extra),
     }
     for key, value in params.items():
@@ -203,7 +249,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, text_format.ParseError) as exc:
         LOG.error("fill_config: %s", exc)
         return 1
-    LOG.info("wrote %s (max_batch_size %d, engine %s)", target, config.max_batch_size, args.engine_dir)
+    params = config.parameters
+    guided = params["guided_decoding_backend"].string_value if "guided_decoding_backend" in params else ""
+    top = any(tensor.name == GENERATION_LOGITS for tensor in config.output)
+    LOG.info(
+        "wrote %s (max_batch_size %d, engine %s, guided decoding %s, generation_logits %s)",
+        target,
+        config.max_batch_size,
+        args.engine_dir,
+        guided or "off",
+        "declared" if top else "left out",
+    )
     return 0
 
 

@@ -110,6 +110,7 @@ def _invalid(exc: ValidationError) -> InvalidRequest:
 
 def sampling_input(body: SamplingFields) -> SamplingInput:
     """The wire request's sampling fields as the generate path takes them."""
+    logprobs, top_logprobs, logprobs_param = body.logprobs_asked
     return SamplingInput(
         max_tokens=body.token_limit,
         max_tokens_param=body.token_limit_param,
@@ -122,4 +123,10 @@ def sampling_input(body: SamplingFields) -> SamplingInput:
         stop=body.stop_strings,
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
+        repetition_penalty=body.repetition_penalty,
+        logit_bias=tuple((int(token), bias) for token, bias in (body.logit_bias or {}).items()),
+        stop_token_ids=tuple(body.stop_token_ids or ()),
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
+        logprobs_param=logprobs_param,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from gateway.api.auth import principal_of
@@ -9,23 +11,73 @@ from gateway.api.body import parse, read_json, sampling_input
 from gateway.api.context import CONFIG, LIMITER, PLAN, REGISTRY, STARTED, now
 from gateway.api.formats import ChatFormat
 from gateway.api.respond import respond
-from gateway.api.schema import ChatCompletionRequest
-from gateway.core.plan import plan_chat
+from gateway.api.schema import ChatCompletionRequest, ChatMessage, NamedToolChoice
+from gateway.core.plan import OutputShape, plan_chat
+from gateway.core.types import Tool, ToolChoice
+from gateway.errors import InvalidRequest
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = parse(ChatCompletionRequest, await read_json(request, request.app[CONFIG].max_body_bytes))
-    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     plan = await plan_chat(
         principal_of(request),
         request.app[REGISTRY],
         body.model,
-        messages,
+        [_message(m) for m in body.messages],
         body.n,
         sampling_input(body),
         limiter=request.app[LIMITER],
         started=request[STARTED],
+        shape=output_shape(body),
     )
     request[PLAN] = plan
-    fmt = ChatFormat(plan.request_id, now(), plan.model.id)
-    return await respond(request, fmt, plan, stream=body.stream, include_usage=body.include_usage)
+    piece = plan.model.tokenizer.piece if plan.sampling.logprobs else None
+    fmt = ChatFormat(plan.request_id, now(), plan.model.id, piece)
+    return await respond(
+        request,
+        fmt,
+        plan,
+        stream=body.stream,
+        include_usage=body.include_usage,
+        continuous_usage=body.continuous_usage,
+    )
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.text()}
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": c.function.arguments}}
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def output_shape(body: ChatCompletionRequest) -> OutputShape:
+    """The request's response format and tools as the generate path takes them; the rules OpenAI
+    applies across these fields are checked here, each error naming its parameter."""
+    if body.top_logprobs is not None and not body.logprobs:
+        raise InvalidRequest("'top_logprobs' requires 'logprobs' to be true", param="top_logprobs")
+    tools = tuple(
+        Tool(t.function.name, t.function.description or "", t.function.parameters or {}) for t in body.tools or ()
+    )
+    if len({t.name for t in tools}) != len(tools):
+        raise InvalidRequest("'tools' lists a function name twice", param="tools")
+    choice = ToolChoice("auto" if tools else "none")
+    given = body.tool_choice
+    if isinstance(given, NamedToolChoice):
+        if all(t.name != given.function.name for t in tools):
+            raise InvalidRequest(
+                f"'tool_choice' names a function that is not in 'tools': {given.function.name!r}", param="tool_choice"
+            )
+        choice = ToolChoice("named", given.function.name)
+    elif given is not None:
+        if given != "none" and not tools:
+            raise InvalidRequest("'tool_choice' is only allowed when 'tools' are given", param="tool_choice")
+        choice = ToolChoice(given)
+    response_format = (
+        body.response_format.model_dump(by_alias=True, exclude_none=True) if body.response_format is not None else None
+    )
+    return OutputShape(response_format, tools, choice, body.parallel_tool_calls)

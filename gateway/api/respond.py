@@ -37,23 +37,54 @@ SSE_HEADERS = {
 
 
 async def respond(
-    request: web.Request, fmt: ResponseFormat, plan: Plan, *, stream: bool, include_usage: bool
+    request: web.Request,
+    fmt: ResponseFormat,
+    plan: Plan,
+    *,
+    stream: bool,
+    include_usage: bool,
+    continuous_usage: bool = False,
 ) -> web.StreamResponse:
+    """``continuous_usage``: every chunk carries the usage so far (vLLM's continuous_usage_stats)."""
     try:
         # in a task of its own: a client that goes away halts the request, never cancels a Triton read
-        return await guarded(plan.halt, _respond(request, fmt, plan, stream, include_usage))
+        work = _respond(request, fmt, plan, stream, include_usage, continuous_usage)
+        return await guarded(plan.halt, work)
     except asyncio.CancelledError:  # the client went away (handler cancellation)
         DISCONNECTS.labels(plan.model.id).inc()
         raise
 
 
 async def _respond(
-    request: web.Request, fmt: ResponseFormat, plan: Plan, stream: bool, include_usage: bool
+    request: web.Request, fmt: ResponseFormat, plan: Plan, stream: bool, include_usage: bool, continuous_usage: bool
 ) -> web.StreamResponse:
     if not stream:
-        texts, reasons, usage = await collect(plan)
-        return web.Response(body=orjson.dumps(fmt.whole(texts, reasons, usage)), content_type="application/json")
-    return await _stream(request, fmt, generate(plan), len(plan.choices), Usage(plan.prompt_tokens), include_usage)
+        outputs, usage = await collect(plan)
+        return web.Response(body=orjson.dumps(fmt.whole(outputs, usage)), content_type="application/json")
+    deltas = generate(plan)
+    counter = _RunningUsage(len(plan.choices), plan.prompt_tokens) if continuous_usage else None
+    return await _stream(request, fmt, deltas, len(plan.choices), Usage(plan.prompt_tokens), include_usage, counter)
+
+
+class _RunningUsage:
+    """The usage so far, appended to every chunk (continuous_usage_stats)."""
+
+    __slots__ = ("_counts", "_prompt")
+
+    def __init__(self, n: int, prompt_tokens: int) -> None:
+        self._counts = [0] * n
+        self._prompt = prompt_tokens
+
+    def stamp(self, delta: Delta, chunk: bytes) -> bytes:
+        self._counts[delta.index] = delta.completion_tokens
+        done = sum(self._counts)
+        usage = b',"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}}\n\n' % (
+            self._prompt,
+            done,
+            self._prompt + done,
+        )
+        # every chunk is one event ending in "}\n\n": the usage goes inside its object
+        return b"\n\n".join(event[:-1] + usage[:-2] for event in chunk.split(b"\n\n") if event) + b"\n\n"
 
 
 async def _stream(
@@ -63,6 +94,7 @@ async def _stream(
     n: int,
     usage: Usage,
     include_usage: bool,
+    counter: _RunningUsage | None = None,
 ) -> web.StreamResponse:
     try:
         first = await anext(deltas)  # errors up to here get a real HTTP status
@@ -78,11 +110,11 @@ async def _stream(
         await response.prepare(request)
         opening = b"".join(fmt.opening(i) for i in range(n))
         if first is not None:
-            await response.write(opening + _delta_bytes(fmt, first, usage))
+            await response.write(opening + _delta_bytes(fmt, first, usage, counter))
         else:
             await response.write(opening)
         async for delta in deltas:
-            await response.write(_delta_bytes(fmt, delta, usage))
+            await response.write(_delta_bytes(fmt, delta, usage, counter))
         tail = fmt.usage(usage) + SSE_DONE if include_usage else SSE_DONE
         await response.write(tail)
     except ConnectionError:
@@ -105,12 +137,17 @@ async def _stream(
     return response
 
 
-def _delta_bytes(fmt: ResponseFormat, delta: Delta, usage: Usage) -> bytes:
-    if delta.finish_reason is None:
-        return fmt.delta(delta.index, delta.text)
-    usage.completion_tokens += delta.completion_tokens
-    finish = fmt.finish(delta.index, delta.finish_reason)
-    return fmt.delta(delta.index, delta.text) + finish if delta.text else finish
+def _delta_bytes(fmt: ResponseFormat, delta: Delta, usage: Usage, counter: _RunningUsage | None) -> bytes:
+    if delta.finish_reason is not None:
+        usage.completion_tokens += delta.completion_tokens
+    if delta.logprobs is not None or delta.tool_calls is not None:
+        chunk = fmt.rich(delta)
+    elif delta.finish_reason is None:
+        chunk = fmt.delta(delta.index, delta.text)
+    else:
+        finish = fmt.finish(delta.index, delta.finish_reason)
+        chunk = fmt.delta(delta.index, delta.text) + finish if delta.text else finish
+    return chunk if counter is None else counter.stamp(delta, chunk)
 
 
 async def _write_error(response: web.StreamResponse, exc: GatewayError) -> None:

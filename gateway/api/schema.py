@@ -11,20 +11,22 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from gateway.core.limits import MAX_CHOICES, MAX_STOP_STRINGS, PENALTY_RANGE, TEMPERATURE_RANGE
+from gateway.core.limits import (
+    LOGIT_BIAS_RANGE,
+    MAX_CHOICES,
+    MAX_COMPLETION_LOGPROBS,
+    MAX_STOP_STRINGS,
+    MAX_TOOLS,
+    MAX_TOP_LOGPROBS,
+    PENALTY_RANGE,
+    TEMPERATURE_RANGE,
+)
 
 # Known OpenAI parameters the gateway does not implement: a non-default value gets a 400 naming
 # the parameter instead of being silently ignored ("Unrecognized request argument" for the rest).
 UNSUPPORTED_PARAMS: dict[str, tuple[Any, ...]] = {
-    "logprobs": (None, False, 0),
-    "top_logprobs": (None, 0),
-    "logit_bias": (None, {}),
-    "tools": (None, []),
-    "tool_choice": (None, "none"),
-    "functions": (None, []),
+    "functions": (None, []),  # deprecated by OpenAI for `tools`
     "function_call": (None, "none"),
-    "parallel_tool_calls": (None,),
-    "response_format": (None, {"type": "text"}),
     "best_of": (None, 1),
     "suffix": (None, ""),
     "modalities": (None, ["text"]),
@@ -62,6 +64,30 @@ class WireModel(BaseModel):
 class StreamOptions(WireModel):
     include_usage: bool = False
     include_obfuscation: bool = True  # OpenAI pads chunks against side channels; accepted, not needed here
+    continuous_usage_stats: bool = False  # vLLM's extension: the usage so far on every chunk
+
+
+class TextFormat(WireModel):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(WireModel):
+    type: Literal["json_object"]
+
+
+class JsonSchemaSpec(WireModel):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class JsonSchemaFormat(WireModel):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormatParam = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
 
 
 class SamplingFields(WireModel):
@@ -84,14 +110,25 @@ class SamplingFields(WireModel):
     min_tokens: int = Field(default=0, ge=0)
     ignore_eos: bool = False
 
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)  # vLLM's extension
+    stop_token_ids: list[int] | None = Field(default=None, max_length=64)  # vLLM's extension
+    logit_bias: dict[str, float] | None = None
+    response_format: ResponseFormatParam | None = None  # OpenAI's for chat; an extension on completions
+
     # these take any value OpenAI takes; the gateway decides what it can honour
-    logprobs: Any = None
-    top_logprobs: Any = None
-    logit_bias: Any = None
-    response_format: Any = None
     service_tier: Any = None
     store: Any = None
     metadata: Any = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for token, bias in (value or {}).items():
+            if not token.isdigit():
+                raise ValueError(f"logit_bias keys must be token ids, got {token!r}")
+            if not LOGIT_BIAS_RANGE[0] <= bias <= LOGIT_BIAS_RANGE[1]:
+                raise ValueError(f"logit_bias values must be in [{LOGIT_BIAS_RANGE[0]}, {LOGIT_BIAS_RANGE[1]}]")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -120,6 +157,10 @@ class SamplingFields(WireModel):
         return self.stream_options is not None and self.stream_options.include_usage
 
     @property
+    def continuous_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.continuous_usage_stats
+
+    @property
     def token_limit(self) -> int | None:
         return self.max_tokens
 
@@ -127,16 +168,34 @@ class SamplingFields(WireModel):
     def token_limit_param(self) -> str:
         return "max_tokens"
 
+    @property
+    def logprobs_asked(self) -> tuple[bool, int, str]:
+        """Logprobs wanted, how many alternatives per token, and the parameter that asks for them."""
+        return False, 0, "logprobs"
+
 
 class TextPart(WireModel):
     type: Literal["text"]
     text: str
 
 
+class FunctionCall(WireModel):
+    name: str
+    arguments: str  # JSON text, as the model produced it
+
+
+class ToolCallParam(WireModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(WireModel):
     model_config = ConfigDict(extra="ignore")  # name, refusal, ... are accepted and unused
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCallParam] | None = None  # assistant messages: the calls it made
+    tool_call_id: str | None = None  # tool messages: the call this is the result of
 
     def text(self) -> str:
         if self.content is None:
@@ -146,14 +205,37 @@ class ChatMessage(WireModel):
         return "".join(part.text for part in self.content)
 
 
+class FunctionDef(WireModel):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolParam(WireModel):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(WireModel):
+    name: str
+
+
+class NamedToolChoice(WireModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    tools: Any = None
-    tool_choice: Any = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: list[ToolParam] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
     functions: Any = None
     function_call: Any = None
-    parallel_tool_calls: Any = None
     modalities: Any = None
     audio: Any = None
     prediction: Any = None
@@ -163,6 +245,10 @@ class ChatCompletionRequest(SamplingFields):
     @property
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    @property
+    def logprobs_asked(self) -> tuple[bool, int, str]:
+        return self.logprobs, self.top_logprobs or 0, "top_logprobs" if self.top_logprobs else "logprobs"
 
     @property
     def token_limit_param(self) -> str:
@@ -175,6 +261,12 @@ Prompt = str | list[str] | list[int] | list[list[int]]
 class CompletionRequest(SamplingFields):
     prompt: Prompt
     echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
+
+    @property
+    def logprobs_asked(self) -> tuple[bool, int, str]:
+        return self.logprobs is not None, self.logprobs or 0, "logprobs"
+
     best_of: Any = None
     suffix: Any = None
 

@@ -20,11 +20,24 @@ from gateway.core.halt import Halt
 from gateway.core.lifecycle import LIFECYCLE
 from gateway.core.models import ServedModel
 from gateway.core.plan import Plan
-from gateway.core.types import Choice, Delta, FinishReason, GenerateRequest, RequestStats, SamplingParams, Usage
+from gateway.core.types import (
+    Choice,
+    ChoiceOutput,
+    Delta,
+    FinishReason,
+    GenerateRequest,
+    RequestStats,
+    SamplingParams,
+    TokenLogprob,
+    Tokens,
+    ToolCallDelta,
+    Usage,
+)
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.observability.metrics import IN_FLIGHT, TOKENS, UPSTREAM_ERRORS, ChoiceObserver
 from gateway.text.stop import StopTail
 from gateway.text.stream_state import StreamState
+from gateway.text.toolcalls import ToolCallParser, make_parser
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +45,63 @@ log = logging.getLogger(__name__)
 _DRAIN_RESPONSES = 4
 
 
+class _Output:
+    """What a choice sends beside its text: tool calls parsed out of it, the logprobs of its tokens."""
+
+    __slots__ = ("calls", "logprobs", "parser")
+
+    def __init__(self, tool_format: str | None, prefill: str, logprobs: bool) -> None:
+        self.parser: ToolCallParser | None = None
+        self.calls: list[ToolCallDelta] | None = None
+        if tool_format is not None:
+            self.parser = make_parser(tool_format)
+            if prefill:  # the call's opening markup, given to the model as the start of its answer
+                self._split(self.parser.feed(prefill))
+        self.logprobs: list[TokenLogprob] | None = [] if logprobs else None
+
+    def _split(self, events: list[str | ToolCallDelta]) -> str:
+        text: list[str] = []
+        for event in events:
+            if isinstance(event, str):
+                text.append(event)
+            elif self.calls is None:
+                self.calls = [event]
+            else:
+                self.calls.append(event)
+        return "".join(text)
+
+    def text(self, text: str, final: bool = False) -> str:
+        """The content part of ``text`` (all of it without a tool parser)."""
+        if self.parser is None:
+            return text
+        events = self.parser.feed(text) if text else []
+        if final:
+            events.extend(self.parser.finish())
+        return self._split(events)
+
+    def delta(self, index: int, text: str, reason: FinishReason | None, count: int) -> Delta:
+        """A delta that takes the tool calls and logprobs gathered since the last one."""
+        if reason is FinishReason.STOP and self.parser is not None and self.parser.calls_seen:
+            reason = FinishReason.TOOL_CALLS
+        delta = Delta(index, text, reason, count, self.logprobs or None, self.calls)
+        self.calls = None
+        if self.logprobs:
+            self.logprobs = []
+        return delta
+
+    @property
+    def pending(self) -> bool:
+        return self.calls is not None
+
+
 async def generate_choice(
-    model: ServedModel, request_id: str, choice: Choice, sampling: SamplingParams, stats: RequestStats, halt: Halt
+    model: ServedModel,
+    request_id: str,
+    choice: Choice,
+    sampling: SamplingParams,
+    stats: RequestStats,
+    halt: Halt,
+    tool_format: str | None = None,
 ) -> AsyncGenerator[Delta, None]:
     """Deltas of one choice; the last one carries the finish reason.
 
@@ -46,7 +114,7 @@ async def generate_choice(
     if choice.seed is not None and choice.seed != sampling.seed:
         sampling = dataclasses.replace(sampling, seed=choice.seed)
     tokenizer = model.tokenizer
-    state = StreamState(tokenizer, sampling.max_tokens, sampling.stop, sampling.ignore_eos)
+    state = StreamState(tokenizer, sampling.max_tokens, sampling.stop, sampling.ignore_eos, sampling.stop_token_ids)
     config = model.config
     request = GenerateRequest(
         f"{request_id}-{choice.index}",
@@ -54,30 +122,37 @@ async def generate_choice(
         sampling,
         config.first_token_timeout,
         config.idle_timeout,
+        tokenizer.vocab_size,
         halt,
     )
+    prefill = sampling.guide.prefill if sampling.guide is not None else ""
+    output = _Output(tool_format, prefill, sampling.logprobs)
     end_id = -1 if sampling.ignore_eos else tokenizer.eos_token_id
     tokens = model.upstreams.generate(request, end_id, tokenizer.pad_token_id)
     index = choice.index
     observer = ChoiceObserver(model.id, stats.started)
     tail = StopTail(sampling.stop_ids)
     try:
-        async for ids in tokens:
+        async for response in tokens:
+            ids = response.ids
             tail.feed(ids)
             text = state.feed(ids)
+            if output.logprobs is not None and response.logprobs:
+                output.logprobs.extend(response.logprobs)
             if text:
                 observer.delta()
                 if not stats.first_token:
                     stats.first_token = time.monotonic()
             if state.finish_reason is not None:
-                yield Delta(index, text, state.finish_reason, state.completion_tokens)
+                text = output.text(text, final=True)
+                yield output.delta(index, text, state.finish_reason, state.completion_tokens)
                 if state.finish_reason is FinishReason.LENGTH or end_id in ids or tail.model_stops:
                     await _read_to_end(tokens)
                 return
-            if text:
-                yield Delta(index, text, None, state.completion_tokens)
-        text = state.finish()
-        yield Delta(index, text, state.finish_reason, state.completion_tokens)
+            if text and ((text := output.text(text)) or output.pending):
+                yield output.delta(index, text, None, state.completion_tokens)
+        text = output.text(state.finish(), final=True)
+        yield output.delta(index, text, state.finish_reason, state.completion_tokens)
     except (UpstreamError, UpstreamUnavailable, UpstreamTimeout) as exc:
         UPSTREAM_ERRORS.labels(model.id, exc.kind.grpc_status).inc()
         raise
@@ -86,7 +161,7 @@ async def generate_choice(
         await tokens.aclose()  # a Triton request still running is stopped in-band
 
 
-async def _read_to_end(tokens: AsyncGenerator[list[int], None]) -> None:
+async def _read_to_end(tokens: AsyncGenerator[Tokens, None]) -> None:
     """Let a model that is ending the request end it (a few stray responses at most, then stop it)."""
     try:
         extra = 0
@@ -120,14 +195,14 @@ async def generate(plan: Plan) -> AsyncGenerator[Delta, None]:
 async def _generate(plan: Plan) -> AsyncGenerator[Delta, None]:
     model, request_id, sampling, stats, halt = plan.model, plan.request_id, plan.sampling, plan.stats, plan.halt
     if len(plan.choices) == 1:
-        async for delta in generate_choice(model, request_id, plan.choices[0], sampling, stats, halt):
+        async for delta in generate_choice(model, request_id, plan.choices[0], sampling, stats, halt, plan.tool_format):
             yield delta
         return
     queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
 
     async def pump(choice: Choice) -> None:
         try:
-            async for delta in generate_choice(model, request_id, choice, sampling, stats, halt):
+            async for delta in generate_choice(model, request_id, choice, sampling, stats, halt, plan.tool_format):
                 queue.put_nowait(delta)
         except asyncio.CancelledError:
             raise
@@ -156,19 +231,16 @@ async def _generate(plan: Plan) -> AsyncGenerator[Delta, None]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def collect(plan: Plan) -> tuple[list[str], list[FinishReason], Usage]:
+async def collect(plan: Plan) -> tuple[list[ChoiceOutput], Usage]:
     """The whole output of every choice, for non-streaming responses."""
-    n = len(plan.choices)
-    parts: list[list[str]] = [[] for _ in range(n)]
-    reasons = [FinishReason.STOP] * n
+    outputs = [ChoiceOutput() for _ in plan.choices]
     usage = Usage(prompt_tokens=plan.prompt_tokens)
     deltas = generate(plan)
     try:
         async for delta in deltas:
-            parts[delta.index].append(delta.text)
+            outputs[delta.index].add(delta)
             if delta.finish_reason is not None:
-                reasons[delta.index] = delta.finish_reason
                 usage.completion_tokens += delta.completion_tokens
     finally:
         await deltas.aclose()
-    return ["".join(p) for p in parts], reasons, usage
+    return outputs, usage

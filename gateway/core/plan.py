@@ -9,16 +9,19 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.auth.keys import Principal
 from gateway.core.halt import Halt
 from gateway.core.models import ModelRegistry, ServedModel
 from gateway.core.sampling import resolve_sampling
-from gateway.core.types import Choice, RequestStats, SamplingInput, SamplingParams
-from gateway.errors import ContextLengthExceeded, InvalidRequest
+from gateway.core.types import Choice, Guide, RequestStats, SamplingInput, SamplingParams, Tool, ToolChoice
+from gateway.errors import ContextLengthExceeded, InvalidRequest, UnsupportedParameter
 from gateway.limits.ratelimit import Grant, RateLimiter
 from gateway.observability.metrics import OVERHEAD
+from gateway.text.guides import response_format_guide, tool_guide
 from gateway.text.tokenizer import content_chars
+from gateway.text.tool_prompt import prepare_messages
 
 # OpenAI's legacy completions API generates 16 tokens when max_tokens is not given
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
@@ -38,6 +41,21 @@ class Plan:
     echo: list[str] | None = None  # per choice: the prompt text to prepend (completions' echo)
     grant: Grant | None = None  # the rate limiter's admission, settled when generation ends
     halt: Halt = field(default_factory=Halt)  # triggered when the client goes away: stop the models in-band
+    tool_format: str | None = None  # the model's tool-call format, when the output is parsed for calls
+
+
+@dataclass(frozen=True, slots=True)
+class OutputShape:
+    """What a client asked of the output's shape: a response format, or tools to call."""
+
+    response_format: dict[str, Any] | None = None
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    parallel_tool_calls: bool = True
+
+    @property
+    def calls_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice.mode != "none"
 
 
 def new_id(prefix: str) -> str:
@@ -57,28 +75,87 @@ async def plan_chat(
     principal: Principal,
     registry: ModelRegistry,
     model_id: str,
-    messages: list[dict[str, str]],
+    messages: list[dict[str, Any]],
     n: int,
     given: SamplingInput,
     limiter: RateLimiter | None = None,
     started: float | None = None,
+    shape: OutputShape | None = None,
 ) -> Plan:
     stats = RequestStats(started or time.monotonic())
     model = registry.get(model_id, principal)
     tokenizer = model.tokenizer
     _check_length(model, content_chars(messages), "messages")
-    prompt_ids = await tokenizer.encode_chat(messages)
+    contract = await model.contract()
+    shape = shape or OutputShape()
+    guide, guide_param = _response_guide(shape.response_format)
+    tool_format: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    with_tools = any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
+    if shape.calls_tools or with_tools:
+        tool_format = model.config.tool_parser or ("hermes" if tokenizer.supports_tools else "generic")
+        native = tokenizer.supports_tools and tool_format != "generic"
+        messages = prepare_messages(messages, list(shape.tools), tool_format, native)
+        if native and shape.tools:
+            tools = [_tool_dict(t) for t in shape.tools]
+    if shape.calls_tools:
+        if guide is not None:
+            raise InvalidRequest("'response_format' cannot be combined with 'tools'", param="response_format")
+        guide, guide_param = _tool_guide(model, contract.guided_decoding_backend, shape, tool_format or "generic")
+    else:
+        tool_format = None  # tools in the history, none to call now: the output is text
+    prefill = guide.prefill if guide is not None else ""
+    prompt_ids = await tokenizer.encode_chat(messages, tools, prefill)
     sampling = resolve_sampling(
         model,
-        await model.contract(),
+        contract,
         given,
         prompt_tokens=len(prompt_ids),
         default_max_tokens=model.config.default_max_tokens,
         prompt_param="messages",
+        guide=guide,
+        guide_param=guide_param,
     )
     choices = _choices([prompt_ids], n, given.seed)
     plan = Plan(model, new_id("chatcmpl"), choices, sampling, len(prompt_ids), stats, principal.project)
+    plan.tool_format = tool_format
     return await _planned(plan, principal, limiter)
+
+
+def _response_guide(response_format: dict[str, Any] | None) -> tuple[Guide | None, str]:
+    if response_format is None:
+        return None, "response_format"
+    try:
+        guide = response_format_guide(response_format)  # the schema is checked to compile (400 if not)
+    except ValueError as exc:
+        raise InvalidRequest(f"Invalid 'response_format': {exc}", param="response_format") from None
+    return guide, "response_format"
+
+
+def _tool_guide(
+    model: ServedModel, backend: str | None, shape: OutputShape, tool_format: str
+) -> tuple[Guide | None, str]:
+    """The grammar that holds the output to the tool choice; ``auto`` goes unconstrained without one."""
+    mode = shape.tool_choice.mode
+    if backend is None:
+        if mode in ("required", "named"):
+            raise UnsupportedParameter(
+                f"'tool_choice' {mode!r} needs guided decoding, which model '{model.id}' does not have",
+                param="tool_choice",
+            )
+        return None, "tool_choice"
+    try:
+        guide = tool_guide(list(shape.tools), shape.tool_choice, shape.parallel_tool_calls, tool_format, backend)
+    except ValueError as exc:
+        raise InvalidRequest(f"Invalid 'tools': {exc}", param="tools") from None
+    return guide, "tool_choice"
+
+
+def _tool_dict(tool: Tool) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name, "parameters": dict(tool.parameters) or {"type": "object"}}
+    if tool.description:
+        function["description"] = tool.description
+    return {"type": "function", "function": function}
 
 
 async def plan_completion(
@@ -91,11 +168,13 @@ async def plan_completion(
     given: SamplingInput,
     limiter: RateLimiter | None = None,
     started: float | None = None,
+    response_format: dict[str, Any] | None = None,
 ) -> Plan:
     stats = RequestStats(started or time.monotonic())
     model = registry.get(model_id, principal)
     tokenizer = model.tokenizer
     vocab = tokenizer.vocab_size
+    guide, guide_param = _response_guide(response_format)
     ids_list: list[list[int]] = []
     for prompt in prompts:
         if isinstance(prompt, str):
@@ -113,6 +192,8 @@ async def plan_completion(
         prompt_tokens=max(len(ids) for ids in ids_list),
         default_max_tokens=COMPLETIONS_DEFAULT_MAX_TOKENS,
         prompt_param="prompt",
+        guide=guide,
+        guide_param=guide_param,
     )
     echo_texts = [tokenizer.decode(ids) for ids in ids_list for _ in range(n)] if echo else None
     prompt_tokens = sum(len(ids) for ids in ids_list)

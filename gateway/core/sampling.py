@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.core.models import ServedModel
-from gateway.core.types import SamplingInput, SamplingParams
+from gateway.core.types import Guide, SamplingInput, SamplingParams
 from gateway.engine.contract import ModelContract
 from gateway.errors import ContextLengthExceeded, InvalidRequest, UnsupportedParameter
 
@@ -16,7 +16,28 @@ def resolve_sampling(
     prompt_tokens: int,
     default_max_tokens: int,
     prompt_param: str = "messages",
+    guide: Guide | None = None,
+    guide_param: str = "response_format",
 ) -> SamplingParams:
+    if given.top_logprobs and not contract.supports("top_logprobs"):
+        param = given.logprobs_param
+        raise UnsupportedParameter(
+            f"'{param}' with alternatives is not supported by model '{model.id}': its Triton model returns no "
+            "generation_logits (a TensorRT-LLM engine needs --gather_generation_logits); ask for the sampled "
+            "tokens' logprobs alone",
+            param=param,
+        )
+    if guide is not None and not contract.supports("guided_decoding"):
+        raise UnsupportedParameter(
+            f"'{guide_param}' is not supported by model '{model.id}': its Triton model has no guided decoding",
+            param=guide_param,
+        )
+    vocab = model.tokenizer.vocab_size
+    for token, _ in given.logit_bias:
+        if token >= vocab:
+            raise InvalidRequest(f"logit_bias: token id {token} is not in [0, {vocab})", param="logit_bias")
+    if any(not 0 <= t < vocab for t in given.stop_token_ids):
+        raise InvalidRequest(f"stop_token_ids must be in [0, {vocab})", param="stop_token_ids")
     requested = {
         "temperature": given.temperature is not None and given.temperature != 1.0,
         "top_p": given.top_p is not None and given.top_p != 1.0,
@@ -26,6 +47,9 @@ def resolve_sampling(
         "ignore_eos": given.ignore_eos,
         "presence_penalty": bool(given.presence_penalty),
         "frequency_penalty": bool(given.frequency_penalty),
+        "repetition_penalty": given.repetition_penalty is not None and given.repetition_penalty != 1.0,
+        "logit_bias": bool(given.logit_bias),
+        "logprobs": given.logprobs,
     }
     for param, used in requested.items():
         if used and not contract.supports(param):
@@ -70,4 +94,10 @@ def resolve_sampling(
         stop_ids=model.tokenizer.stop_sequences(given.stop) if given.stop and contract.supports("stop") else (),
         presence_penalty=given.presence_penalty or 0.0,
         frequency_penalty=given.frequency_penalty or 0.0,
+        repetition_penalty=given.repetition_penalty or 1.0,
+        logit_bias=given.logit_bias,
+        stop_token_ids=given.stop_token_ids,
+        logprobs=given.logprobs,
+        top_logprobs=given.top_logprobs,
+        guide=guide,
     )

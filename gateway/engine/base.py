@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Protocol
 
-from gateway.core.types import GenerateRequest
+from gateway.core.types import GenerateRequest, Tokens
 from gateway.engine.contract import ModelContract
 
 
@@ -20,8 +20,8 @@ class Engine(Protocol):
 
     def generate(
         self, contract: ModelContract, request: GenerateRequest, end_id: int | None, pad_id: int | None
-    ) -> AsyncGenerator[list[int], None]:
-        """New token ids as they are generated; closing the iterator cancels the request."""
+    ) -> AsyncGenerator[Tokens, None]:
+        """New token ids as they are generated; closing the iterator stops the request."""
         ...
 
     async def model_ready(self, model: str) -> bool: ...

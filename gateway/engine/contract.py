@@ -17,9 +17,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
+from numpy.typing import NDArray
 from tritonclient.grpc import model_config_pb2, service_pb2
 
-from gateway.core.types import SamplingParams
+from gateway.core.types import SamplingParams, TokenLogprob
 
 
 class TensorSpec(NamedTuple):
@@ -46,9 +48,23 @@ INPUT_TENSORS: dict[str, TensorSpec] = {
     "frequency_penalty": TensorSpec("FP32", "f"),
     "stop_words_list": TensorSpec("INT32", "i"),
     "stop": TensorSpec("BOOL", "?"),
+    "repetition_penalty": TensorSpec("FP32", "f"),
+    "embedding_bias": TensorSpec("FP32", "f"),
+    "return_log_probs": TensorSpec("BOOL", "?"),
+    "return_generation_logits": TensorSpec("BOOL", "?"),
+    "guided_decoding_guide_type": TensorSpec("BYTES", ""),
+    "guided_decoding_guide": TensorSpec("BYTES", ""),
 }
-# The outputs the gateway reads (parse_tokens), all INT32.
-OUTPUT_TENSORS: dict[str, str] = {"output_ids": "INT32", "sequence_length": "INT32"}
+# The outputs the gateway reads (parse_tokens, parse_logprobs).
+OUTPUT_TENSORS: dict[str, str] = {
+    "output_ids": "INT32",
+    "sequence_length": "INT32",
+    "output_log_probs": "FP32",
+    "cum_log_probs": "FP32",
+    "generation_logits": "FP32",
+}
+# TensorRT-LLM's guided decoding types: the backend silently ignores any other, so none is sent
+GUIDE_TYPES = frozenset({"json", "json_schema", "regex", "ebnf_grammar"})
 # TensorRT-LLM <= 0.19 name -> the name the gateway uses (0.20 on; same datatype and meaning)
 LEGACY_NAMES: dict[str, str] = {"random_seed": "seed", "min_length": "min_tokens"}
 
@@ -63,7 +79,14 @@ PARAM_TENSORS: dict[str, str] = {
     "presence_penalty": "presence_penalty",
     "frequency_penalty": "frequency_penalty",
     "stop": "stop_words_list",  # optional: without it the gateway alone stops on stop strings
+    "repetition_penalty": "repetition_penalty",
+    "logit_bias": "embedding_bias",
+    "logprobs": "return_log_probs",
+    "top_logprobs": "return_generation_logits",
+    "guided_decoding": "guided_decoding_guide_type",
 }
+# ... and the output tensor it needs back
+PARAM_OUTPUTS: dict[str, str] = {"logprobs": "output_log_probs", "top_logprobs": "generation_logits"}
 REQUIRED_INPUTS = ("input_ids", "input_lengths", "request_output_len")
 # what a health probe asks of a model: one greedy token
 PROBE_SAMPLING = SamplingParams(max_tokens=1, temperature=0.0)
@@ -90,6 +113,9 @@ class ModelContract:
     outputs: frozenset[str]
     batched: bool  # max_batch_size > 0: every tensor has a leading batch dimension
     decoupled: bool
+    # the grammar engine behind guided decoding (config parameter guided_decoding_backend):
+    # "xgrammar" (TensorRT-LLM), "llguidance" (the CPU model); None when the model has none
+    guided_decoding_backend: str | None = None
     # gateway name -> the model's own name, where a legacy config differs
     renamed: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -112,18 +138,28 @@ class ModelContract:
                 wrong.append(f"output {name} is {dtype}, not {expected}")
         if wrong:
             raise ContractError(f"model {config.name!r} declares the token contract's tensors as: {'; '.join(wrong)}")
+        backend = None
+        if "guided_decoding_guide_type" in inputs and "guided_decoding_backend" in config.parameters:
+            value = config.parameters["guided_decoding_backend"].string_value.strip()
+            backend = value if value and not value.startswith("${") else None  # an unfilled template
         return cls(
             name=config.name,
             inputs=frozenset(inputs),
             outputs=frozenset(outputs),
             batched=config.max_batch_size > 0,
             decoupled=config.model_transaction_policy.decoupled,
+            guided_decoding_backend=backend,
             renamed=renamed,
         )
 
     def supports(self, param: str) -> bool:
         tensor = PARAM_TENSORS.get(param)
-        return tensor is None or tensor in self.inputs
+        if tensor is not None and tensor not in self.inputs:
+            return False
+        if param == "guided_decoding" and self.guided_decoding_backend is None:
+            return False
+        output = PARAM_OUTPUTS.get(param)
+        return output is None or output in self.outputs
 
 
 class _Request:
@@ -149,6 +185,15 @@ class _Request:
         if name in self.contract.inputs:
             self.add(name, [value])
 
+    def text(self, name: str, value: str) -> None:
+        """A STRING [1] tensor (KServe BYTES: a 4-byte little-endian length, then the bytes)."""
+        data = value.encode()
+        tensor = self.req.inputs.add()
+        tensor.name = name
+        tensor.datatype = "BYTES"
+        tensor.shape.extend([*self.batch, 1])
+        self.req.raw_input_contents.append(struct.pack("<I", len(data)) + data)
+
 
 def build_request(
     contract: ModelContract,
@@ -157,8 +202,9 @@ def build_request(
     sampling: SamplingParams,
     end_id: int | None,
     pad_id: int | None,
+    vocab_size: int = 0,
 ) -> service_pb2.ModelInferRequest:
-    """A streaming ModelInferRequest for one sequence."""
+    """A streaming ModelInferRequest for one sequence (``vocab_size``: the length of embedding_bias)."""
     r = _Request(contract, request_id)
     r.req.parameters["triton_enable_empty_final_response"].bool_param = True
     r.add("input_ids", prompt_ids, [len(prompt_ids)])
@@ -187,12 +233,29 @@ def build_request(
         r.scalar("presence_penalty", sampling.presence_penalty)
     if sampling.frequency_penalty:
         r.scalar("frequency_penalty", sampling.frequency_penalty)
-    if sampling.stop_ids and "stop_words_list" in contract.inputs:
-        ids, offsets = stop_words_rows(sampling.stop_ids)
+    if sampling.repetition_penalty != 1.0:
+        r.scalar("repetition_penalty", sampling.repetition_penalty)
+    stops = sampling.stop_ids + tuple((t,) for t in sampling.stop_token_ids)
+    if stops and "stop_words_list" in contract.inputs:
+        ids, offsets = stop_words_rows(stops)
         r.add("stop_words_list", ids + offsets, [2, len(ids)])
+    if sampling.logit_bias:
+        bias = [0.0] * vocab_size
+        for token, value in sampling.logit_bias:
+            bias[token] = value
+        r.add("embedding_bias", bias, [vocab_size])
+    if sampling.guide is not None:
+        r.text("guided_decoding_guide_type", sampling.guide.type)
+        r.text("guided_decoding_guide", sampling.guide.text)
     r.req.outputs.add().name = "output_ids"
     if "sequence_length" in contract.outputs:
         r.req.outputs.add().name = "sequence_length"
+    if sampling.logprobs:
+        r.add("return_log_probs", [True])
+        r.req.outputs.add().name = "output_log_probs"
+        if sampling.top_logprobs:
+            r.add("return_generation_logits", [True])
+            r.req.outputs.add().name = "generation_logits"
     return r.req
 
 
@@ -238,6 +301,45 @@ def parse_tokens(response: service_pb2.ModelInferResponse) -> list[int]:
     if 0 <= length < len(ids):
         ids = ids[:length]
     return ids.tolist()
+
+
+def parse_logprobs(response: service_pb2.ModelInferResponse, count: int, top: int) -> list[TokenLogprob]:
+    """The logprobs of a response's ``count`` new tokens (first beam), with the ``top`` most likely
+    tokens of each step computed from ``generation_logits`` (log-softmax over the vocabulary).
+
+    A model that returns values for the whole sequence so far is read from the end: the last
+    ``count`` values belong to this response's tokens.
+    """
+    if count == 0:
+        return []
+    ids = parse_tokens(response)
+    logprobs: NDArray[np.float32] | None = None
+    logits: NDArray[np.float32] | None = None
+    raw = response.raw_output_contents
+    for i, out in enumerate(response.outputs):
+        if out.name == "output_log_probs":
+            row = np.frombuffer(raw[i], dtype="<f4")
+            length = out.shape[-1] if out.shape else len(row)
+            logprobs = row[:length][-count:]  # first beam
+        elif out.name == "generation_logits" and top:
+            vocab = out.shape[-1]
+            steps = out.shape[-2] if len(out.shape) >= 2 else 1
+            logits = np.frombuffer(raw[i], dtype="<f4")[: steps * vocab].reshape(steps, vocab)[-count:]
+    if logprobs is None or len(logprobs) < count:
+        raise ContractError("the model returned no output_log_probs for its tokens")
+    tops: list[tuple[tuple[int, float], ...]] = [()] * count
+    if logits is not None and len(logits) == count:
+        tops = [_top_logprobs(row, top) for row in logits]
+    return [TokenLogprob(t, float(lp), k) for t, lp, k in zip(ids[-count:], logprobs.tolist(), tops, strict=True)]
+
+
+def _top_logprobs(logits: NDArray[np.float32], k: int) -> tuple[tuple[int, float], ...]:
+    """The k most likely tokens of one step; tokens the model could not produce (-inf) are left out."""
+    shifted = logits.astype(np.float64) - logits.max()
+    logprobs = shifted - np.log(np.exp(shifted).sum())
+    best = np.argpartition(-logprobs, k - 1)[:k]
+    best = best[np.argsort(-logprobs[best], kind="stable")]
+    return tuple((int(t), float(logprobs[t])) for t in best if np.isfinite(logprobs[t]))
 
 
 def is_final(response: service_pb2.ModelInferResponse) -> bool:

@@ -15,8 +15,15 @@ from collections.abc import AsyncGenerator
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from gateway.core.types import GenerateRequest
-from gateway.engine.contract import ContractError, ModelContract, build_request, is_final, parse_tokens
+from gateway.core.types import GenerateRequest, Tokens
+from gateway.engine.contract import (
+    ContractError,
+    ModelContract,
+    build_request,
+    is_final,
+    parse_logprobs,
+    parse_tokens,
+)
 from gateway.engine.deadline import StreamDeadline
 from gateway.engine.stopping import LiveCall, Stopper
 from gateway.errors import (
@@ -123,8 +130,8 @@ class TritonClient:
         request: GenerateRequest,
         end_id: int | None,
         pad_id: int | None,
-    ) -> AsyncGenerator[list[int], None]:
-        """New token ids as Triton streams them; ends with the call.
+    ) -> AsyncGenerator[Tokens, None]:
+        """New token ids (and their logprobs, when asked) as Triton streams them; ends with the call.
 
         The request stream is half-closed once the request is written, and the call is read to its
         end (the final response, then the server's end of the call). A call the gateway stops reading
@@ -134,7 +141,10 @@ class TritonClient:
         """
         if request.halt.halted:
             return  # the client went away before this call began
-        infer = build_request(contract, request.request_id, request.prompt_ids, request.sampling, end_id, pad_id)
+        sampling = request.sampling
+        infer = build_request(
+            contract, request.request_id, request.prompt_ids, sampling, end_id, pad_id, request.vocab_size
+        )
         call = self._stub.ModelStreamInfer()
         live = LiveCall(self._stopper, call, contract, request)
         deadline = StreamDeadline(request.first_token_timeout, request.idle_timeout, call.cancel)
@@ -156,10 +166,17 @@ class TritonClient:
                 if final:
                     continue  # nothing follows the final response but the end of the call
                 infer_response = response.infer_response
-                tokens = parse_tokens(infer_response)
+                ids = parse_tokens(infer_response)
                 final = is_final(infer_response)
-                if tokens:
-                    yield tokens
+                if ids:
+                    if sampling.logprobs:
+                        try:
+                            logprobs = parse_logprobs(infer_response, len(ids), sampling.top_logprobs)
+                        except ContractError as exc:
+                            raise UpstreamError(f"Triton at {self.url}: {exc}") from None
+                        yield Tokens(ids, logprobs)
+                    else:
+                        yield Tokens(ids)
         except grpc.aio.AioRpcError as exc:
             if deadline.expired:
                 raise self._timed_out(deadline) from None

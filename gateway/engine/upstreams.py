@@ -31,7 +31,7 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, Collection
 
-from gateway.core.types import GenerateRequest
+from gateway.core.types import GenerateRequest, Tokens
 from gateway.engine.base import Engine
 from gateway.engine.contract import PROBE_SAMPLING, ModelContract
 from gateway.errors import GatewayError, Overloaded, UpstreamInterrupted, UpstreamTimeout, UpstreamUnavailable
@@ -159,14 +159,14 @@ class UpstreamGroup:
 
     async def generate(
         self, request: GenerateRequest, end_id: int | None, pad_id: int | None
-    ) -> AsyncGenerator[list[int], None]:
+    ) -> AsyncGenerator[Tokens, None]:
         """Token ids from the chosen upstream, retried once elsewhere if it is unavailable at the start."""
         upstream = self.pick()
         assert upstream is not None  # there is at least one
         retried = False
         while True:
             started = False
-            tokens: AsyncGenerator[list[int], None] | None = None
+            tokens: AsyncGenerator[Tokens, None] | None = None
             upstream.begin()
             try:
                 contract = await upstream.engine.contract(self.triton_model)
@@ -237,7 +237,7 @@ class UpstreamGroup:
             first_token_timeout=self._probe_timeout,
             idle_timeout=self._probe_timeout,
         )
-        tokens: AsyncGenerator[list[int], None] | None = None
+        tokens: AsyncGenerator[Tokens, None] | None = None
         try:
             async with asyncio.timeout(self._probe_timeout):
                 contract = await upstream.engine.contract(self.triton_model)

@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from gateway.core.limits import MAX_CHOICES, MAX_STOP_STRINGS, PENALTY_RANGE, TEMPERATURE_RANGE
-from gateway.core.plan import Prompt
-from gateway.core.types import FinishReason, SamplingInput, Usage
+from gateway.core.limits import (
+    LOGIT_BIAS_RANGE,
+    MAX_CHOICES,
+    MAX_STOP_STRINGS,
+    MAX_TOOLS,
+    MAX_TOP_LOGPROBS,
+    PENALTY_RANGE,
+    TEMPERATURE_RANGE,
+)
+from gateway.core.plan import OutputShape, Prompt
+from gateway.core.types import FinishReason, SamplingInput, TokenLogprob, Tool, ToolCall, ToolChoice, Usage
 from gateway.errors import InvalidRequest
 from gateway.grpcapi.stubs import pb
 
-ROLES = frozenset({"system", "developer", "user", "assistant"})
-FINISH = {FinishReason.STOP: pb.FINISH_REASON_STOP, FinishReason.LENGTH: pb.FINISH_REASON_LENGTH}
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+FINISH = {
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.TOOL_CALLS: pb.FINISH_REASON_TOOL_CALLS,
+}
+_MODES = {
+    pb.ToolChoice.MODE_NONE: "none",
+    pb.ToolChoice.MODE_AUTO: "auto",
+    pb.ToolChoice.MODE_REQUIRED: "required",
+    pb.ToolChoice.MODE_NAMED: "named",
+}
 
 
 def _in(value: float, bounds: tuple[float, float], param: str) -> float:
@@ -28,6 +48,18 @@ def sampling_input(s: pb.SamplingParams) -> SamplingInput:
         raise InvalidRequest("Invalid value for 'max_tokens': must be at least 1", param="sampling.max_tokens")
     if s.HasField("top_p") and not 0.0 < s.top_p <= 1.0:
         raise InvalidRequest("Invalid value for 'top_p': must be in (0, 1]", param="sampling.top_p")
+    if s.HasField("repetition_penalty") and not 0.0 < s.repetition_penalty <= 2.0:
+        raise InvalidRequest(
+            "Invalid value for 'repetition_penalty': must be in (0, 2]", param="sampling.repetition_penalty"
+        )
+    for bias in s.logit_bias.values():
+        _in(bias, LOGIT_BIAS_RANGE, "sampling.logit_bias")
+    if s.top_logprobs > MAX_TOP_LOGPROBS:
+        raise InvalidRequest(
+            f"Invalid value for 'top_logprobs': at most {MAX_TOP_LOGPROBS}", param="sampling.top_logprobs"
+        )
+    if s.top_logprobs and not s.logprobs:
+        raise InvalidRequest("'top_logprobs' requires 'logprobs' to be true", param="sampling.top_logprobs")
     return SamplingInput(
         max_tokens=s.max_tokens if s.HasField("max_tokens") else None,
         max_tokens_param="sampling.max_tokens",
@@ -46,6 +78,12 @@ def sampling_input(s: pb.SamplingParams) -> SamplingInput:
         frequency_penalty=_in(s.frequency_penalty, PENALTY_RANGE, "sampling.frequency_penalty")
         if s.HasField("frequency_penalty")
         else None,
+        repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else None,
+        logit_bias=tuple(sorted(s.logit_bias.items())),
+        stop_token_ids=tuple(s.stop_token_ids),
+        logprobs=s.logprobs,
+        top_logprobs=s.top_logprobs,
+        logprobs_param="sampling.top_logprobs" if s.top_logprobs else "sampling.logprobs",
     )
 
 
@@ -55,14 +93,85 @@ def choices_count(n: int) -> int:
     return n or 1
 
 
-def messages(items: Iterable[pb.ChatMessage]) -> list[dict[str, str]]:
-    out = [{"role": m.role, "content": m.content} for m in items]
+def messages(items: Iterable[pb.ChatMessage]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(items):
+        if m.role not in ROLES:
+            raise InvalidRequest(f"Invalid value for 'messages.{i}.role': {m.role!r}", param=f"messages.{i}.role")
+        message: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.tool_calls:
+            message["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in m.tool_calls
+            ]
+        if m.tool_call_id:
+            message["tool_call_id"] = m.tool_call_id
+        out.append(message)
     if not out:
         raise InvalidRequest("'messages' must contain at least one message", param="messages")
-    for i, m in enumerate(out):
-        if m["role"] not in ROLES:
-            raise InvalidRequest(f"Invalid value for 'messages.{i}.role': {m['role']!r}", param=f"messages.{i}.role")
     return out
+
+
+def _json(text: str, param: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidRequest(f"Invalid value for '{param}': not JSON ({exc})", param=param) from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"Invalid value for '{param}': must be a JSON object", param=param)
+    return value
+
+
+def response_format(rf: pb.ResponseFormat) -> dict[str, Any] | None:
+    kind = rf.WhichOneof("format")
+    if kind == "json_object" and rf.json_object:
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        spec = rf.json_schema
+        schema = _json(spec.schema_json, "response_format.json_schema.schema_json") if spec.schema_json else {}
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": spec.name or "output", "schema": schema, "strict": spec.strict},
+        }
+    return None
+
+
+def output_shape(request: pb.ChatCompletionRequest) -> OutputShape:
+    if len(request.tools) > MAX_TOOLS:
+        raise InvalidRequest(f"'tools' takes at most {MAX_TOOLS} functions", param="tools")
+    tools = tuple(
+        Tool(t.name, t.description, _json(t.parameters_json, f"tools.{i}.parameters_json") if t.parameters_json else {})
+        for i, t in enumerate(request.tools)
+    )
+    if len({t.name for t in tools}) != len(tools) or any(not t.name for t in tools):
+        raise InvalidRequest("'tools' must name each function once", param="tools")
+    given = request.tool_choice
+    mode = _MODES.get(given.mode, "auto" if tools else "none")
+    if mode != "none" and not tools:
+        raise InvalidRequest("'tool_choice' is only allowed when 'tools' are given", param="tool_choice")
+    if mode == "named" and all(t.name != given.name for t in tools):
+        raise InvalidRequest(
+            f"'tool_choice' names a function that is not in 'tools': {given.name!r}", param="tool_choice"
+        )
+    parallel = request.parallel_tool_calls if request.HasField("parallel_tool_calls") else True
+    choice = ToolChoice(mode, given.name if mode == "named" else None)  # type: ignore[arg-type]
+    return OutputShape(response_format(request.response_format), tools, choice, parallel)
+
+
+def logprobs(tokens: list[TokenLogprob] | None, piece: Callable[[int], tuple[str, bytes]]) -> list[pb.TokenLogprob]:
+    out = []
+    for token in tokens or ():
+        text, raw = piece(token.id)
+        top = []
+        for alt, value in token.top:
+            alt_text, alt_raw = piece(alt)
+            top.append(pb.TokenLogprob(id=alt, token=alt_text, bytes=alt_raw, logprob=value))
+        out.append(pb.TokenLogprob(id=token.id, token=text, bytes=raw, logprob=token.logprob, top=top))
+    return out
+
+
+def tool_calls(calls: list[ToolCall]) -> list[pb.ToolCall]:
+    return [pb.ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in calls]
 
 
 def prompt(request: pb.CompletionRequest) -> list[Prompt]:

@@ -43,6 +43,7 @@ class LLMGatewayService(pb_grpc.LLMGatewayServicer):
             convert.choices_count(request.n),
             convert.sampling_input(request.sampling),
             limiter=self._limiter,
+            shape=convert.output_shape(request),
         )
 
     async def _completion_plan(self, request: pb.CompletionRequest, context: Context) -> Plan:
@@ -55,6 +56,7 @@ class LLMGatewayService(pb_grpc.LLMGatewayServicer):
             request.echo,
             convert.sampling_input(request.sampling),
             limiter=self._limiter,
+            response_format=convert.response_format(request.response_format),
         )
 
     # Generation runs under guarded(): a cancelled call (the client went away, its deadline passed)
@@ -118,15 +120,22 @@ class LLMGatewayService(pb_grpc.LLMGatewayServicer):
 
 async def _whole(plan: Plan) -> pb.CompletionResponse:
     created = int(time.time())
-    texts, reasons, usage = await collect(plan)
+    outputs, usage = await collect(plan)
     echo = plan.echo
+    piece = plan.model.tokenizer.piece
     return pb.CompletionResponse(
         id=plan.request_id,
         model=plan.model.id,
         created=created,
         choices=[
-            pb.Choice(index=i, text=(echo[i] if echo else "") + text, finish_reason=convert.FINISH[reason])
-            for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))
+            pb.Choice(
+                index=i,
+                text=(echo[i] if echo else "") + output.text,
+                finish_reason=convert.FINISH[output.finish_reason],
+                tool_calls=convert.tool_calls(output.tool_calls),
+                logprobs=convert.logprobs(output.logprobs, piece),
+            )
+            for i, output in enumerate(outputs)
         ],
         usage=convert.usage(usage),
     )
@@ -147,6 +156,13 @@ async def _stream(plan: Plan) -> AsyncIterator[pb.CompletionChunk]:
     try:
         async for delta in deltas:
             chunk = pb.CompletionChunk(id=request_id, model=model, created=created, index=delta.index, text=delta.text)
+            if delta.tool_calls:
+                chunk.tool_calls.extend(
+                    pb.ToolCallDelta(index=c.index, id=c.id or "", name=c.name or "", arguments=c.arguments)
+                    for c in delta.tool_calls
+                )
+            if delta.logprobs:
+                chunk.logprobs.extend(convert.logprobs(delta.logprobs, plan.model.tokenizer.piece))
             if delta.finish_reason is not None:
                 usage.completion_tokens += delta.completion_tokens
                 chunk.finish_reason = convert.FINISH[delta.finish_reason]

@@ -14,15 +14,21 @@ from gateway.text.tokenizer import Tokenizer
 
 
 class StreamState:
-    __slots__ = ("_decoder", "_eos", "_ignore_eos", "_stop", "completion_tokens", "finish_reason", "max_tokens")
+    __slots__ = ("_decoder", "_ends", "_stop", "completion_tokens", "finish_reason", "max_tokens")
 
     def __init__(
-        self, tokenizer: Tokenizer, max_tokens: int, stop: tuple[str, ...] = (), ignore_eos: bool = False
+        self,
+        tokenizer: Tokenizer,
+        max_tokens: int,
+        stop: tuple[str, ...] = (),
+        ignore_eos: bool = False,
+        stop_token_ids: tuple[int, ...] = (),
     ) -> None:
         self._decoder = tokenizer.decode_stream()
         self._stop = StopMatcher(stop)
-        self._eos = tokenizer.eos_token_id
-        self._ignore_eos = ignore_eos
+        eos = tokenizer.eos_token_id
+        # the tokens that end the choice without being text: the end token and the client's stop ids
+        self._ends = frozenset(stop_token_ids) | ({eos} if eos is not None and not ignore_eos else set())
         self.max_tokens = max_tokens
         self.completion_tokens = 0
         self.finish_reason: FinishReason | None = None
@@ -37,8 +43,8 @@ class StreamState:
         for token_id in token_ids:
             if self.finish_reason is not None:
                 break
-            if token_id == self._eos and not self._ignore_eos:
-                # an upstream that returns the end token: it is not text, it is the end
+            if token_id in self._ends:
+                # an upstream that returns an end token: it is not text, it is the end
                 self.finish_reason = FinishReason.STOP
                 out.append(self._stop.flush())
                 break

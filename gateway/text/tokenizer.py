@@ -37,6 +37,10 @@ def _raise_exception(message: str) -> None:
     raise TemplateError(message)
 
 
+def _tojson(value: Any, indent: int | None = None) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
 def _special(value: Any) -> str | None:
     if isinstance(value, dict):  # {"content": "<s>", ...} as older tokenizer_config files write it
         value = value.get("content")
@@ -64,12 +68,16 @@ class Tokenizer:
         # the most characters one token can stand for: a prompt of n characters is >= n / this tokens
         self.max_token_chars = max((len(piece) for piece in self._tok.get_vocab(with_added_tokens=True)), default=1)
         self._stop_cache: dict[tuple[str, ...], tuple[tuple[int, ...], ...]] = {}
+        self._pieces: dict[int, tuple[str, bytes]] = {}
+        self._byte_level = _has_byte_level(self._tok)
+        self.template_source: str = template or ""
         self._template = None
         if template:
             env = ImmutableSandboxedEnvironment(
                 trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
             )
             env.globals["raise_exception"] = _raise_exception
+            env.filters["tojson"] = _tojson  # as Hugging Face renders templates: keys kept in order, no HTML escaping
             self._template = env.from_string(template)
 
     @property
@@ -97,13 +105,46 @@ class Tokenizer:
             return self.encode(text)
         return await asyncio.get_running_loop().run_in_executor(_POOL, self.encode_unlocked, text)
 
-    async def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
-        """The prompt ids of ``messages``, off the event loop when they are large."""
+    async def encode_chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, prefill: str = ""
+    ) -> list[int]:
+        """The prompt ids of ``messages`` (and ``tools``, for templates that render them), followed by
+        ``prefill`` (the start of the answer), off the event loop when they are large."""
         if content_chars(messages) <= INLINE_CHARS and len(messages) <= 256:
-            return self.encode(self.apply_chat_template(messages))
+            return self.encode(self.apply_chat_template(messages, tools) + prefill)
         return await asyncio.get_running_loop().run_in_executor(
-            _POOL, lambda: self.encode_unlocked(self.apply_chat_template(messages))
+            _POOL, lambda: self.encode_unlocked(self.apply_chat_template(messages, tools) + prefill)
         )
+
+    def piece(self, token_id: int) -> tuple[str, bytes]:
+        """A token as text and as its UTF-8 bytes (logprobs' ``token`` and ``bytes``); cached.
+
+        A token that is part of a multi-byte character has no text of its own: its text is then
+        ``bytes:\\xe2\\x80``, as OpenAI writes it.
+        """
+        cached = self._pieces.get(token_id)
+        if cached is not None:
+            return cached
+        raw = self._raw_bytes(token_id)
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:
+            text = "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+        if len(self._pieces) < _PIECE_CACHE_SIZE:
+            self._pieces[token_id] = (text, raw)
+        return text, raw
+
+    def _raw_bytes(self, token_id: int) -> bytes:
+        token = self._tok.id_to_token(token_id)
+        if token is None:
+            return b""
+        if self._byte_level:
+            if all(ch in _UNICODE_TO_BYTE for ch in token):
+                return bytes(_UNICODE_TO_BYTE[ch] for ch in token)
+            return token.encode()  # an added token (e.g. <|im_end|>) is its own text
+        if token.startswith("<0x") and token.endswith(">") and len(token) == 6:  # SentencePiece byte fallback
+            return bytes([int(token[3:5], 16)])
+        return token.replace("\u2581", " ").encode()
 
     def stop_sequences(self, stops: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
         """Token sequences whose text is a stop string as a model would write it: alone, and after a
@@ -131,7 +172,12 @@ class Tokenizer:
     def decode_stream(self) -> _StreamDecoder:
         return _StreamDecoder(self._tok)
 
-    def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
+    @property
+    def supports_tools(self) -> bool:
+        """The chat template renders ``tools`` (and tool calls) itself."""
+        return "tools" in self.template_source
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
         """The prompt text for ``messages`` with the generation prompt added.
 
         When the template writes the BOS token itself, the text already starts with it; nothing
@@ -142,6 +188,7 @@ class Tokenizer:
         try:
             text: str = self._template.render(
                 messages=messages,
+                tools=tools,
                 add_generation_prompt=True,
                 bos_token=self.bos_token or "",
                 eos_token=self.eos_token or "",
@@ -151,6 +198,27 @@ class Tokenizer:
                 f"messages could not be rendered by the chat template: {exc}", param="messages"
             ) from exc
         return text
+
+
+def _bytes_to_unicode() -> dict[str, int]:
+    """GPT-2's byte-level alphabet: each byte is written as one printable character."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = list(printable)
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+_UNICODE_TO_BYTE = _bytes_to_unicode()
+_PIECE_CACHE_SIZE = 1 << 18
+
+
+def _has_byte_level(tok: _RustTokenizer) -> bool:
+    return "ByteLevel" in type(tok.decoder).__name__ if tok.decoder is not None else False
 
 
 class _StreamDecoder:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 
-from gateway.core.types import GenerateRequest
+from gateway.core.types import GenerateRequest, Tokens
 from gateway.engine.contract import ModelContract
 from gateway.errors import GatewayError, UpstreamError, UpstreamUnavailable
 
@@ -32,7 +32,7 @@ class FakeEngine:
 
     async def generate(
         self, contract: ModelContract, request: GenerateRequest, end_id: int | None, pad_id: int | None
-    ) -> AsyncGenerator[list[int], None]:
+    ) -> AsyncGenerator[Tokens, None]:
         self.requests.append(request)
         sent = 0
         stop = asyncio.Event()
@@ -51,7 +51,7 @@ class FakeEngine:
                 if stop.is_set():
                     self.halted += 1
                     return
-                yield ids
+                yield Tokens(ids)
         finally:
             self.closed += 1
 

@@ -111,7 +111,7 @@ async def test_models_tokenize_detokenize(stub: pb_grpc.LLMGatewayStub, tokenize
         ),
         (chat(temperature=3.0), "INVALID_ARGUMENT", "sampling.temperature"),
         (chat(max_tokens=100000), "INVALID_ARGUMENT", "sampling.max_tokens"),
-        (chat(presence_penalty=0.5), "INVALID_ARGUMENT", "presence_penalty"),
+        (chat(top_logprobs=2), "INVALID_ARGUMENT", "sampling.top_logprobs"),
         (chat(stop=["a", "b", "c", "d", "e"]), "INVALID_ARGUMENT", "sampling.stop"),
     ],
 )

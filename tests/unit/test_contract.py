@@ -7,13 +7,16 @@ import struct
 import pytest
 from tritonclient.grpc import model_config_pb2, service_pb2
 
-from gateway.core.types import SamplingParams
+import numpy as np
+
+from gateway.core.types import Guide, SamplingParams
 from gateway.engine.contract import (
     ContractError,
     ModelContract,
     build_request,
     is_final,
     kserve_datatype,
+    parse_logprobs,
     parse_tokens,
 )
 from tests.conftest import read_model_config
@@ -28,7 +31,6 @@ def test_cpu_model_config_carries_the_contract(contract: ModelContract) -> None:
     for name in ("input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "streaming", "seed"):
         assert name in contract.inputs
     assert {"output_ids", "sequence_length"} <= contract.outputs
-    assert not contract.supports("presence_penalty")
     assert contract.supports("top_k") and contract.supports("seed") and contract.supports("ignore_eos")
 
 
@@ -134,3 +136,77 @@ def test_parse_tokens() -> None:
 def test_final_flag() -> None:
     assert is_final(response([], 0, final=True))
     assert not is_final(response([1], 1))
+
+
+def trtllm_contract(backend: str = "xgrammar", logits: bool = True) -> ModelContract:
+    config = read_model_config("tensorrt_llm")
+    config.parameters["guided_decoding_backend"].string_value = backend
+    if not logits:
+        kept = [o for o in config.output if o.name != "generation_logits"]
+        del config.output[:]
+        config.output.extend(kept)
+    return ModelContract.from_config(config)
+
+
+def test_features_follow_the_model_config() -> None:
+    full = trtllm_contract()
+    assert full.guided_decoding_backend == "xgrammar"
+    for param in ("logprobs", "top_logprobs", "logit_bias", "repetition_penalty", "guided_decoding"):
+        assert full.supports(param), param
+    assert not trtllm_contract(logits=False).supports("top_logprobs")  # an engine without gathered logits
+    unfilled = trtllm_contract(backend="${guided_decoding_backend}")
+    assert unfilled.guided_decoding_backend is None and not unfilled.supports("guided_decoding")
+    assert not trtllm_contract(backend="").supports("guided_decoding")
+
+
+def test_logprobs_bias_and_guide_tensors() -> None:
+    contract = trtllm_contract()
+    sampling = SamplingParams(
+        max_tokens=4,
+        logprobs=True,
+        top_logprobs=3,
+        logit_bias=((2, -100.0), (5, 1.5)),
+        repetition_penalty=1.2,
+        stop_token_ids=(7,),
+        guide=Guide("json_schema", '{"type":"object"}'),
+    )
+    req = build_request(contract, "r", [1, 2], sampling, 0, 0, vocab_size=8)
+    t = tensors(req)
+    assert t["return_log_probs"][2] == b"\x01" and t["return_generation_logits"][2] == b"\x01"
+    bias = struct.unpack("<8f", t["embedding_bias"][2])
+    assert bias == (0.0, 0.0, -100.0, 0.0, 0.0, 1.5, 0.0, 0.0) and t["embedding_bias"][1] == [1, 8]
+    assert struct.unpack("<f", t["repetition_penalty"][2])[0] == pytest.approx(1.2)
+    assert struct.unpack("<2i", t["stop_words_list"][2]) == (7, 1) and t["stop_words_list"][1] == [1, 2, 1]
+    kind, shape, raw = t["guided_decoding_guide_type"]
+    assert kind == "BYTES" and shape == [1, 1] and raw == struct.pack("<I", 11) + b"json_schema"
+    assert t["guided_decoding_guide"][2][4:] == b'{"type":"object"}'
+    assert {o.name for o in req.outputs} == {"output_ids", "sequence_length", "output_log_probs", "generation_logits"}
+    plain = tensors(build_request(contract, "r", [1], SamplingParams(max_tokens=4), 0, 0, vocab_size=8))
+    assert not {"return_log_probs", "embedding_bias", "guided_decoding_guide_type"} & plain.keys()
+
+
+def with_logprobs(
+    resp: service_pb2.ModelInferResponse, logprobs: list[float], logits: np.ndarray | None = None
+) -> service_pb2.ModelInferResponse:
+    resp.outputs.add(name="output_log_probs", datatype="FP32", shape=[1, len(logprobs)])
+    resp.raw_output_contents.append(struct.pack(f"<{len(logprobs)}f", *logprobs))
+    if logits is not None:
+        resp.outputs.add(name="generation_logits", datatype="FP32", shape=[1, *logits.shape])
+        resp.raw_output_contents.append(logits.astype("<f4").tobytes())
+    return resp
+
+
+def test_parse_logprobs_and_top_alternatives() -> None:
+    logits = np.array([[0.0, 2.0, 1.0, -np.inf], [3.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+    resp = with_logprobs(response([1, 0], 2), [-0.4, -0.1], logits)
+    got = parse_logprobs(resp, 2, top=4)
+    assert [(t.id, round(t.logprob, 3)) for t in got] == [(1, -0.4), (0, -0.1)]
+    first = got[0].top
+    assert [t for t, _ in first] == [1, 2, 0]  # best first; the impossible token is left out
+    expected = logits[0, :3] - np.log(np.exp(logits[0, :3]).sum())
+    assert [v for _, v in first] == pytest.approx(sorted(expected.tolist(), reverse=True))
+    # a model that sends the whole sequence's logprobs on each response: the last values are the new tokens'
+    resp = with_logprobs(response([9], 1), [-1.0, -2.0, -3.0])
+    assert parse_logprobs(resp, 1, top=0)[0].logprob == pytest.approx(-3.0)
+    with pytest.raises(ContractError):
+        parse_logprobs(response([9], 1), 1, top=0)

@@ -9,7 +9,9 @@ names, selectors, the drain budget) are checked against each other.
 
 from __future__ import annotations
 
+import ast
 import copy
+import importlib.util
 import json
 import re
 import shutil
@@ -18,14 +20,22 @@ import sys
 import tomllib
 from importlib.resources import files
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from google.protobuf import text_format
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
+from tritonclient.grpc import model_config_pb2
 
 from gateway.config import GatewayConfig, load_config
+from gateway.engine.contract import ModelContract
+from gateway.text.tokenizer import Tokenizer as GatewayTokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -576,3 +586,230 @@ def test_gateway_autoscales_on_requests_in_flight() -> None:
     assert name == "gateway_requests_in_flight" and name in {m.name for m in REGISTRY.collect()}
     assert hpa["spec"]["minReplicas"] == deployment["spec"]["replicas"] >= 2
     assert find("PodDisruptionBudget", "gateway")["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
+
+
+# ---- TensorRT-LLM: guided decoding and logprobs ---------------------------------------------------
+
+TRTLLM = DEPLOY / "tensorrt_llm"
+SMOLLM2_TOKENIZER = REPO / "model_repository" / "smollm2" / "weights"
+INFO_KEYS = {"encoded_vocab", "tokenizer_str", "stop_token_ids"}  # what model_instance_state.cc reads
+
+
+def _script(name: str) -> ModuleType:
+    """A deploy/tensorrt_llm script, loaded from its path as the container runs it (not a package)."""
+    spec = importlib.util.spec_from_file_location(name, TRTLLM / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def xgrammar_info() -> ModuleType:
+    return _script("xgrammar_info")
+
+
+@pytest.fixture(scope="module")
+def fill_config() -> ModuleType:
+    return _script("fill_config")
+
+
+def tiny_tokenizer(directory: Path, vocab: dict[str, int], config: dict[str, Any] | None = None) -> Path:
+    """A word-level tokenizer.json (any ids, holes allowed) and, if given, its tokenizer_config.json."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = Whitespace()
+    tokenizer.save(str(directory / "tokenizer.json"))
+    if config is not None:
+        (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    return directory
+
+
+def read_info(path: Path) -> dict[str, Any]:
+    info = json.loads(path.read_text(encoding="utf-8"))
+    assert isinstance(info, dict)
+    return info
+
+
+def test_xgrammar_info_imports_only_the_stdlib_and_tokenizers() -> None:
+    tree = ast.parse((TRTLLM / "xgrammar_info.py").read_text())
+    roots = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    roots |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert roots - {"__future__"} - sys.stdlib_module_names == {"tokenizers"}
+
+
+@pytest.mark.skipif(not (SMOLLM2_TOKENIZER / "tokenizer.json").is_file(), reason="no smollm2 tokenizer (make model)")
+def test_xgrammar_info_on_a_real_tokenizer(xgrammar_info: ModuleType, tmp_path: Path) -> None:
+    assert xgrammar_info.main([str(SMOLLM2_TOKENIZER), "--output", f"{tmp_path}/"]) == 0
+    info = read_info(tmp_path / "xgrammar_tokenizer_info.json")
+    assert info.keys() == INFO_KEYS
+
+    # encoded_vocab: the raw token strings (byte-level, undecoded), token id i at position i
+    reference = Tokenizer.from_file(str(SMOLLM2_TOKENIZER / "tokenizer.json"))
+    vocab = info["encoded_vocab"]
+    assert len(vocab) == reference.get_vocab_size(with_added_tokens=True)
+    assert all(reference.token_to_id(token) == i for i, token in enumerate(vocab))
+    assert any(token.startswith("Ġ") for token in vocab), "tokens were decoded, not left as the vocabulary has them"
+
+    # stop_token_ids: the eos the gateway sends as end_id
+    eos = GatewayTokenizer(SMOLLM2_TOKENIZER).eos_token_id
+    assert eos is not None and eos in info["stop_token_ids"]
+    assert all(isinstance(i, int) for i in info["stop_token_ids"])
+
+    # tokenizer_str: tokenizer.json, serialized again (xgrammar reads the decoder and pre-tokenizer)
+    serialized = json.loads(info["tokenizer_str"])
+    original = json.loads((SMOLLM2_TOKENIZER / "tokenizer.json").read_text())
+    for key in ("model", "decoder", "pre_tokenizer", "added_tokens"):
+        assert serialized[key] == original[key], key
+    text = 'a {"name": "get_weather"} ü'
+    assert Tokenizer.from_str(info["tokenizer_str"]).encode(text).ids == reference.encode(text).ids
+
+
+def test_xgrammar_info_keeps_ids_where_the_vocabulary_has_holes(xgrammar_info: ModuleType, tmp_path: Path) -> None:
+    # xgrammar takes a token's position as its id: a hole is an empty string, later ids do not shift
+    src = tiny_tokenizer(tmp_path / "tok", {"<unk>": 0, "a": 1, "b": 4, "</s>": 5}, {"eos_token": "</s>"})
+    assert xgrammar_info.main([str(src)]) == 0  # default output: beside tokenizer.json
+    info = read_info(src / "xgrammar_tokenizer_info.json")
+    assert info["encoded_vocab"] == ["<unk>", "a", "", "", "b", "</s>"]
+    assert info["stop_token_ids"] == [5]
+
+
+@pytest.mark.parametrize(
+    "files, extra, stop_ids",
+    [
+        ({"tokenizer_config.json": {"eos_token": {"content": "</s>", "special": True}}}, [], [5]),
+        ({"special_tokens_map.json": {"eos_token": "</s>"}}, [], [5]),
+        ({"tokenizer_config.json": {"eos_token": "</s>"}}, ["--stop-token-id", "1", "--stop-token-id", "5"], [5, 1]),
+        ({}, ["--stop-token-id", "4"], [4]),
+    ],
+    ids=["added-token-dict", "special-tokens-map", "extra-ids", "no-eos-given-id"],
+)
+def test_xgrammar_info_stop_tokens(
+    xgrammar_info: ModuleType, tmp_path: Path, files: dict[str, Any], extra: list[str], stop_ids: list[int]
+) -> None:
+    src = tiny_tokenizer(tmp_path / "tok", {"<unk>": 0, "a": 1, "b": 4, "</s>": 5})
+    for name, content in files.items():
+        (src / name).write_text(json.dumps(content))
+    out = tmp_path / "out" / "info.json"
+    assert xgrammar_info.main([str(src), "-o", str(out), *extra]) == 0
+    assert read_info(out)["stop_token_ids"] == stop_ids
+
+
+@pytest.mark.parametrize(
+    "config, extra",
+    [
+        (None, []),  # no eos anywhere, none given
+        ({"eos_token": "<|missing|>"}, []),
+        ({"eos_token": "</s>"}, ["--stop-token-id", "6"]),  # past the vocabulary
+    ],
+    ids=["no-eos", "eos-not-in-vocab", "stop-id-out-of-range"],
+)
+def test_xgrammar_info_refuses(
+    xgrammar_info: ModuleType, tmp_path: Path, config: dict[str, Any] | None, extra: list[str]
+) -> None:
+    src = tiny_tokenizer(tmp_path / "tok", {"<unk>": 0, "a": 1, "b": 4, "</s>": 5}, config)
+    assert xgrammar_info.main([str(src), *extra]) == 1
+    assert not (src / "xgrammar_tokenizer_info.json").exists()
+
+
+def test_xgrammar_info_without_tokenizer_json(xgrammar_info: ModuleType, tmp_path: Path) -> None:
+    assert xgrammar_info.main([str(tmp_path)]) == 1
+    (tmp_path / "tokenizer.json").write_text('{"model": ')
+    assert xgrammar_info.main([str(tmp_path)]) == 1
+    assert not list(tmp_path.glob("*xgrammar*")), "no partial file left behind"
+
+
+def _fill(fill_config: ModuleType, out: Path, *extra: str) -> model_config_pb2.ModelConfig:
+    base = ["--output-repo", str(out), "--engine-dir", "/models/m/engine", "--tokenizer-dir", "/models/m/tok"]
+    assert fill_config.main([*base, *extra, "--force"]) == 0
+    config = model_config_pb2.ModelConfig()
+    text_format.Parse((out / "tensorrt_llm" / "config.pbtxt").read_text(), config)
+    return config
+
+
+def test_fill_config_turns_guided_decoding_on(fill_config: ModuleType, tmp_path: Path) -> None:
+    template = _fill(fill_config, tmp_path / "plain")
+    assert template.parameters["guided_decoding_backend"].string_value == ""
+    assert not ModelContract.from_config(template).supports("guided_decoding")
+
+    info = "/models/m/xgrammar_tokenizer_info.json"
+    out = _fill(fill_config, tmp_path / "guided", "--guided-decoding-tokenizer-info", info)
+    assert out.parameters["guided_decoding_backend"].string_value == "xgrammar"
+    assert out.parameters["xgrammar_tokenizer_info_path"].string_value == info
+    contract = ModelContract.from_config(out)
+    assert contract.guided_decoding_backend == "xgrammar" and contract.supports("guided_decoding")
+    # nothing else moves
+    assert list(out.input) == list(template.input) and list(out.output) == list(template.output)
+    base = ["--output-repo", str(tmp_path / "empty"), "--engine-dir", "e", "--tokenizer-dir", "t"]
+    assert fill_config.main([*base, "--guided-decoding-tokenizer-info", " "]) == 1
+
+
+def test_fill_config_without_generation_logits(fill_config: ModuleType, tmp_path: Path) -> None:
+    # the gateway offers top_logprobs only where the config declares generation_logits
+    template = _fill(fill_config, tmp_path / "plain")
+    assert "generation_logits" in {t.name for t in template.output}
+    assert ModelContract.from_config(template).supports("top_logprobs")
+
+    out = _fill(fill_config, tmp_path / "nologits", "--no-generation-logits")
+    names = [t.name for t in out.output]
+    assert "generation_logits" not in names
+    assert names == [t.name for t in template.output if t.name != "generation_logits"]
+    # the backend takes the logits datatype from context_logits now
+    (context,) = [t for t in out.output if t.name == "context_logits"]
+    assert context.data_type == model_config_pb2.TYPE_FP32
+    contract = ModelContract.from_config(out)
+    assert not contract.supports("top_logprobs") and contract.supports("logprobs")
+
+
+@pytest.mark.parametrize("gather", ["false", "true"])
+def test_build_engine_wires_guided_decoding_and_logits(tmp_path: Path, gather: str) -> None:
+    """build_engine.sh end to end with stand-ins for trtllm-build, nvidia-smi, the converter and
+    tensorrt_llm; python3 is this interpreter (tritonclient and tokenizers installed)."""
+    bin_dir, py_dir, examples = tmp_path / "bin", tmp_path / "py" / "tensorrt_llm", tmp_path / "examples"
+    for d in (bin_dir, py_dir, examples / "models" / "core" / "llama"):
+        d.mkdir(parents=True)
+    (py_dir / "__init__.py").write_text('__version__ = "1.2.1"\n')
+    (examples / "models" / "core" / "llama" / "convert_checkpoint.py").write_text("")
+    stubs = {
+        "trtllm-build": '[[ "$1" == --help ]] && { echo --kv_cache_type; exit 0; }\n'
+        f'echo "$@" > {tmp_path}/build.args\n'
+        'while [[ $# -gt 0 ]]; do [[ $1 == --output_dir ]] && mkdir -p "$2"; shift; done\n',
+        "nvidia-smi": 'echo "GPU 0: stand-in"\n',
+        "python3": f'exec {sys.executable} "$@"\n',
+    }
+    for name, body in stubs.items():
+        (bin_dir / name).write_text("#!/usr/bin/env bash\n" + body)
+        (bin_dir / name).chmod(0o755)
+    hf = tiny_tokenizer(tmp_path / "hf", {"<unk>": 0, "a": 1, "</s>": 2}, {"eos_token": "</s>"})
+    (hf / "config.json").write_text("{}")
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "PYTHONPATH": str(tmp_path / "py"),
+        "TRTLLM_EXAMPLES": str(examples),
+        "GATHER_GENERATION_LOGITS": gather,
+        "TMPDIR": str(tmp_path),
+    }
+    done = subprocess.run(
+        ["bash", str(TRTLLM / "build_engine.sh"), str(hf), str(tmp_path / "repo")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    model = tmp_path / "repo" / "tensorrt_llm"
+    assert read_info(model / "xgrammar_tokenizer_info.json")["encoded_vocab"] == ["<unk>", "a", "</s>"]
+    config = model_config_pb2.ModelConfig()
+    text_format.Parse((model / "config.pbtxt").read_text(), config)
+    assert config.parameters["guided_decoding_backend"].string_value == "xgrammar"
+    assert config.parameters["xgrammar_tokenizer_info_path"].string_value == (
+        "/models/tensorrt_llm/xgrammar_tokenizer_info.json"  # SERVE_ROOT, as Triton sees it
+    )
+    build_args = (tmp_path / "build.args").read_text().split()
+    contract = ModelContract.from_config(config)
+    assert ("--gather_generation_logits" in build_args) is (gather == "true")
+    assert contract.supports("top_logprobs") is (gather == "true")
+    assert contract.supports("guided_decoding")

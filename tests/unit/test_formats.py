@@ -3,7 +3,7 @@ from __future__ import annotations
 import orjson
 
 from gateway.api.formats import ChatFormat, CompletionFormat
-from gateway.core.types import FinishReason, Usage
+from gateway.core.types import ChoiceOutput, FinishReason, Usage
 
 
 def event(raw: bytes) -> dict[str, object]:
@@ -30,7 +30,8 @@ def test_chat_chunks_are_openai_chunks() -> None:
 
 
 def test_chat_whole_response() -> None:
-    body = ChatFormat("c", 1, "m").whole(["a", "b"], [FinishReason.STOP, FinishReason.LENGTH], Usage(1, 2))
+    outputs = [ChoiceOutput(["a"]), ChoiceOutput(["b"], FinishReason.LENGTH)]
+    body = ChatFormat("c", 1, "m").whole(outputs, Usage(1, 2))
     assert body["object"] == "chat.completion"
     assert [c["message"]["content"] for c in body["choices"]] == ["a", "b"]  # type: ignore[index]
     assert [c["finish_reason"] for c in body["choices"]] == ["stop", "length"]  # type: ignore[index]
@@ -40,6 +41,6 @@ def test_completion_chunks_and_echo() -> None:
     fmt = CompletionFormat("cmpl-1", 1, "m", echo=["Say: ", "Say: "])
     assert event(fmt.opening(1))["choices"] == [{"index": 1, "text": "Say: ", "logprobs": None, "finish_reason": None}]
     assert event(fmt.finish(0, FinishReason.STOP))["choices"][0]["finish_reason"] == "stop"  # type: ignore[index]
-    whole = fmt.whole(["hi", "yo"], [FinishReason.STOP, FinishReason.STOP], Usage(1, 1))
+    whole = fmt.whole([ChoiceOutput(["hi"]), ChoiceOutput(["yo"])], Usage(1, 1))
     assert [c["text"] for c in whole["choices"]] == ["Say: hi", "Say: yo"]  # type: ignore[index]
     assert CompletionFormat("c", 1, "m").opening(0) == b""

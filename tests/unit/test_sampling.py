@@ -11,7 +11,7 @@ from gateway.core.types import SamplingInput, SamplingParams
 from gateway.engine.contract import ModelContract
 from gateway.errors import ContextLengthExceeded, InvalidRequest, UnsupportedParameter
 from gateway.text.tokenizer import Tokenizer
-from tests.conftest import WEIGHTS
+from tests.conftest import WEIGHTS, read_model_config
 
 
 @pytest.fixture
@@ -62,7 +62,8 @@ def test_prompt_plus_max_tokens_over_context(model: ServedModel, contract: Model
         resolve(model, contract, prompt_tokens=100, max_tokens=None, default_max_tokens=8)
 
 
-def test_parameter_the_model_lacks_is_rejected_by_name(model: ServedModel, contract: ModelContract) -> None:
+def test_parameter_the_model_lacks_is_rejected_by_name(model: ServedModel) -> None:
+    contract = ModelContract.from_config(read_model_config("synthetic"))  # no penalties, logprobs, guides
     with pytest.raises(UnsupportedParameter) as err:
         resolve(model, contract, prompt_tokens=1, max_tokens=4, default_max_tokens=8, presence_penalty=0.5)
     assert err.value.param == "presence_penalty"
@@ -81,3 +82,40 @@ def test_greedy(model: ServedModel, contract: ModelContract) -> None:
     assert resolve(model, contract, prompt_tokens=1, max_tokens=4, default_max_tokens=8, temperature=0).greedy
     assert resolve(model, contract, prompt_tokens=1, max_tokens=4, default_max_tokens=8, top_k=1).greedy
     assert not resolve(model, contract, prompt_tokens=1, max_tokens=4, default_max_tokens=8).greedy
+
+
+def test_features_the_model_lacks_are_rejected_by_name(model: ServedModel) -> None:
+    contract = ModelContract.from_config(read_model_config("synthetic"))
+    for given, param in [
+        ({"logprobs": True}, "logprobs"),
+        ({"logprobs": True, "top_logprobs": 2, "logprobs_param": "top_logprobs"}, "top_logprobs"),
+        ({"logit_bias": ((1, 2.0),)}, "logit_bias"),
+        ({"repetition_penalty": 1.3}, "repetition_penalty"),
+    ]:
+        with pytest.raises(UnsupportedParameter) as err:
+            resolve(model, contract, prompt_tokens=1, max_tokens=4, default_max_tokens=8, **given)
+        assert err.value.param == param
+
+
+def test_new_sampling_fields_reach_the_params(model: ServedModel, contract: ModelContract) -> None:
+    s = resolve(
+        model,
+        contract,
+        prompt_tokens=1,
+        max_tokens=4,
+        default_max_tokens=8,
+        logprobs=True,
+        top_logprobs=3,
+        logit_bias=((5, -100.0),),
+        repetition_penalty=1.1,
+        stop_token_ids=(7,),
+    )
+    assert s.logprobs and s.top_logprobs == 3 and s.logit_bias == ((5, -100.0),)
+    assert s.repetition_penalty == 1.1 and s.stop_token_ids == (7,)
+    for given, param in [
+        ({"logit_bias": ((10**6, 1.0),)}, "logit_bias"),
+        ({"stop_token_ids": (-1,)}, "stop_token_ids"),
+    ]:
+        with pytest.raises(InvalidRequest) as err:
+            resolve(model, contract, prompt_tokens=1, max_tokens=4, default_max_tokens=8, **given)
+        assert err.value.param == param

@@ -40,7 +40,7 @@ async def healthy_group(
 
 
 async def drain(group: UpstreamGroup, i: int = 0) -> list[int]:
-    return [t for ids in [ids async for ids in group.generate(request(i), None, None)] for t in ids]
+    return [t for tokens in [r async for r in group.generate(request(i), None, None)] for t in tokens.ids]
 
 
 def sample(name: str, **labels: str) -> float:
@@ -121,8 +121,8 @@ async def test_no_retry_after_the_first_token(contract: ModelContract) -> None:
         f.fail_with = UpstreamUnavailable
     got: list[int] = []
     with pytest.raises(UpstreamUnavailable):
-        async for ids in group.generate(request(), None, None):
-            got += ids
+        async for tokens in group.generate(request(), None, None):
+            got += tokens.ids
     assert got == [1, 2]
     assert sum(len(f.requests) for f in fakes) == 1
     assert sum(f.closed for f in fakes) == 1

@@ -94,13 +94,12 @@ NULLABLE = [
     "min_tokens",
     "ignore_eos",
     "logprobs",
-    "top_logprobs",
     "logit_bias",
     "response_format",
 ]
 
 
-@pytest.mark.parametrize("field", [*NULLABLE, "max_completion_tokens", "tools", "tool_choice"])
+@pytest.mark.parametrize("field", [*NULLABLE, "max_completion_tokens", "tools", "tool_choice", "top_logprobs"])
 def test_null_is_not_given_in_chat(field: str) -> None:
     assert parse(ChatCompletionRequest, chat(f'{{"{field}": null}}')) == parse(ChatCompletionRequest, chat("{}"))
 
