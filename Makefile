@@ -40,7 +40,7 @@ redis:
 
 model: $(WEIGHTS)
 
-$(WEIGHTS): $(STAMP) gateway/embedded/gguf_convert.py
+$(WEIGHTS): $(STAMP) gateway/embedded/gguf_convert.py gateway/embedded/lm/graph.py
 	$(BIN)/python -m gateway prepare-model
 
 run: model protos
@@ -81,6 +81,13 @@ bench-compare: model protos
 CHURN_ARGS ?= --duration 600 --concurrency 32
 bench-churn: model protos
 	$(BIN)/python -m perf.churn --launch $(CHURN_ARGS)
+
+# the CPU model's structured outputs, tools and logprobs at 1 and 4 streams, and its engine against the
+# CTranslate2 one (0e0582f, from a git worktree under /tmp), interleaved in one run (about 7 minutes)
+FEATURES_ARGS ?= --rounds 3 --compare-ref 0e0582f
+.PHONY: bench-features
+bench-features: model protos
+	$(BIN)/python -m perf.features --launch $(FEATURES_ARGS)
 
 clean:
 	rm -rf $(VENV) model_repository/*/weights gateway/_generated .pytest_cache .mypy_cache .ruff_cache

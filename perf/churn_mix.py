@@ -26,6 +26,7 @@ class Kind:
     disconnect: bool = False  # the client closes the connection after 1-3 SSE events
     expect: tuple[str, ...] = ()  # finish reasons this kind may end with; empty: any
     real_tokens: bool = False  # max_tokens comes from --real-max-tokens
+    shape: str = ""  # more fields of the body, from SHAPES: structured outputs, tools, logprobs
 
 
 # The synthetic model's text cycles through " the quick brown fox jumps over the lazy dog ." and every
@@ -43,12 +44,28 @@ KINDS: dict[str, Kind] = {
         Kind("real_stream", REAL, True, 8, expect=("length", "stop"), real_tokens=True),
         Kind("real_nonstream", REAL, False, 8, expect=("length", "stop"), real_tokens=True),
         Kind("real_disconnect", REAL, True, 32, disconnect=True),
+        Kind("real_json", REAL, True, 48, expect=("stop", "length"), shape="json_schema"),
+        Kind("real_tools", REAL, False, 48, expect=("tool_calls", "length"), shape="tools"),
+        Kind("real_tools_stream", REAL, True, 48, expect=("tool_calls", "length"), shape="tools"),
+        Kind("real_logprobs", REAL, True, 8, expect=("stop", "length"), shape="logprobs"),
+        Kind("real_json_disconnect", REAL, True, 48, disconnect=True, shape="json_schema"),
     )
+}
+
+_CITY = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 16}}, "required": ["city"]}
+SHAPES: dict[str, dict[str, Any]] = {
+    "json_schema": {"response_format": {"type": "json_schema", "json_schema": {"name": "place", "schema": _CITY}}},
+    "tools": {
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": _CITY}}],
+        "tool_choice": "required",
+    },
+    "logprobs": {"logprobs": True, "top_logprobs": 3},
 }
 
 DEFAULT_MIX = (
     "one_token=20,long_stream=12,stop=15,n2=8,n2_nonstream=4,nonstream=15,disconnect=15,"
-    "real_stream=3,real_nonstream=1,real_disconnect=1"
+    "real_stream=3,real_nonstream=1,real_disconnect=1,real_json=1,real_tools=1,real_tools_stream=1,"
+    "real_logprobs=1,real_json_disconnect=1"
 )
 
 PROMPTS = {
@@ -122,4 +139,5 @@ def request_body(kind: Kind, model_id: str, real_max_tokens: int) -> dict[str, A
         body["stop"] = list(kind.stop)
     if kind.stream:
         body["stream_options"] = {"include_usage": True}
+    body.update(SHAPES.get(kind.shape, {}))
     return body

@@ -75,8 +75,12 @@ class _RunningUsage:
         self._counts = [0] * n
         self._prompt = prompt_tokens
 
-    def stamp(self, delta: Delta, chunk: bytes) -> bytes:
+    def count(self, delta: Delta) -> None:
         self._counts[delta.index] = delta.completion_tokens
+
+    def stamp(self, chunk: bytes) -> bytes:
+        if not chunk:
+            return chunk
         done = sum(self._counts)
         usage = b',"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}}\n\n' % (
             self._prompt,
@@ -109,6 +113,8 @@ async def _stream(
     try:
         await response.prepare(request)
         opening = b"".join(fmt.opening(i) for i in range(n))
+        if counter is not None:
+            opening = counter.stamp(opening)
         if first is not None:
             await response.write(opening + _delta_bytes(fmt, first, usage, counter))
         else:
@@ -147,7 +153,10 @@ def _delta_bytes(fmt: ResponseFormat, delta: Delta, usage: Usage, counter: _Runn
     else:
         finish = fmt.finish(delta.index, delta.finish_reason)
         chunk = fmt.delta(delta.index, delta.text) + finish if delta.text else finish
-    return chunk if counter is None else counter.stamp(delta, chunk)
+    if counter is None:
+        return chunk
+    counter.count(delta)
+    return counter.stamp(chunk)
 
 
 async def _write_error(response: web.StreamResponse, exc: GatewayError) -> None:

@@ -93,5 +93,5 @@ def test_model_that_fails_to_load_is_quoted_from_tritons_log(tmp_path: Path) -> 
             server.wait_ready(timeout=120)
     finally:
         server.stop()
-    assert "no CTranslate2 model" in str(err.value)  # the model's own error, from Triton's log
+    assert "no prepared model" in str(err.value)  # the model's own error, from Triton's log
     assert not server.running

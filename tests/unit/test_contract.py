@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
 import pytest
 from tritonclient.grpc import model_config_pb2, service_pb2
-
-import numpy as np
 
 from gateway.core.types import Guide, SamplingParams
 from gateway.engine.contract import (

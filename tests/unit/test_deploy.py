@@ -223,7 +223,7 @@ def test_dockerignore_keeps_the_context_to_what_the_image_copies() -> None:
     for path in (
         ".venv/bin/python",
         ".git/HEAD",
-        "model_repository/smollm2/weights/model.bin",
+        "model_repository/smollm2/weights/model.onnx.data",
         "tests/unit/test_deploy.py",
         ".mypy_cache/3.11/x.json",
         "perf/results/run.json",

@@ -14,7 +14,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 
-from gateway.core.types import SamplingParams
+from gateway.core.types import Guide, SamplingParams
 from gateway.engine.contract import (
     INPUT_TENSORS,
     LEGACY_NAMES,
@@ -31,6 +31,15 @@ CONFIGS = sorted(MODEL_REPOSITORY.glob("*/config.pbtxt"))
 GPU = MODEL_REPOSITORY / "tensorrt_llm" / "config.pbtxt"
 CPU_MODELS = ("smollm2", "synthetic")
 ITEM_BYTES = {"INT32": 4, "UINT64": 8, "FP32": 4, "BOOL": 1}
+VOCAB = 8  # the length of the embedding_bias sent
+# What smollm2 declares: the tensors its engine honours (model_repository/smollm2/1/model.py)
+SMOLLM2_INPUTS = {
+    *("input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "streaming", "stop"),
+    *("temperature", "runtime_top_k", "runtime_top_p", "min_tokens", "seed", "stop_words_list"),
+    *("repetition_penalty", "presence_penalty", "frequency_penalty", "bad_words_list", "embedding_bias"),
+    *("return_log_probs", "return_generation_logits", "guided_decoding_guide_type", "guided_decoding_guide"),
+}
+SMOLLM2_OUTPUTS = {"output_ids", "sequence_length", "output_log_probs", "cum_log_probs", "generation_logits"}
 
 # every optional parameter set, sampled and greedy, and ignore_eos (min_tokens = max_tokens)
 SAMPLINGS = (
@@ -41,6 +50,34 @@ SAMPLINGS = (
     SamplingParams(max_tokens=8, temperature=0.0, seed=7, min_tokens=2, presence_penalty=0.5, frequency_penalty=0.5),
     SamplingParams(max_tokens=8, ignore_eos=True, stop=("x", "yz"), stop_ids=((9,), (10, 11))),
 )  # fmt: skip
+
+
+def samplings(contract: ModelContract) -> list[SamplingParams]:
+    """SAMPLINGS, and one with every optional tensor whose input the model declares."""
+    extra: dict[str, Any] = {}
+    if "repetition_penalty" in contract.inputs:
+        extra["repetition_penalty"] = 1.1
+    if "embedding_bias" in contract.inputs:
+        extra["logit_bias"] = ((3, -100.0), (5, 2.5))
+    if "return_log_probs" in contract.inputs:
+        extra["logprobs"] = True
+        if "return_generation_logits" in contract.inputs:
+            extra["top_logprobs"] = 2
+    if "guided_decoding_guide_type" in contract.inputs:
+        extra["guide"] = Guide("json_schema", '{"type": "object"}')
+    everything = SamplingParams(max_tokens=8, temperature=0.5, stop_ids=((4,),), **extra)
+    return [*SAMPLINGS, everything] if extra else list(SAMPLINGS)
+
+
+def raw_size(datatype: str, count: int, raw: bytes) -> int:
+    """The bytes ``count`` elements take (BYTES: each a 4-byte little-endian length, then its bytes)."""
+    if datatype != "BYTES":
+        return count * ITEM_BYTES[datatype]
+    offset = 0
+    for _ in range(count):
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4 + length
+    return offset
 
 
 def parse(path: Path) -> Any:
@@ -82,7 +119,7 @@ def test_every_tensor_sent_is_declared_alike(path: Path, batched: bool) -> None:
     contract = ModelContract.from_config(config)
     declared = {i.name: i for i in config.input}
     sent: set[str] = set()
-    requests = [build_request(contract, "r", [5, 6, 7], s, end_id=2, pad_id=0) for s in SAMPLINGS]
+    requests = [build_request(contract, "r", [5, 6, 7], s, 2, 0, VOCAB) for s in samplings(contract)]
     if "stop" in contract.inputs:
         requests.append(build_stop_request(contract, "r"))
     for req in requests:
@@ -90,7 +127,7 @@ def test_every_tensor_sent_is_declared_alike(path: Path, batched: bool) -> None:
             sent.add(tensor.name)
             spec = declared.get(tensor.name)
             assert spec is not None, f"{path.parent.name} does not declare {tensor.name}"
-            assert dtype_name(spec.data_type) == "TYPE_" + tensor.datatype, tensor.name
+            assert dtype_name(spec.data_type) == "TYPE_" + tensor.datatype.replace("BYTES", "STRING"), tensor.name
             shape = list(tensor.shape)
             if batched:
                 assert shape[0] == 1 <= config.max_batch_size, tensor.name
@@ -98,7 +135,7 @@ def test_every_tensor_sent_is_declared_alike(path: Path, batched: bool) -> None:
             assert dims_match(shape, list(spec.dims)), f"{tensor.name}: sent {shape}, declared {list(spec.dims)}"
             if spec.HasField("reshape"):  # Triton checks that reshape keeps the element count
                 assert math.prod(spec.reshape.shape) == math.prod(shape), tensor.name
-            assert len(raw) == math.prod(tensor.shape) * ITEM_BYTES[tensor.datatype], tensor.name
+            assert len(raw) == raw_size(tensor.datatype, math.prod(tensor.shape), raw), tensor.name
     assert set(REQUIRED_INPUTS) <= sent
     if path == GPU:  # TensorRT-LLM's config takes everything the gateway can send
         assert sent == set(INPUT_TENSORS)
@@ -149,6 +186,42 @@ def test_cpu_model_declares_its_tensors_as_tensorrt_llm_does(name: str) -> None:
         assert tensor.name in gpu_outputs, f"{name}: {tensor.name} is no TensorRT-LLM output"
         assert _signature(tensor) == _signature(gpu_outputs[tensor.name]), tensor.name
     assert cpu.model_transaction_policy.decoupled == gpu.model_transaction_policy.decoupled
+
+
+def test_smollm2_declares_every_tensor_its_engine_honours() -> None:
+    """The new ones too (penalties, bad words, bias, logprobs, logits, guided decoding), each as
+    TensorRT-LLM declares it (test_cpu_model_declares_its_tensors_as_tensorrt_llm_does)."""
+    config, gpu = parse(MODEL_REPOSITORY / "smollm2" / "config.pbtxt"), parse(GPU)
+    assert {t.name for t in config.input} == SMOLLM2_INPUTS
+    assert {t.name for t in config.output} == SMOLLM2_OUTPUTS
+    gpu_tensors = {t.name: t for t in [*gpu.input, *gpu.output]}
+    for tensor in [*config.input, *config.output]:
+        assert _signature(tensor) == _signature(gpu_tensors[tensor.name]), tensor.name
+    contract = ModelContract.from_config(config)
+    for param in ("presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias", "logprobs"):
+        assert contract.supports(param), param
+    assert contract.supports("top_logprobs") and contract.supports("guided_decoding")
+    assert contract.guided_decoding_backend == "llguidance"
+
+
+def test_smollm2_engine_parameters() -> None:
+    config = parse(MODEL_REPOSITORY / "smollm2" / "config.pbtxt")
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert params["weights_dir"] == "weights"
+    assert int(params["max_sequences"]) >= 1 and int(params["threads"]) >= 0 and int(params["prefill_chunk"]) >= 1
+    assert not {"inter_threads", "intra_threads", "compute_type"} & params.keys()  # CTranslate2's, gone
+    assert config.model_transaction_policy.decoupled and config.max_batch_size > 0
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.parent.name)
+def test_logprob_outputs_are_shaped_as_the_parser_reads_them(path: Path) -> None:
+    config = parse(path)
+    outputs = {o.name: o for o in config.output}
+    expected = {"output_log_probs": [-1, -1], "cum_log_probs": [-1], "generation_logits": [-1, -1, -1]}
+    for name, dims in expected.items():  # [beam, tokens], [beam], [beam, tokens, vocab]
+        if name in outputs:
+            assert dtype_name(outputs[name].data_type) == "TYPE_FP32", name
+            assert list(outputs[name].dims) == dims, name
 
 
 def test_tensorrt_llm_config_settings() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,3 +165,132 @@ def test_direct_request_matches_the_workload() -> None:
     assert values("runtime_top_k") == [1]  # greedy, as the gateway targets ask
     assert tensors["streaming"][0] == "BOOL" and values("streaming") == [1]
     assert [o.name for o in req.outputs] == ["output_ids"]
+
+
+# perf/features.py: the structured-output, tools and logprobs benchmark
+
+
+def test_feature_request_bodies() -> None:
+    from perf.features import VARIANTS, request_body
+
+    for variant in VARIANTS:
+        body = request_body(variant, "m", 64)
+        assert body["model"] == "m" and body["max_tokens"] == 64 and body["temperature"] == 0
+        assert body["stream"] and body["stream_options"] == {"include_usage": True}
+    assert request_body("plain")["ignore_eos"] and request_body("logprobs")["ignore_eos"]
+    assert "ignore_eos" not in request_body("json_schema") and "ignore_eos" not in request_body("tools")
+    assert request_body("logprobs")["top_logprobs"] == 5
+    assert request_body("tools")["tool_choice"] == "required" and len(request_body("tools")["tools"]) == 2
+    assert request_body("json_schema")["response_format"]["type"] == "json_schema"
+
+
+def test_feature_scan_counts_content_and_tool_calls_not_logprobs() -> None:
+    from perf.features import scan
+
+    role = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+    assert not scan(role).output
+    text = {"choices": [{"delta": {"content": "hi"}, "logprobs": {"content": [{"token": "hi"}]}}]}
+    assert scan(text).output and scan(text).content == "hi"
+    only_logprobs = {"choices": [{"delta": {}, "logprobs": {"content": [{"token": "x", "logprob": -1.0}]}}]}
+    assert not scan(only_logprobs).output
+    call = {
+        "choices": [{"delta": {"tool_calls": [{"index": 1, "id": "c", "function": {"name": "f", "arguments": ""}}]}}]
+    }
+    assert scan(call).output and scan(call).calls == ((1, "f", ""),)
+    args = {"choices": [{"delta": {"tool_calls": [{"index": 1, "function": {"arguments": '{"a"'}}]}}]}
+    assert scan(args).calls == ((1, "", '{"a"'),)
+    end = {"choices": [{"delta": {}, "finish_reason": "tool_calls"}]}
+    assert scan(end).finish == "tool_calls" and not scan(end).output
+    usage = {"choices": [], "usage": {"prompt_tokens": 40, "completion_tokens": 7}}
+    s = scan(usage)
+    assert (s.completion_tokens, s.prompt_tokens, s.output) == (7, 40, False)
+    assert scan({"choices": [], "usage": None}).completion_tokens is None
+
+
+def test_feature_record_metrics_and_tool_markup() -> None:
+    from perf.features import Record, tool_markup
+
+    r = Record("new", "tools", 1, start=10.0, first=10.5, last=12.5, end=12.6, tokens=41)
+    assert r.ok and r.ttft == pytest.approx(0.5) and r.tokens_per_s == pytest.approx(20.0)
+    assert not Record("new", "plain", 1, start=0.0, tokens=3).ok  # no output arrived
+    assert Record("new", "plain", 1, start=0.0, first=1.0, last=1.0, tokens=1).tokens_per_s == 0.0
+    r.calls = {1: ["b", "{}"], 0: ["a", '{"x":1}']}
+    first, second = '{"name":"a","arguments":{"x":1}}', '{"name":"b","arguments":{}}'
+    expected = f"<tool_call>\n{first}\n</tool_call>\n<tool_call>\n{second}\n</tool_call>"
+    assert r.output_text() == tool_markup([("a", '{"x":1}'), ("b", "{}")]) == expected
+    r.calls, r.content = {}, ["{", '"a":1}']
+    assert r.output_text() == '{"a":1}'
+
+
+def test_feature_summary_compare_and_goals() -> None:
+    from perf.features import NEW, REF, Record, compare, goals, summarize
+
+    def rec(ttft: float, tokens: int, span: float, error: str | None = None) -> Record:
+        return Record("s", "plain", 1, 0.0, first=ttft, last=ttft + span, end=ttft + span, tokens=tokens, error=error)
+
+    s = summarize([rec(0.1, 11, 1.0), rec(0.3, 21, 1.0), rec(0.2, 5, 1.0, "http_500")], 4.0, 0.032, 1.6)
+    assert (s["requests"], s["ok"], s["errors"]) == (3, 2, {"http_500": 1})
+    assert s["ttft_ms"]["p50"] == pytest.approx(200) and s["output_tokens"] == 32
+    assert s["tokens_per_s_per_stream"]["p50"] == pytest.approx(15.0)
+    assert s["aggregate_tokens_per_s"] == 8.0
+    assert s["gateway_cpu_us_per_token"] == pytest.approx(1000) and s["engine_cpu_us_per_token"] == pytest.approx(50000)
+
+    def cell(ttft: float, tps: float, agg: float) -> dict[str, object]:
+        return {
+            "ttft_ms": {"p50": ttft},
+            "tokens_per_s_per_stream": {"p50": tps},
+            "aggregate_tokens_per_s": agg,
+            "gateway_cpu_us_per_token": 500.0,
+            "engine_cpu_us_per_token": 20000.0,
+        }
+
+    cells = {
+        (REF, "plain", 1): cell(150, 40, 38),
+        (NEW, "plain", 1): cell(155, 39, 37),
+        (REF, "plain", 4): cell(1600, 40, 75),
+        (NEW, "plain", 4): cell(450, 35, 140),
+        (NEW, "tools", 4): cell(900, 30, 100),  # no ref: not compared
+    }
+    rows = compare(cells)
+    assert [r["level"] for r in rows] == [1, 4]
+    assert rows[0]["ttft_p50_ms"] == {"new": 155, "ref": 150, "ratio": pytest.approx(155 / 150)}
+    assert rows[1]["aggregate_tokens_per_s"]["ratio"] == pytest.approx(140 / 75)
+    met = {g["goal"]: g["met"] for g in goals(rows)}
+    assert met == {
+        "1 stream: tokens/s within 5% of ref": True,  # x0.975
+        "1 stream: TTFT p50 within 5% of ref": True,  # x1.033
+        "4 streams: TTFT p50 <= 500 ms": True,
+        "4 streams: aggregate tokens/s >= 2x ref": False,  # x1.87
+    }
+    assert goals([]) == []
+
+
+def test_feature_ref_env_runs_the_worktree() -> None:
+    from perf.features import ref_env
+
+    env = ref_env(Path("/tmp/tree"), Path("/tmp/cache"))
+    assert env == {"PYTHONSAFEPATH": "1", "PYTHONPATH": "/tmp/tree", "GATEWAY_CACHE_DIR": "/tmp/cache"}
+
+
+def test_feature_grammar_guides_are_the_gateways() -> None:
+    from gateway.embedded.lm.grammar import check_guide
+    from perf.features import grammar_guides
+
+    guides = grammar_guides()
+    assert guides["json_schema"][0] == "json_schema" and guides["tools"][0] == "ebnf_grammar"
+    for kind, text in guides.values():
+        check_guide(kind, text)
+
+
+def test_feature_grammar_cost_smoke() -> None:
+    from perf.features import grammar_cost
+
+    weights = Path(__file__).resolve().parents[2] / "model_repository" / "smollm2" / "weights"
+    if not (weights / "tokenizer.json").is_file():
+        pytest.skip(f"no {weights / 'tokenizer.json'}")
+    paths = {"json_schema": '{"items":["dog","cat","bird"'}  # a prefix: 20 items at least make it complete
+    out = grammar_cost(weights, paths, samples=40, blocks=2)
+    assert set(out["kinds"]) == {"none", "json_schema/random", "json_schema/steered", "tools/random"}
+    steered = out["kinds"]["json_schema/steered"]
+    assert steered["derailed"] == 0 and steered["sequences"] >= 1 and steered["path_tokens"] > 0
+    assert all(k["us_mean"] > 0 for k in out["kinds"].values())

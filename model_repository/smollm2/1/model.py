@@ -1,285 +1,311 @@
 """Triton Python-backend model: a real small LM behind TensorRT-LLM's `tensorrt_llm` tensor contract.
 
-Decoupled: every request runs on its own thread and streams one response per generated token
-(``streaming`` true) or one response with every token (``streaming`` false), then a final flag with
-no response, which Triton turns into an empty final response for clients that ask for one.
-As TensorRT-LLM does, the end token is not part of the output and ``end_id`` of -1 never ends.
+The engine is gateway/embedded/lm: a CausalLM (the GGUF's weights as an ONNX Runtime graph with a
+KV-cache slot per sequence) driven by a Scheduler, whose own thread batches every running sequence
+into one decode step (TensorRT-LLM's inflight batching in miniature). This file only turns requests
+into the scheduler's jobs and its chunks into responses.
+
+Decoupled: a request streams one response per generated token (``streaming`` true) or one response
+with every token (``streaming`` false), then a final flag with no response, which Triton turns into
+an empty final response for clients that ask for one. As TensorRT-LLM does, the end token is not part
+of the output and ``end_id`` -1 (or none) never ends. A request ends after a sequence of its
+``stop_words_list``, which is the last thing it sends. A request with the same id and ``stop`` true
+ends it between two tokens (TensorRT-LLM's in-band stop); so does a cancelled call. Either is logged
+as "request 'id' cancelled after N tokens (stop request)" / "(call cancelled)".
 
 Sampling follows TensorRT-LLM: ``runtime_top_k`` 1 (or temperature 0) is greedy, 0 means no top-k
-limit, ``runtime_top_p`` 0 or 1 means no nucleus limit. A request is cancelled between two tokens.
-A request ends after a sequence of its ``stop_words_list``, which is the last thing it sends. A
-request with the same id and ``stop`` true ends it between two tokens (TensorRT-LLM's in-band stop).
-
-Seeds: CTranslate2 keeps one random generator per worker thread, seeded once from a global seed on
-first use, so a seeded request gets a fresh generator (weights from memory, ~0.2 s) whose worker
-takes the request's seed; the lock keeps two seeded starts from racing on the global seed.
+limit, ``runtime_top_p`` 0 or 1 means no nucleus limit. ``return_log_probs`` adds output_log_probs
+and cum_log_probs, ``return_generation_logits`` the processed logits of every token. Guided decoding
+(llguidance) takes TensorRT-LLM's guide types: json, json_schema, regex, ebnf_grammar (Lark syntax).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
+import math
+from pathlib import Path
 from typing import Any
 
-# CTranslate2's MKL int8 GEMM returns wrong results on some Xeon CPUs (seen on the 2-core
-# development VM: greedy output turned to nonsense, while float32 and the oneDNN int8 path gave the
-# reference text). Use the oneDNN path unless an operator chose otherwise; read at the first GEMM.
-os.environ.setdefault("CT2_USE_MKL", "0")
-
-import ctranslate2  # after the environment it reads
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from gateway.embedded.lm.grammar import GrammarCompiler
+from gateway.embedded.lm.runner import CausalLM
+from gateway.embedded.lm.sampling import SamplingSpec
+from gateway.embedded.lm.scheduler import Chunk, End, Job, Reason, Scheduler
+
 log = logging.getLogger("smollm2")
-_MODEL_FILES = ("model.bin", "config.json", "vocabulary.json")
-_MAX_THREADS = 256
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        weights = params.get("weights_dir", "weights")
-        if not os.path.isabs(weights):
-            weights = os.path.join(args["model_repository"], weights)
-        if not os.path.isfile(os.path.join(weights, "model.bin")):
+        weights = Path(params.get("weights_dir", "weights"))
+        if not weights.is_absolute():
+            weights = Path(args["model_repository"]) / weights
+        if not (weights / "tokenizer.json").is_file():
             raise pb_utils.TritonModelException(
-                f"no CTranslate2 model in {weights}: run `python -m gateway prepare-model` first"
+                f"no prepared model in {weights}: run `python -m gateway prepare-model` first"
             )
-        self._gen_kwargs = {
-            "device": "cpu",
-            "compute_type": params.get("compute_type", "int8"),
-            "inter_threads": int(params.get("inter_threads", "1")),
-            "intra_threads": int(params.get("intra_threads", "0")),
-        }
-        self._files = {}
-        for name in _MODEL_FILES:
-            with open(os.path.join(weights, name), "rb") as f:
-                self._files[name] = f.read()
-        self._generator = self._new_generator(self._gen_kwargs)
-        with open(os.path.join(weights, "vocabulary.json"), encoding="utf-8") as f:
-            self._vocab: list[str] = json.load(f)
-        self._seed_lock = threading.Lock()
-        self._ids_lock = threading.Lock()
-        self._live: set[str] = set()  # ids of the requests running, and those of them asked to stop
-        self._stopped: set[str] = set()
-        self._pool = ThreadPoolExecutor(max_workers=_MAX_THREADS, thread_name_prefix="smollm2")
-
-    def _new_generator(self, kwargs: dict[str, Any]) -> ctranslate2.Generator:
-        return ctranslate2.Generator("smollm2", files=self._files, **kwargs)
+        max_sequences = _int_param(params, "max_sequences", 8, 1)
+        threads = _int_param(params, "threads", 0, 0)
+        prefill_chunk = _int_param(params, "prefill_chunk", 256, 1)
+        try:
+            self._lm = CausalLM(weights, max_sequences=max_sequences, threads=threads)
+        except FileNotFoundError as exc:
+            raise pb_utils.TritonModelException(
+                f"no engine in {weights} ({exc}): run `python -m gateway prepare-model` first"
+            ) from exc
+        self._vocab = self._lm.vocab_size
+        _warm_up(self._lm)
+        compiler = GrammarCompiler(weights / "tokenizer.json", _eos_ids(weights))
+        self._scheduler = Scheduler(
+            self._lm,
+            compiler,
+            max_sequences=max_sequences,
+            prefill_chunk=prefill_chunk,
+            log_line=pb_utils.Logger.log_info,
+        )
 
     def execute(self, requests: list[Any]) -> None:
         for request in requests:
             sender = request.get_response_sender()
-            if _scalar(request, "stop", False):  # stop the running request of this id, if any
-                with self._ids_lock:
-                    if request.request_id() in self._live:
-                        self._stopped.add(request.request_id())
-                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-                continue
             try:
-                job = _Job.from_request(request, len(self._vocab))
-            except ValueError as exc:
+                if _scalar(request, "stop", False):  # stop the running request of this id, if any
+                    self._scheduler.stop(request.request_id())
+                    sender.send(flags=FINAL)
+                    continue
+                self._scheduler.submit(self._job(request, _Sink(sender)))
+            except ValueError as exc:  # a bad value, an unknown guide type, a guide that does not compile
                 _fail(sender, str(exc))
-                continue
-            with self._ids_lock:
-                self._live.add(job.request_id)
-            self._pool.submit(self._run, job, sender)
+            except Exception as exc:
+                log.exception("request %r refused", request.request_id())
+                _fail(sender, f"generation failed: {exc}")
 
-    def _run(self, job: _Job, sender: Any) -> None:
-        try:
-            self._run_job(job, sender)
-        finally:
-            with self._ids_lock:
-                self._live.discard(job.request_id)
-                self._stopped.discard(job.request_id)
-
-    def _run_job(self, job: _Job, sender: Any) -> None:
-        try:
-            if job.seed is None:
-                self._generate(self._generator, job, sender, None)
-            else:
-                kwargs = dict(self._gen_kwargs, inter_threads=1)
-                generator = self._new_generator(kwargs)
-                try:
-                    self._generate(generator, job, sender, job.seed)
-                finally:
-                    del generator
-        except Exception as exc:
-            log.exception("generation failed")
-            _fail(sender, f"generation failed: {exc}")
-
-    def _generate(self, generator: ctranslate2.Generator, job: _Job, sender: Any, seed: int | None) -> None:
-        prompt = [self._vocab[i] for i in job.input_ids]
-        steps = generator.generate_tokens(
-            prompt,
-            max_length=job.max_new,
-            min_length=job.min_tokens,
-            sampling_topk=job.top_k,
-            sampling_topp=job.top_p,
-            sampling_temperature=job.temperature,
-            repetition_penalty=job.repetition_penalty,
-            end_token=[job.end_id] if job.end_id >= 0 else [],
-        )
-        seeded = seed is not None
-        if seeded:
-            self._seed_lock.acquire()
-            ctranslate2.set_random_seed(seed % (2**32))
-        produced: list[int] = []
-        recent: list[int] = []  # the last tokens, to match stop sequences
-        keep = max((len(stop) for stop in job.stops), default=0)
-        count = 0
-        stopped_by = None
-        try:
-            for step in steps:
-                if seeded:  # the worker has seeded its random generator: release the others
-                    self._seed_lock.release()
-                    seeded = False
-                if job.request_id in self._stopped:
-                    stopped_by = "(stop request)"
-                elif sender.is_cancelled():
-                    stopped_by = "(call cancelled)"
-                if stopped_by is not None:
-                    steps.close()
-                    break
-                token = step.token_id
-                if token == job.end_id:
-                    break
-                count += 1
-                if job.streaming:
-                    sender.send(_response([token]))
-                else:
-                    produced.append(token)
-                if keep:
-                    recent.append(token)
-                    del recent[:-keep]
-                    if any(recent[-len(stop) :] == stop for stop in job.stops):
-                        steps.close()
-                        break
-        finally:
-            if seeded:
-                self._seed_lock.release()
-        if stopped_by is None and sender.is_cancelled():  # cancelled after its last token
-            stopped_by = "(call cancelled)"
-        if stopped_by is not None:
-            # a line tests (and operators) can rely on: generation really stopped
-            pb_utils.Logger.log_info(f"request {job.request_id!r} cancelled after {count} tokens {stopped_by}")
-            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-            return
-        if not job.streaming:
-            sender.send(_response(produced))
-        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-
-    def finalize(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-class _Job:
-    __slots__ = (
-        "end_id",
-        "input_ids",
-        "max_new",
-        "min_tokens",
-        "repetition_penalty",
-        "request_id",
-        "seed",
-        "stops",
-        "streaming",
-        "temperature",
-        "top_k",
-        "top_p",
-    )  # fmt: skip
-
-    def __init__(self) -> None:
-        self.request_id = ""
-        self.input_ids: list[int] = []
-        self.max_new = 16
-        self.min_tokens = 0
-        self.end_id = -1
-        self.streaming = False
-        self.top_k = 1
-        self.top_p = 1.0
-        self.temperature = 1.0
-        self.repetition_penalty = 1.0
-        self.seed: int | None = None
-        self.stops: list[list[int]] = []
-
-    @classmethod
-    def from_request(cls, request: Any, vocab_size: int) -> _Job:
-        job = cls()
-        job.request_id = request.request_id()
-        ids = _scalar_or_array(request, "input_ids")
+    def _job(self, request: Any, sink: _Sink) -> Job:
+        vocab = self._vocab
+        ids = _array(request, "input_ids")
         if ids is None:
             raise ValueError("input_ids is required")
-        ids = np.asarray(ids).reshape(-1)
-        length = _scalar(request, "input_lengths", len(ids))
-        ids = ids[: int(length)]
+        ids = ids.reshape(-1)
+        length = int(_scalar(request, "input_lengths", len(ids)))
+        ids = ids[: max(length, 0)]
         if len(ids) == 0:
             raise ValueError("input_ids is empty")
-        if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
-            raise ValueError(f"input_ids out of range [0, {vocab_size})")
-        job.input_ids = ids.tolist()
-        job.max_new = int(_scalar(request, "request_output_len", 16))
-        if job.max_new < 1:
+        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+            raise ValueError(f"input_ids out of range [0, {vocab})")
+        max_new = int(_scalar(request, "request_output_len", 16))
+        if max_new < 1:
             raise ValueError("request_output_len must be at least 1")
-        job.min_tokens = max(0, int(_scalar(request, "min_tokens", 0)))
-        job.end_id = int(_scalar(request, "end_id", -1))
-        job.streaming = bool(_scalar(request, "streaming", False))
-        temperature = float(_scalar(request, "temperature", 1.0))
+        end_id = int(_scalar(request, "end_id", -1))
+        if end_id >= vocab:
+            raise ValueError(f"end_id {end_id} out of range [0, {vocab})")
+        _scalar(request, "pad_id", 0)  # accepted, nothing to pad: every response is one beam
+        temperature = _number(request, "temperature", 1.0, minimum=0.0)
         top_k = int(_scalar(request, "runtime_top_k", 0))
-        top_p = float(_scalar(request, "runtime_top_p", 0.0))
-        if temperature <= 0.0 or top_k == 1:
-            job.top_k, job.temperature = 1, 1.0
-        else:
-            job.top_k, job.temperature = max(top_k, 0), temperature
-        job.top_p = top_p if 0.0 < top_p < 1.0 else 1.0
-        job.repetition_penalty = float(_scalar(request, "repetition_penalty", 1.0))
+        if top_k < 0:
+            raise ValueError("runtime_top_k must be >= 0")
+        top_p = _number(request, "runtime_top_p", 0.0, minimum=0.0)
+        if top_p > 1.0:
+            raise ValueError("runtime_top_p must be in [0, 1]")
+        repetition_penalty = _number(request, "repetition_penalty", 1.0)
+        if repetition_penalty <= 0.0:
+            raise ValueError("repetition_penalty must be > 0")
+        min_tokens = int(_scalar(request, "min_tokens", 0))
+        if min_tokens < 0:
+            raise ValueError("min_tokens must be >= 0")
         seed = _scalar(request, "seed", None)
-        job.seed = None if seed is None or job.top_k == 1 else int(seed)
-        job.stops = _stop_words(request)
-        return job
+        greedy = temperature <= 0.0 or top_k == 1
+        sampling = SamplingSpec(
+            temperature=0.0 if greedy else temperature,
+            top_k=top_k,
+            top_p=top_p if 0.0 < top_p < 1.0 else 1.0,
+            seed=None if seed is None else int(seed),
+            repetition_penalty=repetition_penalty,
+            presence_penalty=_number(request, "presence_penalty", 0.0),
+            frequency_penalty=_number(request, "frequency_penalty", 0.0),
+            min_tokens=min_tokens,
+            end_ids=(end_id,) if end_id >= 0 else (),
+            embedding_bias=_embedding_bias(request, vocab),
+            bad_words=_word_list(request, "bad_words_list"),
+        )
+        return Job(
+            request_id=request.request_id(),
+            prompt=ids.tolist(),
+            max_new_tokens=max_new,
+            sink=sink,
+            sampling=sampling,
+            streaming=bool(_scalar(request, "streaming", False)),
+            stop_words=_word_list(request, "stop_words_list"),
+            guide=_guide(request),
+            want_logprobs=bool(_scalar(request, "return_log_probs", False)),
+            want_logits=bool(_scalar(request, "return_generation_logits", False)),
+        )
+
+    def finalize(self) -> None:
+        self._scheduler.close()
 
 
-def _scalar_or_array(request: Any, name: str) -> np.ndarray | None:
+class _Sink:
+    """The scheduler's output for one request, as Triton responses on its decoupled sender."""
+
+    __slots__ = ("_sender",)
+
+    def __init__(self, sender: Any) -> None:
+        self._sender = sender
+
+    def emit(self, chunk: Chunk) -> None:
+        self._sender.send(_response(chunk))
+
+    def finish(self, end: End) -> None:
+        if end.reason is Reason.ERROR:
+            _fail(self._sender, f"generation failed: {end.error}")
+        else:
+            self._sender.send(flags=FINAL)
+
+    def cancelled(self) -> bool:
+        return bool(self._sender.is_cancelled())
+
+
+def _warm_up(lm: CausalLM) -> None:
+    """One prefill and one decode step, so the first request does not pay ONNX Runtime's first runs."""
+    slot = lm.open()
+    try:
+        logits = lm.prefill(slot, [0, 0])
+        lm.decode([slot], [int(np.argmax(logits))])
+    finally:
+        lm.close(slot)
+
+
+def _int_param(params: dict[str, str], name: str, default: int, minimum: int) -> int:
+    raw = params.get(name, "").strip()
+    try:
+        value = int(raw) if raw else default
+    except ValueError:
+        raise pb_utils.TritonModelException(f"parameter {name} must be an integer, not {raw!r}") from None
+    if value < minimum:
+        raise pb_utils.TritonModelException(f"parameter {name} must be at least {minimum}, not {value}")
+    return value
+
+
+def _eos_ids(weights: Path) -> list[int]:
+    """The end token of tokenizer_config.json, as an id of tokenizer.json (the grammar's end)."""
+    config = json.loads((weights / "tokenizer_config.json").read_text(encoding="utf-8"))
+    eos = config.get("eos_token")
+    if isinstance(eos, dict):
+        eos = eos.get("content")
+    if not eos:
+        return []
+    tokenizer = json.loads((weights / "tokenizer.json").read_text(encoding="utf-8"))
+    for added in tokenizer.get("added_tokens", []):
+        if added.get("content") == eos:
+            return [int(added["id"])]
+    vocab = tokenizer.get("model", {}).get("vocab", {})
+    return [int(vocab[eos])] if isinstance(vocab, dict) and eos in vocab else []
+
+
+def _array(request: Any, name: str) -> np.ndarray | None:
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     return None if tensor is None else tensor.as_numpy()
 
 
 def _scalar(request: Any, name: str, default: Any) -> Any:
-    value = _scalar_or_array(request, name)
-    return default if value is None else value.reshape(-1)[0].item()
+    value = _array(request, name)
+    if value is None or value.size == 0:
+        return default
+    return value.reshape(-1)[0].item()
 
 
-def _stop_words(request: Any) -> list[list[int]]:
-    """TensorRT-LLM's ``stop_words_list`` [2, L]: ids, then each sequence's end offset (-1 padded)."""
-    rows = _scalar_or_array(request, "stop_words_list")
-    if rows is None:
-        return []
+def _number(request: Any, name: str, default: float, minimum: float | None = None) -> float:
+    value = float(_scalar(request, name, default))
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, not {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum:g}")
+    return value
+
+
+def _word_list(request: Any, name: str) -> tuple[tuple[int, ...], ...]:
+    """TensorRT-LLM's word lists [2, L] (stop_words_list, bad_words_list): ids, then each sequence's
+    end offset (-1 padded)."""
+    rows = _array(request, name)
+    if rows is None or rows.size == 0:
+        return ()
+    if rows.size % 2:
+        raise ValueError(f"{name} must have two rows of equal length")
     rows = rows.reshape(2, -1)
     ids, offsets = rows[0].tolist(), rows[1].tolist()
-    seqs, start = [], 0
+    seqs: list[tuple[int, ...]] = []
+    start = 0
     for end in offsets:
         if end < 0:
             break
+        if end > len(ids):
+            raise ValueError(f"{name}: offset {end} past its {len(ids)} ids")
         if end > start:
-            seqs.append(ids[start:end])
+            seqs.append(tuple(ids[start:end]))
         start = end
-    return seqs
+    return tuple(seqs)
 
 
-def _response(tokens: list[int]) -> Any:
-    ids = np.asarray(tokens, dtype=np.int32).reshape(1, 1, -1)
-    length = np.asarray([[len(tokens)]], dtype=np.int32)
-    return pb_utils.InferenceResponse(
-        output_tensors=[pb_utils.Tensor("output_ids", ids), pb_utils.Tensor("sequence_length", length)]
-    )
+def _embedding_bias(request: Any, vocab: int) -> np.ndarray | None:
+    """[vocab] added to the logits (none when absent or empty, as TensorRT-LLM's preprocessing sends it)."""
+    bias = _array(request, "embedding_bias")
+    if bias is None or bias.size == 0:
+        return None
+    bias = bias.reshape(-1).astype(np.float32)
+    if bias.size != vocab:
+        raise ValueError(f"embedding_bias has {bias.size} values; the vocabulary has {vocab}")
+    if np.isnan(bias).any() or np.isposinf(bias).any():
+        raise ValueError("embedding_bias must hold numbers or -inf")
+    return bias
+
+
+def _text(request: Any, name: str) -> str | None:
+    """A STRING [1] tensor (a numpy object array of bytes) as text; None when absent."""
+    value = _array(request, name)
+    if value is None or value.size == 0:
+        return None
+    item = value.reshape(-1)[0]
+    if isinstance(item, bytes):
+        try:
+            return item.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{name} is not UTF-8") from None
+    return str(item)
+
+
+def _guide(request: Any) -> tuple[str, str] | None:
+    guide_type = _text(request, "guided_decoding_guide_type")
+    guide = _text(request, "guided_decoding_guide")
+    if not guide_type:
+        if guide:
+            raise ValueError("guided_decoding_guide needs a guided_decoding_guide_type")
+        return None
+    if guide is None and guide_type != "json":
+        raise ValueError(f"guided_decoding_guide is required for guide type {guide_type!r}")
+    return guide_type, guide or ""
+
+
+def _response(chunk: Chunk) -> Any:
+    """output_ids [1, 1, n] and sequence_length [1, 1] (batch, beam), plus what the request asked for."""
+    n = len(chunk.tokens)
+    tensors = [
+        pb_utils.Tensor("output_ids", np.asarray(chunk.tokens, dtype=np.int32).reshape(1, 1, n)),
+        pb_utils.Tensor("sequence_length", np.asarray([[n]], dtype=np.int32)),
+    ]
+    if chunk.logprobs is not None:
+        logprobs = np.asarray(chunk.logprobs, dtype=np.float32).reshape(1, 1, n)
+        cum = np.asarray([[chunk.cum_logprob or 0.0]], dtype=np.float32)
+        tensors += [pb_utils.Tensor("output_log_probs", logprobs), pb_utils.Tensor("cum_log_probs", cum)]
+    if chunk.logits is not None:
+        logits = np.ascontiguousarray(chunk.logits, dtype=np.float32).reshape(1, 1, *chunk.logits.shape)
+        tensors.append(pb_utils.Tensor("generation_logits", logits))
+    return pb_utils.InferenceResponse(output_tensors=tensors)
 
 
 def _fail(sender: Any, message: str) -> None:
-    sender.send(
-        pb_utils.InferenceResponse(error=pb_utils.TritonError(message)),
-        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
-    )
+    sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)), flags=FINAL)
