@@ -64,7 +64,7 @@ SHAPES: dict[str, dict[str, Any]] = {
 
 DEFAULT_MIX = (
     "one_token=20,long_stream=12,stop=15,n2=8,n2_nonstream=4,nonstream=15,disconnect=15,"
-    "real_stream=3,real_nonstream=1,real_disconnect=1,real_json=1,real_tools=1,real_tools_stream=1,"
+    "real_stream=2,real_nonstream=1,real_disconnect=1,real_json=1,real_tools=1,real_tools_stream=1,"
     "real_logprobs=1,real_json_disconnect=1"
 )
 

@@ -18,8 +18,9 @@ import pytest
 from numpy.typing import NDArray
 
 from gateway.embedded.lm.grammar import GrammarError
+from gateway.embedded.lm.jobs import Chunk, End, Job, Reason
 from gateway.embedded.lm.sampling import Sampled, SamplingSpec
-from gateway.embedded.lm.scheduler import Chunk, End, Job, Reason, Scheduler
+from gateway.embedded.lm.scheduler import Scheduler
 
 VOCAB = 16
 GREEDY = SamplingSpec(temperature=0.0)

@@ -16,6 +16,9 @@ The graph runs on ONNX Runtime's CPU provider with its contrib ops (domain ``com
   buffer shared between past and present (BNSH ``[batch, kv_heads, capacity, head_dim]``), so rows of
   different lengths decode together: ``seqlens_k[b]`` is row b's length after the step, minus one.
 
+The GGUF blocks are repacked into these ops' layouts, exactly, by :mod:`gateway.embedded.lm.quant`;
+this module builds the graph around them.
+
 Two graphs share one weights file: ``model.onnx`` runs the layers' MatMulNBits with float32
 activations (``accuracy_level`` 0: its logits match a float32 forward pass of the dequantized GGUF),
 ``model.int8.onnx`` with int8 activations quantized per block of 32 (``accuracy_level`` 4, what
@@ -39,6 +42,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from gateway.embedded.lm.quant import BLOCK, Linear, concat, read_linear, unpermute_rows
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = "onnx-1"  # bump when the graph's interface or layout changes
@@ -47,12 +52,8 @@ INT8_MODEL_FILE = "model.int8.onnx"  # int8 activations (as llama.cpp computes):
 DATA_FILE = "model.onnx.data"  # the weights, shared by both graphs
 EXACT_LEVEL, INT8_LEVEL = 0, 4  # MatMulNBits accuracy_level: float32 / int8 activations
 HEAD_EXACT_TOP = 64  # LM-head logits recomputed in float32 (see _lm_head)
-BLOCK = 32  # GGUF Q4_0/Q4_1/Q8_0 block length, also the MatMulNBits block size
 ONNX_OPSET = 17
 MS_DOMAIN = "com.microsoft"
-
-# GGML tensor type ids (gguf.GGMLQuantizationType)
-_F32, _F16, _Q4_0, _Q4_1, _Q8_0 = 0, 1, 2, 3, 8
 
 Progress = Callable[[str], None]
 
@@ -93,96 +94,6 @@ class LlamaConfig:
             rope_base=float(meta.get("llama.rope.freq_base", 10000.0)),
             eps=float(meta["llama.attention.layer_norm_rms_epsilon"]),
         )
-
-
-# ---------------------------------------------------------------------------------------------
-# weights
-
-
-@dataclass(frozen=True, slots=True)
-class _Linear:
-    """A weight ``[n, k]`` (GGUF row order: one row per output feature) in a form the graph uses."""
-
-    n: int
-    k: int
-    bits: int = 0  # 4 or 8: MatMulNBits; 0: float32 ``dense``
-    blob: NDArray[np.uint8] | None = None  # [n, k/32, 32*bits/8], element 2j in the low nibble
-    scales: NDArray[np.float32] | None = None  # [n, k/32]
-    zero: NDArray[np.uint8] | None = None  # packed zero points; None: the default 2**(bits-1)
-    mins: NDArray[np.float32] | None = None  # [n, k/32] Q4_1 block minima
-    dense: NDArray[np.float32] | None = None  # [n, k]
-
-    def rows(self, index: NDArray[np.intp]) -> _Linear:
-        def take(a: Any) -> Any:
-            return None if a is None else np.ascontiguousarray(a[index])
-
-        return _Linear(
-            len(index), self.k, self.bits, take(self.blob), take(self.scales), take(self.zero), take(self.mins),
-            take(self.dense),
-        )  # fmt: skip
-
-    def to_dense(self) -> _Linear:
-        if self.bits == 0:
-            return self
-        assert self.blob is not None and self.scales is not None
-        if self.bits == 4:
-            q = np.stack([self.blob & 0x0F, self.blob >> 4], axis=-1).reshape(self.n, -1, BLOCK)
-        else:
-            q = self.blob
-        if self.zero is None:
-            zp = np.float32(2 ** (self.bits - 1))
-            w = (q.astype(np.float32) - zp) * self.scales[..., None]
-        else:  # only ever all-zero (Q4_1)
-            w = q.astype(np.float32) * self.scales[..., None]
-        if self.mins is not None:
-            w += self.mins[..., None]
-        return _Linear(self.n, self.k, dense=np.ascontiguousarray(w.reshape(self.n, self.k), dtype=np.float32))
-
-
-def _read_linear(tensor: Any) -> _Linear:
-    from gguf.quants import dequantize
-
-    kind = int(tensor.tensor_type)
-    k, n = (int(x) for x in tensor.shape)
-    data = np.asarray(tensor.data)
-    nb = k // BLOCK
-    if kind in (_Q4_0, _Q4_1, _Q8_0) and k % BLOCK == 0:
-        head = 2 if kind != _Q4_1 else 4
-        blocks = data.reshape(n, nb, -1)
-        scales = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
-        if kind == _Q8_0:
-            blob = blocks[..., head:] ^ np.uint8(0x80)  # int8 q -> uint8 q + 128
-            return _Linear(n, k, 8, np.ascontiguousarray(blob), scales)
-        qs = blocks[..., head:]  # 16 bytes: elements j (low nibble) and j + 16 (high nibble)
-        values = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
-        blob = (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)
-        if kind == _Q4_0:
-            return _Linear(n, k, 4, np.ascontiguousarray(blob), scales)
-        mins = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
-        zero = np.zeros((n, (nb + 1) // 2), dtype=np.uint8)
-        return _Linear(n, k, 4, np.ascontiguousarray(blob), scales, zero, mins)
-    dense = np.asarray(dequantize(data, tensor.tensor_type), dtype=np.float32).reshape(n, k)
-    return _Linear(n, k, dense=np.ascontiguousarray(dense))
-
-
-def _concat(parts: Sequence[_Linear]) -> _Linear:
-    """Stack weights along the output dimension (one MatMulNBits for Q/K/V, one for gate/up)."""
-    k = parts[0].k
-    same = all(p.bits == parts[0].bits and (p.zero is None) == (parts[0].zero is None) and p.k == k for p in parts)
-    if not same:
-        parts = [p.to_dense() for p in parts]
-
-    def cat(name: str) -> Any:
-        arrays = [getattr(p, name) for p in parts]
-        return None if arrays[0] is None else np.concatenate(arrays, axis=0)
-
-    n = sum(p.n for p in parts)
-    return _Linear(n, k, parts[0].bits, cat("blob"), cat("scales"), cat("zero"), cat("mins"), cat("dense"))
-
-
-def _unpermute_rows(n_rows: int, n_head: int) -> NDArray[np.intp]:
-    """Row order undoing llama.cpp's rotary permutation of the q/k projections (back to HF order)."""
-    return np.arange(n_rows).reshape(n_head, n_rows // n_head // 2, 2).swapaxes(1, 2).reshape(-1)
 
 
 def rope_cache(cfg: LlamaConfig, length: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
@@ -241,9 +152,7 @@ class _Graph:
         """Add a node with one output; its name."""
         return self.node(op_type, inputs, name, (None,), domain, **attrs)[0]
 
-    def linear(
-        self, x: str, w: _Linear, name: str, output: str | None = None, accuracy_level: int | None = None
-    ) -> str:
+    def linear(self, x: str, w: Linear, name: str, output: str | None = None, accuracy_level: int | None = None) -> str:
         """x [rows, k] @ w^T: [rows, n]."""
         level = self.accuracy_level if accuracy_level is None else accuracy_level
         out: tuple[str | None] = (output,)
@@ -299,8 +208,8 @@ def build(
     g = _Graph(accuracy_level)
     hd, kvh = cfg.head_dim, cfg.n_head_kv
 
-    def weight(name: str) -> _Linear:
-        return _read_linear(tensors[name + ".weight"])
+    def weight(name: str) -> Linear:
+        return read_linear(tensors[name + ".weight"])
 
     def gamma(name: str) -> NDArray[np.float32]:
         return np.asarray(tensors[name + ".weight"].data, dtype=np.float32).reshape(-1)
@@ -325,12 +234,12 @@ def build(
 
     cos, sin = rope_cache(cfg, cfg.context_length)
     cos_cache, sin_cache = g.const("rope.cos", cos), g.const("rope.sin", sin)
-    q_rows, k_rows = _unpermute_rows(cfg.n_head * hd, cfg.n_head), _unpermute_rows(kvh * hd, kvh)
+    q_rows, k_rows = unpermute_rows(cfg.n_head * hd, cfg.n_head), unpermute_rows(kvh * hd, kvh)
     x, _ = g.rms_norm(h, None, gamma("blk.0.attn_norm"), cfg.eps, "blk.0.attn_norm")
     ffn_out = ""
     for i in range(cfg.n_layers):
         p = f"blk.{i}."
-        qkv = _concat([weight(p + "attn_q").rows(q_rows), weight(p + "attn_k").rows(k_rows), weight(p + "attn_v")])
+        qkv = concat([weight(p + "attn_q").rows(q_rows), weight(p + "attn_k").rows(k_rows), weight(p + "attn_v")])
         packed = g.op("Reshape", [g.linear(x, qkv, p + "attn_qkv"), qkv_3d], p + "qkv_3d")
         cache = [f"past_key.{i}", f"past_value.{i}", "seqlens_k", "total_sequence_length", cos_cache, sin_cache]
         attn = g.node(
@@ -341,7 +250,7 @@ def build(
         attn = g.op("Reshape", [attn, rows_2d], p + "attn_2d")
         o = g.linear(attn, weight(p + "attn_output"), p + "attn_output")
         x, h = g.rms_norm(o, h, gamma(p + "ffn_norm"), cfg.eps, p + "ffn_norm")
-        gate_up = g.linear(x, _concat([weight(p + "ffn_gate"), weight(p + "ffn_up")]), p + "ffn_gate_up")
+        gate_up = g.linear(x, concat([weight(p + "ffn_gate"), weight(p + "ffn_up")]), p + "ffn_gate_up")
         gate, up = g.node("Split", [gate_up, g.ints(p + "ffn_split", cfg.ffn, cfg.ffn)], p + "ffn_split", (None, None),
                           axis=-1)  # fmt: skip
         silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], p + "sigmoid")], p + "silu")
@@ -394,7 +303,7 @@ def build(
     return model
 
 
-def _lm_head(g: _Graph, x: str, head: _Linear, table: tuple[str, str] | None) -> None:
+def _lm_head(g: _Graph, x: str, head: Linear, table: tuple[str, str] | None) -> None:
     """``logits`` [rows, vocab] = x @ head^T.
 
     A Q8_0 head runs as an 8-bit MatMulNBits with int8 activations (logits within a few tenths),

@@ -6,8 +6,9 @@ prefills their prompts in chunks of at most ``prefill_chunk`` tokens per step (s
 share a step's budget, a long one is spread over several steps), and runs one batched ``decode`` over
 every running sequence after each round of prefill, so a long prompt never stalls running streams for
 more than one chunk. Each sequence samples with its own TokenSampler and reports through its
-:class:`Sink`: one :class:`Chunk` per token when streaming, one with every token at the end otherwise,
-then one :class:`End`.
+:class:`~gateway.embedded.lm.jobs.Sink`: one :class:`~gateway.embedded.lm.jobs.Chunk` per token when
+streaming, one with every token at the end otherwise, then one :class:`~gateway.embedded.lm.jobs.End`
+(the data types live in :mod:`gateway.embedded.lm.jobs`).
 
 As TensorRT-LLM does, an end id ends a sequence without being emitted; a stop-words sequence is
 emitted, then ends it; a grammar that is complete ends it as an end id would. :meth:`Scheduler.stop`
@@ -18,56 +19,23 @@ requests into jobs and chunks into responses.
 
 from __future__ import annotations
 
-import enum
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from gateway.embedded.lm.grammar import Matcher
+from gateway.embedded.lm.jobs import Chunk, End, Job, Reason, Sink
 from gateway.embedded.lm.sampling import Sampled, SamplingSpec, TokenSampler
 
+__all__ = ["Chunk", "Compiler", "End", "Job", "Model", "Reason", "Sampler", "SamplerFactory", "Scheduler", "Sink"]
+
 log = logging.getLogger(__name__)
-
-
-class Chunk(NamedTuple):
-    """Tokens for the client: one when streaming, every token at the end otherwise."""
-
-    tokens: list[int]
-    logprobs: list[float] | None  # of these tokens (want_logprobs)
-    cum_logprob: float | None  # the sequence's running total through these tokens (want_logprobs)
-    logits: NDArray[np.float32] | None  # [len(tokens), vocab] processed logits (want_logits)
-
-
-class Reason(enum.Enum):
-    END = "end"  # an end id (not emitted), or a complete grammar
-    LENGTH = "length"  # max_new_tokens, or the context is full
-    STOP_WORDS = "stop words"  # a stop-words sequence (emitted)
-    STOPPED = "stop request"  # Scheduler.stop
-    CANCELLED = "call cancelled"  # the sink reported the call cancelled
-    ERROR = "error"
-
-
-class End(NamedTuple):
-    reason: Reason
-    tokens: int  # generated (the end id not counted)
-    error: str | None = None  # the message, for Reason.ERROR
-
-
-class Sink(Protocol):
-    """Where a sequence's output goes; every call comes from the loop thread."""
-
-    def emit(self, chunk: Chunk) -> None: ...
-
-    def finish(self, end: End) -> None: ...
-
-    def cancelled(self) -> bool: ...
 
 
 class Sampler(Protocol):
@@ -108,22 +76,6 @@ class Model(Protocol):
     def prefill(self, slot: int, ids: Sequence[int]) -> NDArray[np.float32]: ...
 
     def decode(self, slots: Sequence[int], ids: Sequence[int]) -> NDArray[np.float32]: ...
-
-
-@dataclass(slots=True, eq=False)
-class Job:
-    """One sequence to generate. End ids are ``sampling.end_ids``; ``guide`` is (guide type, guide)."""
-
-    request_id: str
-    prompt: list[int]
-    max_new_tokens: int
-    sink: Sink
-    sampling: SamplingSpec = field(default_factory=SamplingSpec)
-    streaming: bool = True
-    stop_words: tuple[tuple[int, ...], ...] = ()
-    guide: tuple[str, str] | None = None
-    want_logprobs: bool = False
-    want_logits: bool = False
 
 
 class _Seq:

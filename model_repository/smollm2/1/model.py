@@ -31,9 +31,10 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from gateway.embedded.lm.grammar import GrammarCompiler
+from gateway.embedded.lm.jobs import Chunk, End, Job, Reason
 from gateway.embedded.lm.runner import CausalLM
 from gateway.embedded.lm.sampling import SamplingSpec
-from gateway.embedded.lm.scheduler import Chunk, End, Job, Reason, Scheduler
+from gateway.embedded.lm.scheduler import Scheduler
 
 log = logging.getLogger("smollm2")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
