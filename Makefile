@@ -83,7 +83,7 @@ bench-churn: model protos
 	$(BIN)/python -m perf.churn --launch $(CHURN_ARGS)
 
 # the CPU model's structured outputs, tools and logprobs at 1 and 4 streams, and its engine against the
-# CTranslate2 one (0e0582f, from a git worktree under /tmp), interleaved in one run (about 7 minutes)
+# CTranslate2 one (0e0582f, from a git worktree under /tmp), interleaved in one run (about 5 minutes)
 FEATURES_ARGS ?= --rounds 3 --compare-ref 0e0582f
 .PHONY: bench-features
 bench-features: model protos

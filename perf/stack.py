@@ -66,11 +66,12 @@ class Stack:
             self.process.wait()
 
 
-def launch_stack(timeout: float = 240.0, log: Path | None = None) -> Stack:
-    """`python -m gateway serve` (gateway + embedded Triton) on free loopback ports."""
+def launch_stack(timeout: float = 240.0, log: Path | None = None, env: dict[str, str] | None = None) -> Stack:
+    """`python -m gateway serve` (gateway + embedded Triton) on free loopback ports, with ``env`` added to its
+    environment (e.g. ``PYTHONSAFEPATH=1 PYTHONPATH=<a worktree>`` runs another revision's stack)."""
     http, grpc, metrics = free_port(), free_port(), free_port()
     args = ["--triton-http-port", str(http), "--triton-grpc-port", str(grpc), "--triton-metrics-port", str(metrics)]
-    return _launch(args, f"127.0.0.1:{grpc}", {}, timeout, log or REPO_ROOT / "perf" / "results" / "stack.log")
+    return _launch(args, f"127.0.0.1:{grpc}", env or {}, timeout, log or REPO_ROOT / "perf" / "results" / "stack.log")
 
 
 def launch_gateway(

@@ -54,8 +54,9 @@ class TritonPythonModel:
         max_sequences = _int_param(params, "max_sequences", 8, 1)
         threads = _int_param(params, "threads", 0, 0)
         prefill_chunk = _int_param(params, "prefill_chunk", 256, 1)
+        int8 = params.get("int8_activations", "false").strip().lower() in ("1", "true", "yes")
         try:
-            self._lm = CausalLM(weights, max_sequences=max_sequences, threads=threads)
+            self._lm = CausalLM(weights, max_sequences=max_sequences, threads=threads, int8_activations=int8)
         except FileNotFoundError as exc:
             raise pb_utils.TritonModelException(
                 f"no engine in {weights} ({exc}): run `python -m gateway prepare-model` first"
