@@ -58,6 +58,7 @@ SHAPES: dict[str, dict[str, Any]] = {
     "tools": {
         "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": _CITY}}],
         "tool_choice": "required",
+        "parallel_tool_calls": False,  # one call: a small model asked for several repeats it to the length cut
     },
     "logprobs": {"logprobs": True, "top_logprobs": 3},
 }

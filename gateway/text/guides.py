@@ -59,6 +59,36 @@ def check_schema(schema: Mapping[str, Any], where: str = "schema") -> None:
         raise ValueError(f"{where} is not supported for guided decoding: {error.strip()[:500]}")
 
 
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SUBSCHEMA_ONE = ("items", "additionalProperties", "not", "if", "then", "else", "contains")
+
+
+def closed(schema: Any) -> Any:
+    """``schema`` with every object that does not say otherwise closed to the properties it lists
+    (``additionalProperties: false``), as xgrammar's strict mode and OpenAI's strict outputs do.
+
+    Everything the closed schema accepts, the given one accepts too; a small model held to an open
+    object tends to invent properties (copying the schema's own keywords) until its tokens run out.
+    """
+    if not isinstance(schema, Mapping):
+        return schema
+    out = dict(schema)
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(out.get(key), Mapping):
+            out[key] = {name: closed(sub) for name, sub in out[key].items()}
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [closed(sub) for sub in out[key]]
+    for key in _SUBSCHEMA_ONE:
+        if isinstance(out.get(key), Mapping):
+            out[key] = closed(out[key])
+    is_object = out.get("type") == "object" or (isinstance(out.get("type"), list) and "object" in out["type"])
+    if (is_object or "properties" in out) and "additionalProperties" not in out and "unevaluatedProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
 def response_format_guide(rf: Mapping[str, Any]) -> Guide | None:
     """The guide for an OpenAI ``response_format``; None for plain text."""
     if not isinstance(rf, Mapping):
@@ -85,12 +115,13 @@ def response_format_guide(rf: Mapping[str, Any]) -> Guide | None:
     if not isinstance(schema, Mapping):
         raise ValueError("response_format.json_schema.schema must be a JSON Schema object")
     check_schema(schema, "response_format.json_schema.schema")
-    return Guide("json_schema", canonical(schema))
+    return Guide("json_schema", canonical(closed(schema)))
 
 
 def _call_schema(tool: Tool, args_key: str) -> dict[str, Any]:
     parameters = tool.parameters or EMPTY_PARAMETERS
     check_schema(parameters, f"the parameters of tool {tool.name!r}")
+    parameters = closed(parameters)
     return {
         "type": "object",
         "properties": {"name": {"const": tool.name}, args_key: parameters},

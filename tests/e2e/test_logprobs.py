@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 
 import openai
 import pytest
@@ -125,3 +126,39 @@ def test_top_logprobs_without_logprobs_is_a_400(sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         sdk.chat.completions.create(model=MODEL, messages=FRANCE, logprobs=True, top_logprobs=21)  # type: ignore[arg-type]
     assert err.value.body["param"] == "top_logprobs"  # type: ignore[index]
+
+
+async def test_token_logprobs_add_up_to_the_cumulative_logprob(stack: Stack) -> None:
+    """Straight from Triton: the model's output_log_probs of a greedy sequence sum to its cum_log_probs."""
+    import grpc
+    from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+    from gateway.core.types import SamplingParams
+    from gateway.engine.contract import ModelContract, build_request, is_final, parse_logprobs, parse_tokens
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.triton_grpc_port}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        config: model_config_pb2.ModelConfig = (
+            await stub.ModelConfig(service_pb2.ModelConfigRequest(name="smollm2"))
+        ).config
+        contract = ModelContract.from_config(config)
+        sampling = SamplingParams(max_tokens=24, temperature=0.0, logprobs=True)
+        request = build_request(contract, "cum-1", [1, 9690, 198, 504, 3458, 282, 4649, 314], sampling, 2, 2)
+        request.outputs.add().name = "cum_log_probs"
+        call = stub.ModelStreamInfer()
+        await call.write(request)
+        await call.done_writing()
+        logprobs: list[float] = []
+        cumulative: list[float] = []
+        async for message in call:
+            assert not message.error_message
+            response = message.infer_response
+            ids = parse_tokens(response)
+            logprobs += [t.logprob for t in parse_logprobs(response, len(ids), 0)]
+            for i, out in enumerate(response.outputs):
+                if out.name == "cum_log_probs" and ids:
+                    cumulative.append(struct.unpack("<f", response.raw_output_contents[i][:4])[0])
+            if is_final(response):
+                break
+    assert len(logprobs) >= 2 and cumulative
+    assert math.fsum(logprobs) == pytest.approx(cumulative[-1], abs=1e-3)

@@ -209,3 +209,17 @@ def test_parse_logprobs_and_top_alternatives() -> None:
     assert parse_logprobs(resp, 1, top=0)[0].logprob == pytest.approx(-3.0)
     with pytest.raises(ContractError):
         parse_logprobs(response([9], 1), 1, top=0)
+
+
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_top_alternatives_over_a_full_vocabulary(k: int) -> None:
+    rng = np.random.default_rng(k)
+    logits = (rng.standard_normal(49152) * 3).astype(np.float32)
+    logits[rng.random(49152) < 0.3] = -np.inf  # masked by a grammar or a logit bias
+    resp = with_logprobs(response([0], 1), [-1.0], logits[None, :])
+    top = parse_logprobs(resp, 1, top=k)[0].top
+    finite = logits[np.isfinite(logits)].astype(np.float64)
+    reference = logits.astype(np.float64) - (finite.max() + np.log(np.exp(finite - finite.max()).sum()))
+    best = np.argsort(-reference, kind="stable")[:k]
+    assert [t for t, _ in top] == best.tolist()
+    assert [v for _, v in top] == pytest.approx(reference[best].tolist(), abs=1e-4)

@@ -13,7 +13,7 @@ import pytest
 from llguidance import LLMatcher, LLTokenizer
 
 from gateway.core.types import Guide, Tool, ToolChoice
-from gateway.text.guides import _schema_error, check_schema, response_format_guide, tool_guide
+from gateway.text.guides import _schema_error, check_schema, closed, response_format_guide, tool_guide
 from gateway.text.toolcalls import parse_all
 
 TOKENIZER_JSON = Path(__file__).resolve().parents[2] / "model_repository" / "smollm2" / "weights" / "tokenizer.json"
@@ -106,7 +106,7 @@ def test_response_format_json_schema_keeps_property_order() -> None:
     guide = response_format_guide(
         {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}}
     )
-    assert guide == Guide("json_schema", json.dumps(schema, separators=(",", ":")))
+    assert guide == Guide("json_schema", json.dumps({**schema, "additionalProperties": False}, separators=(",", ":")))
     assert guide.text.index("zeta") < guide.text.index("alpha")
     assert response_format_guide({"type": "json_schema", "json_schema": {"name": "x"}}) == Guide("json")
 
@@ -193,7 +193,11 @@ def test_xgrammar_forced_calls_are_a_schema_after_a_prefill(fmt: str, prefill: s
 def test_tool_without_parameters_takes_an_empty_object() -> None:
     guide = tool_guide([Tool("now")], ToolChoice("required"), False, "hermes", "xgrammar")
     assert guide is not None
-    assert json.loads(guide.text)["properties"]["arguments"] == {"type": "object", "properties": {}}
+    assert json.loads(guide.text)["properties"]["arguments"] == {
+        "type": "object",
+        "properties": {},
+        "additionalProperties": False,
+    }
 
 
 def test_tool_guide_errors() -> None:
@@ -310,3 +314,24 @@ def test_schema_text_cannot_break_the_grammar(lltok: LLTokenizer) -> None:
                 for name, arguments in calls:
                     assert name == "odd-name_2"
                     jsonschema.validate(json.loads(arguments), dict(odd.parameters))
+
+
+def test_objects_are_closed_unless_the_schema_says_otherwise() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "a": {"type": "object", "properties": {"b": {"type": "string"}}},
+            "list": {"type": "array", "items": {"properties": {"c": {"type": "integer"}}}},
+            "open": {"type": "object", "additionalProperties": {"type": "string"}},
+            "either": {"anyOf": [{"type": "object"}, {"type": "string"}]},
+        },
+        "$defs": {"d": {"type": "object", "properties": {}}},
+    }
+    out = closed(schema)
+    assert out["additionalProperties"] is False
+    assert out["properties"]["a"]["additionalProperties"] is False
+    assert out["properties"]["list"]["items"]["additionalProperties"] is False
+    assert out["properties"]["open"]["additionalProperties"] == {"type": "string"}  # as given
+    assert out["properties"]["either"]["anyOf"][0]["additionalProperties"] is False
+    assert out["$defs"]["d"]["additionalProperties"] is False
+    assert "additionalProperties" not in schema  # the caller's schema is left alone
