@@ -696,8 +696,8 @@ def adapter(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
     spec.loader.exec_module(module)
     built: dict[str, Any] = {}
 
-    def causal_lm(weights: Path, *, max_sequences: int, threads: int) -> FakeLM:
-        built.update(weights=weights, max_sequences=max_sequences, threads=threads)
+    def causal_lm(weights: Path, *, max_sequences: int, threads: int, int8_activations: bool) -> FakeLM:
+        built.update(weights=weights, max_sequences=max_sequences, threads=threads, int8=int8_activations)
         return FakeLM(max_sequences=max_sequences, delay=0.001)
 
     def compiler(tokenizer_json: Path, end_ids: Sequence[int]) -> FakeCompiler:
@@ -710,11 +710,16 @@ def adapter(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
     weights.mkdir()
     (weights / "tokenizer.json").write_text(json.dumps({"added_tokens": [{"id": 2, "content": "<|im_end|>"}]}))
     (weights / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>"}))
-    params = {"max_sequences": {"string_value": "4"}, "threads": {"string_value": "0"}}
+    params = {
+        "max_sequences": {"string_value": "4"},
+        "threads": {"string_value": "0"},
+        "int8_activations": {"string_value": "true"},
+    }
     model = module.TritonPythonModel()
     model.initialize({"model_config": json.dumps({"parameters": params}), "model_repository": str(tmp_path)})
     assert built == {
-        "weights": weights, "max_sequences": 4, "threads": 0, "tokenizer": weights / "tokenizer.json", "end_ids": [2]
+        "weights": weights, "max_sequences": 4, "threads": 0, "int8": True,
+        "tokenizer": weights / "tokenizer.json", "end_ids": [2],
     }  # fmt: skip
     model.logged = logged
     yield model
