@@ -303,16 +303,17 @@ def parse_tokens(response: service_pb2.ModelInferResponse) -> list[int]:
     return ids.tolist()
 
 
-def parse_logprobs(response: service_pb2.ModelInferResponse, count: int, top: int) -> list[TokenLogprob]:
-    """The logprobs of a response's ``count`` new tokens (first beam), with the ``top`` most likely
-    tokens of each step computed from ``generation_logits`` (log-softmax over the vocabulary).
+def parse_logprobs(response: service_pb2.ModelInferResponse, ids: list[int], top: int) -> list[TokenLogprob]:
+    """The logprobs of a response's new tokens ``ids`` (as :func:`parse_tokens` read them), with the
+    ``top`` most likely tokens of each step computed from ``generation_logits`` (log-softmax over the
+    vocabulary).
 
     A model that returns values for the whole sequence so far is read from the end: the last
-    ``count`` values belong to this response's tokens.
+    ``len(ids)`` values belong to this response's tokens.
     """
+    count = len(ids)
     if count == 0:
         return []
-    ids = parse_tokens(response)
     logprobs: NDArray[np.float32] | None = None
     logits: NDArray[np.float32] | None = None
     raw = response.raw_output_contents
@@ -330,7 +331,7 @@ def parse_logprobs(response: service_pb2.ModelInferResponse, count: int, top: in
     tops: list[tuple[tuple[int, float], ...]] = [()] * count
     if logits is not None and len(logits) == count:
         tops = [_top_logprobs(row, top) for row in logits]
-    return [TokenLogprob(t, float(lp), k) for t, lp, k in zip(ids[-count:], logprobs.tolist(), tops, strict=True)]
+    return [TokenLogprob(t, float(lp), k) for t, lp, k in zip(ids, logprobs.tolist(), tops, strict=True)]
 
 
 _BLOCK = 256  # top-k search: the best blocks by their maximum first, then the k best in those blocks

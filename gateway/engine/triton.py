@@ -171,7 +171,7 @@ class TritonClient:
                 if ids:
                     if sampling.logprobs:
                         try:
-                            logprobs = parse_logprobs(infer_response, len(ids), sampling.top_logprobs)
+                            logprobs = parse_logprobs(infer_response, ids, sampling.top_logprobs)
                         except ContractError as exc:
                             raise UpstreamError(f"Triton at {self.url}: {exc}") from None
                         yield Tokens(ids, logprobs)

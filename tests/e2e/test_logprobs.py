@@ -154,7 +154,7 @@ async def test_token_logprobs_add_up_to_the_cumulative_logprob(stack: Stack) -> 
             assert not message.error_message
             response = message.infer_response
             ids = parse_tokens(response)
-            logprobs += [t.logprob for t in parse_logprobs(response, len(ids), 0)]
+            logprobs += [t.logprob for t in parse_logprobs(response, ids, 0)]
             for i, out in enumerate(response.outputs):
                 if out.name == "cum_log_probs" and ids:
                     cumulative.append(struct.unpack("<f", response.raw_output_contents[i][:4])[0])

@@ -198,7 +198,7 @@ def with_logprobs(
 def test_parse_logprobs_and_top_alternatives() -> None:
     logits = np.array([[0.0, 2.0, 1.0, -np.inf], [3.0, 0.0, 0.0, 0.0]], dtype=np.float32)
     resp = with_logprobs(response([1, 0], 2), [-0.4, -0.1], logits)
-    got = parse_logprobs(resp, 2, top=4)
+    got = parse_logprobs(resp, parse_tokens(resp), top=4)
     assert [(t.id, round(t.logprob, 3)) for t in got] == [(1, -0.4), (0, -0.1)]
     first = got[0].top
     assert [t for t, _ in first] == [1, 2, 0]  # best first; the impossible token is left out
@@ -206,9 +206,9 @@ def test_parse_logprobs_and_top_alternatives() -> None:
     assert [v for _, v in first] == pytest.approx(sorted(expected.tolist(), reverse=True))
     # a model that sends the whole sequence's logprobs on each response: the last values are the new tokens'
     resp = with_logprobs(response([9], 1), [-1.0, -2.0, -3.0])
-    assert parse_logprobs(resp, 1, top=0)[0].logprob == pytest.approx(-3.0)
+    assert parse_logprobs(resp, [9], top=0)[0].logprob == pytest.approx(-3.0)
     with pytest.raises(ContractError):
-        parse_logprobs(response([9], 1), 1, top=0)
+        parse_logprobs(response([9], 1), [9], top=0)
 
 
 @pytest.mark.parametrize("k", [1, 5, 20])
@@ -217,7 +217,7 @@ def test_top_alternatives_over_a_full_vocabulary(k: int) -> None:
     logits = (rng.standard_normal(49152) * 3).astype(np.float32)
     logits[rng.random(49152) < 0.3] = -np.inf  # masked by a grammar or a logit bias
     resp = with_logprobs(response([0], 1), [-1.0], logits[None, :])
-    top = parse_logprobs(resp, 1, top=k)[0].top
+    top = parse_logprobs(resp, [0], top=k)[0].top
     finite = logits[np.isfinite(logits)].astype(np.float64)
     reference = logits.astype(np.float64) - (finite.max() + np.log(np.exp(finite - finite.max()).sum()))
     best = np.argsort(-reference, kind="stable")[:k]

@@ -762,19 +762,22 @@ def test_adapter_answers_at_once_when_not_streaming(adapter: Any) -> None:
 
 
 def test_adapter_logprobs_and_logits_as_the_gateway_parses_them(adapter: Any) -> None:
-    from gateway.engine.contract import parse_logprobs
+    from gateway.engine.contract import parse_logprobs, parse_tokens
+
+    def logprobs_of(infer: Any) -> list[Any]:
+        return parse_logprobs(infer, parse_tokens(infer), 2)
 
     flags = {"return_log_probs": np.asarray([True]), "return_generation_logits": np.asarray([True])}
     streamed = triton_request("s", max_new=3, streaming=np.asarray([True]), **flags)
     whole = triton_request("w", max_new=3, **flags)
     adapter.execute([streamed, whole])
-    parsed = [lp for r in streamed.sender.wait() for lp in parse_logprobs(to_infer_response(r), 1, 2)]
+    parsed = [lp for r in streamed.sender.wait() for lp in logprobs_of(to_infer_response(r))]
     for r in streamed.sender.responses:
         assert r.outputs["output_log_probs"].shape == (1, 1, 1) and r.outputs["cum_log_probs"].shape == (1, 1)
         assert r.outputs["generation_logits"].shape == (1, 1, 1, VOCAB)
     (response,) = whole.sender.wait()
     assert response.outputs["generation_logits"].shape == (1, 1, 3, VOCAB)
-    at_once = parse_logprobs(to_infer_response(response), 3, 2)
+    at_once = logprobs_of(to_infer_response(response))
     assert [p.id for p in parsed] == [p.id for p in at_once] == expected(3, 3)
     assert [p.logprob for p in parsed] == pytest.approx([p.logprob for p in at_once])
     assert all(p.top[0] == (p.id, pytest.approx(p.logprob)) for p in parsed)  # greedy: the top one
