@@ -20,6 +20,7 @@ from tokenizers import Tokenizer as _RustTokenizer
 from tokenizers.decoders import DecodeStream
 
 from gateway.errors import InvalidRequest
+from gateway.text.tool_prompt import template_supports_tools
 
 # Prompts up to this many characters are templated and tokenized inline (tens of µs); larger ones on
 # a thread, so one huge request cannot stall every stream of the process (tokenizers drops the GIL).
@@ -70,7 +71,7 @@ class Tokenizer:
         self._stop_cache: dict[tuple[str, ...], tuple[tuple[int, ...], ...]] = {}
         self._pieces: dict[int, tuple[str, bytes]] = {}
         self._byte_level = _has_byte_level(self._tok)
-        self.template_source: str = template or ""
+        self.supports_tools = template_supports_tools(template or "")  # the template renders `tools` itself
         self._template = None
         if template:
             env = ImmutableSandboxedEnvironment(
@@ -171,11 +172,6 @@ class Tokenizer:
 
     def decode_stream(self) -> _StreamDecoder:
         return _StreamDecoder(self._tok)
-
-    @property
-    def supports_tools(self) -> bool:
-        """The chat template renders ``tools`` (and tool calls) itself."""
-        return "tools" in self.template_source
 
     def apply_chat_template(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
         """The prompt text for ``messages`` with the generation prompt added.
