@@ -31,16 +31,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         shape=output_shape(body),
     )
     request[PLAN] = plan
-    piece = plan.model.tokenizer.piece if plan.sampling.logprobs else None
-    fmt = ChatFormat(plan.request_id, now(), plan.model.id, piece)
-    return await respond(
-        request,
-        fmt,
-        plan,
-        stream=body.stream,
-        include_usage=body.include_usage,
-        continuous_usage=body.continuous_usage,
-    )
+    fmt = ChatFormat(plan.request_id, now(), plan.model.id, plan.model.tokenizer.piece)
+    return await respond(request, fmt, plan, body)
 
 
 def _message(message: ChatMessage) -> dict[str, Any]:
@@ -77,7 +69,4 @@ def output_shape(body: ChatCompletionRequest) -> OutputShape:
         if given != "none" and not tools:
             raise InvalidRequest("'tool_choice' is only allowed when 'tools' are given", param="tool_choice")
         choice = ToolChoice(given)
-    response_format = (
-        body.response_format.model_dump(by_alias=True, exclude_none=True) if body.response_format is not None else None
-    )
-    return OutputShape(response_format, tools, choice, body.parallel_tool_calls)
+    return OutputShape(body.response_format_dict, tools, choice, body.parallel_tool_calls)

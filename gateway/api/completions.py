@@ -35,18 +35,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
         sampling_input(body),
         limiter=request.app[LIMITER],
         started=request[STARTED],
-        response_format=body.response_format.model_dump(by_alias=True, exclude_none=True)
-        if body.response_format is not None
-        else None,
+        response_format=body.response_format_dict,
     )
     request[PLAN] = plan
-    piece = plan.model.tokenizer.piece if plan.sampling.logprobs else None
-    fmt = CompletionFormat(plan.request_id, now(), plan.model.id, plan.echo, piece)
-    return await respond(
-        request,
-        fmt,
-        plan,
-        stream=body.stream,
-        include_usage=body.include_usage,
-        continuous_usage=body.continuous_usage,
-    )
+    fmt = CompletionFormat(plan.request_id, now(), plan.model.id, plan.echo, plan.model.tokenizer.piece)
+    return await respond(request, fmt, plan, body)

@@ -19,6 +19,7 @@ from aiohttp import web
 from gateway.api.context import PLAN
 from gateway.api.formats import SSE_DONE, ResponseFormat, sse_event
 from gateway.api.observe import CLIENT_GONE, stamp_headers
+from gateway.api.schema import SamplingFields
 from gateway.core.generate import collect, generate
 from gateway.core.halt import guarded
 from gateway.core.plan import Plan
@@ -36,19 +37,12 @@ SSE_HEADERS = {
 }
 
 
-async def respond(
-    request: web.Request,
-    fmt: ResponseFormat,
-    plan: Plan,
-    *,
-    stream: bool,
-    include_usage: bool,
-    continuous_usage: bool = False,
-) -> web.StreamResponse:
-    """``continuous_usage``: every chunk carries the usage so far (vLLM's continuous_usage_stats)."""
+async def respond(request: web.Request, fmt: ResponseFormat, plan: Plan, body: SamplingFields) -> web.StreamResponse:
+    """The response to ``body``: whole or streamed, with the usage at the end (``include_usage``) or on
+    every chunk (``continuous_usage_stats``) as its ``stream_options`` ask."""
     try:
         # in a task of its own: a client that goes away halts the request, never cancels a Triton read
-        work = _respond(request, fmt, plan, stream, include_usage, continuous_usage)
+        work = _respond(request, fmt, plan, body.stream, body.include_usage, body.continuous_usage)
         return await guarded(plan.halt, work)
     except asyncio.CancelledError:  # the client went away (handler cancellation)
         DISCONNECTS.labels(plan.model.id).inc()

@@ -161,6 +161,13 @@ class SamplingFields(WireModel):
         return self.stream_options is not None and self.stream_options.continuous_usage_stats
 
     @property
+    def response_format_dict(self) -> dict[str, Any] | None:
+        """``response_format`` as OpenAI's JSON (fields not given left out), as the guides read it."""
+        if self.response_format is None:
+            return None
+        return self.response_format.model_dump(by_alias=True, exclude_none=True)
+
+    @property
     def token_limit(self) -> int | None:
         return self.max_tokens
 
