@@ -88,7 +88,7 @@ async def plan_chat(
     _check_length(model, content_chars(messages), "messages")
     contract = await model.contract()
     shape = shape or OutputShape()
-    guide, guide_param = _response_guide(shape.response_format)
+    guide = _response_guide(shape.response_format)
     tool_format: str | None = None
     tools: list[dict[str, Any]] | None = None
     with_tools = any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
@@ -101,7 +101,7 @@ async def plan_chat(
     if shape.calls_tools:
         if guide is not None:
             raise InvalidRequest("'response_format' cannot be combined with 'tools'", param="response_format")
-        guide, guide_param = _tool_guide(model, contract.guided_decoding_backend, shape, tool_format or "generic")
+        guide = _tool_guide(model, contract.guided_decoding_backend, shape, tool_format or "generic")
     else:
         tool_format = None  # tools in the history, none to call now: the output is text
     prefill = guide.prefill if guide is not None else ""
@@ -114,7 +114,7 @@ async def plan_chat(
         default_max_tokens=model.config.default_max_tokens,
         prompt_param="messages",
         guide=guide,
-        guide_param=guide_param,
+        guide_param="tool_choice" if shape.calls_tools else "response_format",
     )
     choices = _choices([prompt_ids], n, given.seed)
     plan = Plan(model, new_id("chatcmpl"), choices, sampling, len(prompt_ids), stats, principal.project)
@@ -122,19 +122,16 @@ async def plan_chat(
     return await _planned(plan, principal, limiter)
 
 
-def _response_guide(response_format: dict[str, Any] | None) -> tuple[Guide | None, str]:
+def _response_guide(response_format: dict[str, Any] | None) -> Guide | None:
     if response_format is None:
-        return None, "response_format"
+        return None
     try:
-        guide = response_format_guide(response_format)  # the schema is checked to compile (400 if not)
+        return response_format_guide(response_format)  # the schema is checked to compile (400 if not)
     except ValueError as exc:
         raise InvalidRequest(f"Invalid 'response_format': {exc}", param="response_format") from None
-    return guide, "response_format"
 
 
-def _tool_guide(
-    model: ServedModel, backend: str | None, shape: OutputShape, tool_format: str
-) -> tuple[Guide | None, str]:
+def _tool_guide(model: ServedModel, backend: str | None, shape: OutputShape, tool_format: str) -> Guide | None:
     """The grammar that holds the output to the tool choice; ``auto`` goes unconstrained without one."""
     mode = shape.tool_choice.mode
     if backend is None:
@@ -143,12 +140,11 @@ def _tool_guide(
                 f"'tool_choice' {mode!r} needs guided decoding, which model '{model.id}' does not have",
                 param="tool_choice",
             )
-        return None, "tool_choice"
+        return None
     try:
-        guide = tool_guide(list(shape.tools), shape.tool_choice, shape.parallel_tool_calls, tool_format, backend)
+        return tool_guide(list(shape.tools), shape.tool_choice, shape.parallel_tool_calls, tool_format, backend)
     except ValueError as exc:
         raise InvalidRequest(f"Invalid 'tools': {exc}", param="tools") from None
-    return guide, "tool_choice"
 
 
 def _tool_dict(tool: Tool) -> dict[str, Any]:
@@ -174,7 +170,7 @@ async def plan_completion(
     model = registry.get(model_id, principal)
     tokenizer = model.tokenizer
     vocab = tokenizer.vocab_size
-    guide, guide_param = _response_guide(response_format)
+    guide = _response_guide(response_format)
     ids_list: list[list[int]] = []
     for prompt in prompts:
         if isinstance(prompt, str):
@@ -193,7 +189,6 @@ async def plan_completion(
         default_max_tokens=COMPLETIONS_DEFAULT_MAX_TOKENS,
         prompt_param="prompt",
         guide=guide,
-        guide_param=guide_param,
     )
     echo_texts = [tokenizer.decode(ids) for ids in ids_list for _ in range(n)] if echo else None
     prompt_tokens = sum(len(ids) for ids in ids_list)
