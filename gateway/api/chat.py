@@ -12,7 +12,7 @@ from gateway.api.context import CONFIG, LIMITER, PLAN, REGISTRY, STARTED, now
 from gateway.api.formats import ChatFormat
 from gateway.api.respond import respond
 from gateway.api.schema import ChatCompletionRequest, ChatMessage, NamedToolChoice
-from gateway.core.plan import OutputShape, plan_chat
+from gateway.core.plan import OutputShape, checked_shape, plan_chat
 from gateway.core.types import Tool, ToolChoice
 from gateway.errors import InvalidRequest
 
@@ -55,18 +55,9 @@ def output_shape(body: ChatCompletionRequest) -> OutputShape:
     tools = tuple(
         Tool(t.function.name, t.function.description or "", t.function.parameters or {}) for t in body.tools or ()
     )
-    if len({t.name for t in tools}) != len(tools):
-        raise InvalidRequest("'tools' lists a function name twice", param="tools")
-    choice = ToolChoice("auto" if tools else "none")
     given = body.tool_choice
     if isinstance(given, NamedToolChoice):
-        if all(t.name != given.function.name for t in tools):
-            raise InvalidRequest(
-                f"'tool_choice' names a function that is not in 'tools': {given.function.name!r}", param="tool_choice"
-            )
-        choice = ToolChoice("named", given.function.name)
-    elif given is not None:
-        if given != "none" and not tools:
-            raise InvalidRequest("'tool_choice' is only allowed when 'tools' are given", param="tool_choice")
-        choice = ToolChoice(given)
-    return OutputShape(body.response_format_dict, tools, choice, body.parallel_tool_calls)
+        choice: ToolChoice | None = ToolChoice("named", given.function.name)
+    else:
+        choice = None if given is None else ToolChoice(given)
+    return checked_shape(body.response_format_dict, tools, choice, body.parallel_tool_calls)

@@ -58,6 +58,24 @@ class OutputShape:
         return bool(self.tools) and self.tool_choice.mode != "none"
 
 
+def checked_shape(
+    response_format: dict[str, Any] | None, tools: tuple[Tool, ...], choice: ToolChoice | None, parallel: bool
+) -> OutputShape:
+    """The shape a request asked for, with OpenAI's rules across its fields checked (REST and gRPC
+    alike). ``choice`` None: ``auto`` when there are tools, ``none`` when there are none."""
+    if len({t.name for t in tools}) != len(tools):
+        raise InvalidRequest("'tools' lists a function name twice", param="tools")
+    if choice is None:
+        choice = ToolChoice("auto" if tools else "none")
+    elif choice.mode != "none" and not tools:
+        raise InvalidRequest("'tool_choice' is only allowed when 'tools' are given", param="tool_choice")
+    elif choice.mode == "named" and all(t.name != choice.name for t in tools):
+        raise InvalidRequest(
+            f"'tool_choice' names a function that is not in 'tools': {choice.name!r}", param="tool_choice"
+        )
+    return OutputShape(response_format, tools, choice, parallel)
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 

@@ -15,7 +15,7 @@ from gateway.core.limits import (
     PENALTY_RANGE,
     TEMPERATURE_RANGE,
 )
-from gateway.core.plan import OutputShape, Prompt
+from gateway.core.plan import OutputShape, Prompt, checked_shape
 from gateway.core.types import FinishReason, SamplingInput, TokenLogprob, Tool, ToolCall, ToolChoice, Usage
 from gateway.errors import InvalidRequest
 from gateway.grpcapi.stubs import pb
@@ -143,19 +143,13 @@ def output_shape(request: pb.ChatCompletionRequest) -> OutputShape:
         Tool(t.name, t.description, _json(t.parameters_json, f"tools.{i}.parameters_json") if t.parameters_json else {})
         for i, t in enumerate(request.tools)
     )
-    if len({t.name for t in tools}) != len(tools) or any(not t.name for t in tools):
-        raise InvalidRequest("'tools' must name each function once", param="tools")
+    if any(not t.name for t in tools):
+        raise InvalidRequest("'tools' must name each function", param="tools")
     given = request.tool_choice
-    mode = _MODES.get(given.mode, "auto" if tools else "none")
-    if mode != "none" and not tools:
-        raise InvalidRequest("'tool_choice' is only allowed when 'tools' are given", param="tool_choice")
-    if mode == "named" and all(t.name != given.name for t in tools):
-        raise InvalidRequest(
-            f"'tool_choice' names a function that is not in 'tools': {given.name!r}", param="tool_choice"
-        )
+    mode = _MODES.get(given.mode)
+    choice = None if mode is None else ToolChoice(mode, given.name if mode == "named" else None)  # type: ignore[arg-type]
     parallel = request.parallel_tool_calls if request.HasField("parallel_tool_calls") else True
-    choice = ToolChoice(mode, given.name if mode == "named" else None)  # type: ignore[arg-type]
-    return OutputShape(response_format(request.response_format), tools, choice, parallel)
+    return checked_shape(response_format(request.response_format), tools, choice, parallel)
 
 
 def logprobs(tokens: list[TokenLogprob] | None, piece: Callable[[int], tuple[str, bytes]]) -> list[pb.TokenLogprob]:
