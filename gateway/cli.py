@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import (
+    DEFAULT_TRITON_MODEL,
     EMBEDDED_TRITON_MODELS,
+    EMBEDDING_TRITON_MODEL,
     REPO_ROOT,
+    TRANSCRIPTION_TRITON_MODEL,
     ConfigError,
     GatewayConfig,
     ModelConfig,
@@ -31,9 +34,11 @@ from gateway.config import (
 )
 from gateway.embedded.gguf_convert import prepare
 from gateway.embedded.liveness import PROBE_TIMEOUT, generation_probe
+from gateway.embedded.minilm_prepare import prepare_minilm
 from gateway.embedded.ports import PortClaim, first_conflict
 from gateway.embedded.supervisor import RestartPolicy, TritonSupervisor
 from gateway.embedded.tritonserver import TritonLaunchError, TritonPorts, TritonServer
+from gateway.embedded.whisper_prepare import prepare_whisper
 from gateway.workers import supervise
 
 log = logging.getLogger("gateway")
@@ -53,8 +58,11 @@ def default_gguf() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
 
 
-def prepare_default_model(model_repository: Path) -> Path:
-    return prepare(default_gguf(), model_repository / "smollm2" / "weights", _progress)
+def prepare_default_models(model_repository: Path, gguf: Path | None = None) -> None:
+    """The embedded models' weights, from their packages (each step is skipped once done)."""
+    prepare(gguf or default_gguf(), model_repository / DEFAULT_TRITON_MODEL / "weights", _progress)
+    prepare_minilm(model_repository / EMBEDDING_TRITON_MODEL / "weights", _progress)
+    prepare_whisper(model_repository / TRANSCRIPTION_TRITON_MODEL / "weights", _progress)
 
 
 def _env_int(name: str) -> int | None:
@@ -128,8 +136,10 @@ def _parser() -> argparse.ArgumentParser:
         " (default 3)",
     )
 
-    prep = sub.add_parser("prepare-model", help="convert the bundled SmolLM2 GGUF for the CPU Triton model")
-    prep.add_argument("--gguf", type=Path, default=None)
+    prep = sub.add_parser(
+        "prepare-model", help="prepare the embedded CPU models (SmolLM2 from its GGUF, MiniLM, Whisper base)"
+    )
+    prep.add_argument("--gguf", type=Path, default=None, help="the SmolLM2 GGUF (default: the package's)")
     prep.add_argument("--model-repository", type=Path, default=REPO_ROOT / "model_repository")
 
     keys = sub.add_parser("keys", help="API keys")
@@ -285,7 +295,7 @@ def _serve(args: argparse.Namespace) -> int:
         problem = first_conflict(_port_claims(config, triton))
         if problem is None:
             if triton is not None:  # converts the GGUF on first use (minutes): only once the ports are free
-                prepare_default_model(args.model_repository)
+                prepare_default_models(args.model_repository)
             problem = _missing_tokenizer(config)
         if problem is not None:
             _progress(f"error: {problem}")
@@ -363,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(raw)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "prepare-model":
-        prepare(args.gguf or default_gguf(), args.model_repository / "smollm2" / "weights", _progress)
+        prepare_default_models(args.model_repository, args.gguf)
         return 0
     if args.command == "keys":
         return _create_key(args)

@@ -19,17 +19,35 @@ DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 DEFAULT_TRITON_MODEL = "smollm2"
 SYNTHETIC_MODEL_ID = "synthetic"
 SYNTHETIC_TRITON_MODEL = "synthetic"
+EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
+EMBEDDING_TRITON_MODEL = "minilm"
+TRANSCRIPTION_MODEL_ID = "whisper-base"
+TRANSCRIPTION_TRITON_MODEL = "whisper"
 # OpenAI id -> Triton model, of the embedded CPU Triton (the only models it loads)
-EMBEDDED_MODELS = {DEFAULT_MODEL_ID: DEFAULT_TRITON_MODEL, SYNTHETIC_MODEL_ID: SYNTHETIC_TRITON_MODEL}
+EMBEDDED_MODELS = {
+    DEFAULT_MODEL_ID: DEFAULT_TRITON_MODEL,
+    SYNTHETIC_MODEL_ID: SYNTHETIC_TRITON_MODEL,
+    EMBEDDING_MODEL_ID: EMBEDDING_TRITON_MODEL,
+    TRANSCRIPTION_MODEL_ID: TRANSCRIPTION_TRITON_MODEL,
+}
 EMBEDDED_TRITON_MODELS = tuple(EMBEDDED_MODELS.values())
+
+# what a model does, and so which APIs it serves (each tensor contract is documented with its Triton model)
+Task = Literal["generate", "embed", "score", "transcribe"]
 
 
 class ModelConfig(BaseModel):
-    """One OpenAI model id served by one Triton model that speaks the token contract."""
+    """One OpenAI model id served by one Triton model."""
 
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(description="the OpenAI `model` name clients send")
+    task: Task = Field(
+        default="generate",
+        description="generate: chat and completions (TensorRT-LLM's token contract); embed: /v1/embeddings, and"
+        " /v1/rerank by cosine similarity; score: a cross-encoder, /v1/rerank and /v1/score; transcribe:"
+        " /v1/audio/transcriptions (a Whisper model)",
+    )
     triton_url: str | None = Field(default=None, description="Triton gRPC host:port (one server)")
     triton_urls: list[str] = Field(
         default_factory=list,
@@ -49,6 +67,21 @@ class ModelConfig(BaseModel):
         description="how the model writes tool calls: hermes (<tool_call>{...}</tool_call>, Qwen/Hermes), "
         'llama3_json ({"name", "parameters"}), generic (tools described in the system prompt, calls in '
         "hermes markup held by the grammar); default: hermes when the chat template renders tools, else generic",
+    )
+    pooling: Literal["mean", "cls"] = Field(
+        default="mean",
+        description="embed, when the Triton model returns last_hidden_state instead of pooled embeddings: how the"
+        " gateway pools the tokens (then L2-normalises)",
+    )
+    matryoshka: bool = Field(
+        default=False,
+        description="embed: the model was trained for truncated embeddings, so `dimensions` may ask for fewer",
+    )
+    max_batch: int | None = Field(
+        default=None,
+        ge=1,
+        description="embed/score: inputs per Triton request (default: the model's max_batch_size); larger"
+        " requests are split and the parts sent concurrently",
     )
     max_in_flight: int | None = Field(default=None, ge=1, description="requests sent upstream at once (unset: no cap)")
     max_queue: int = Field(default=0, ge=0, description="requests that may wait for a slot; more get 503")
@@ -113,6 +146,10 @@ class GatewayConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
+    max_audio_bytes: int = Field(
+        default=25 * 1024 * 1024, ge=1024, description="larger audio uploads get 413 (OpenAI's limit: 25 MB)"
+    )
+    max_audio_seconds: float = Field(default=3600.0, gt=0, description="longer recordings get 400")
     triton_timeout: float = Field(default=5.0, gt=0, description="seconds for Triton health/config calls")
     health_check_interval: float = Field(
         default=2.0, gt=0, description="seconds between active health checks of each upstream (server + model ready)"
@@ -192,14 +229,17 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> GatewayConfig:
 
 
 def embedded_models(triton_url: str, model_repository: Path, default_max_tokens: int) -> list[ModelConfig]:
-    """The embedded CPU Triton's models: SmolLM2, and the synthetic benchmark upstream (same tokenizer)."""
-    tokenizer_dir = model_repository / DEFAULT_TRITON_MODEL / "weights"
+    """The embedded CPU Triton's models: SmolLM2, the synthetic benchmark upstream (same tokenizer),
+    all-MiniLM-L6-v2 for embeddings (and rerank by cosine), and Whisper base for transcription."""
+    lm_tokenizer = model_repository / DEFAULT_TRITON_MODEL / "weights"
+    tasks: dict[str, Task] = {EMBEDDING_MODEL_ID: "embed", TRANSCRIPTION_MODEL_ID: "transcribe"}
     return [
         ModelConfig(
             id=model_id,
+            task=tasks.get(model_id, "generate"),
             triton_url=triton_url,
             triton_model=triton_model,
-            tokenizer_dir=tokenizer_dir,
+            tokenizer_dir=lm_tokenizer if model_id not in tasks else model_repository / triton_model / "weights",
             default_max_tokens=default_max_tokens,
         )
         for model_id, triton_model in EMBEDDED_MODELS.items()

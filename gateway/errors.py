@@ -73,6 +73,12 @@ class ContextLengthExceeded(InvalidRequest):
     kind = ErrorKind(400, "invalid_request_error", "context_length_exceeded", "INVALID_ARGUMENT")
 
 
+class WrongModelTask(InvalidRequest):
+    """A model asked for what it does not do: embeddings of a chat model, a chat with an embedding model."""
+
+    kind = ErrorKind(400, "invalid_request_error", "model_not_supported", "INVALID_ARGUMENT")
+
+
 class Unauthorized(GatewayError):
     kind = ErrorKind(401, "invalid_request_error", "invalid_api_key", "UNAUTHENTICATED")
 
@@ -158,6 +164,7 @@ ERROR_TABLE: dict[type[GatewayError], ErrorKind] = {
         MalformedRequest,
         UnsupportedParameter,
         ContextLengthExceeded,
+        WrongModelTask,
         Unauthorized,
         Forbidden,
         ModelNotFound,

@@ -6,15 +6,19 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from gateway.api.audio import transcriptions, translations
 from gateway.api.auth import auth_middleware
 from gateway.api.body import expect_later
 from gateway.api.chat import chat_completions
 from gateway.api.completions import completions
 from gateway.api.context import CONFIG, GRPC, KEYS, LIMITER, REGISTRY
+from gateway.api.embeddings import create_embeddings
 from gateway.api.errors import error_middleware
 from gateway.api.health import health, ready
 from gateway.api.models import get_model, list_models
 from gateway.api.observe import metrics, observe_middleware
+from gateway.api.rerank import rerank, score
+from gateway.api.tokenize import detokenize, tokenize
 from gateway.auth.keys import KeyStore
 from gateway.config import GatewayConfig
 from gateway.core.models import ModelRegistry
@@ -72,7 +76,15 @@ async def _grpc_api(app: web.Application) -> AsyncIterator[None]:
         return
     from gateway.grpcapi.server import GrpcServer  # builds the stubs on first use
 
-    server = GrpcServer(app[REGISTRY], app[KEYS], app[LIMITER], config.grpc_host, config.grpc_port)
+    server = GrpcServer(
+        app[REGISTRY],
+        app[KEYS],
+        app[LIMITER],
+        config.grpc_host,
+        config.grpc_port,
+        max_audio_bytes=config.max_audio_bytes,
+        max_audio_seconds=config.max_audio_seconds,
+    )
     await server.start()
     app[GRPC] = server
     yield
@@ -94,8 +106,24 @@ def create_app(config: GatewayConfig, engine_for: EngineFactory | None = None) -
         # Expect: 100-continue is answered by read_json, after auth and the size check
         app.router.add_post(f"{base}/chat/completions", chat_completions, expect_handler=expect_later)
         app.router.add_post(f"{base}/completions", completions, expect_handler=expect_later)
+        app.router.add_post(f"{base}/embeddings", create_embeddings, expect_handler=expect_later)
+        app.router.add_post(f"{base}/audio/transcriptions", transcriptions, expect_handler=expect_later)
+        app.router.add_post(f"{base}/audio/translations", translations, expect_handler=expect_later)
+        app.router.add_post(f"{base}/rerank", rerank, expect_handler=expect_later)
+        app.router.add_post(f"{base}/score", score, expect_handler=expect_later)
+        app.router.add_post(f"{base}/tokenize", tokenize, expect_handler=expect_later)
+        app.router.add_post(f"{base}/detokenize", detokenize, expect_handler=expect_later)
         app.router.add_get(f"{base}/models", list_models)
         app.router.add_get(f"{base}/models/{{model_id}}", get_model)
+    # vLLM's unversioned routes, which its tools call
+    for path, handler in (
+        ("/tokenize", tokenize),
+        ("/detokenize", detokenize),
+        ("/rerank", rerank),
+        ("/v2/rerank", rerank),
+        ("/score", score),
+    ):
+        app.router.add_post(path, handler, expect_handler=expect_later)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)

@@ -42,7 +42,7 @@ async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
         )
     if request.content_length is not None and request.content_length > max_bytes:
         raise PayloadTooLarge(f"Request body of {request.content_length} bytes exceeds the limit of {max_bytes} bytes")
-    await _continue(request)
+    await continue_body(request)
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -79,7 +79,7 @@ def _is_union_tag(part: int | str) -> bool:
     return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or part.startswith("function-"))
 
 
-async def _continue(request: web.Request) -> None:
+async def continue_body(request: web.Request) -> None:
     """Answer ``Expect: 100-continue`` now that the body is wanted (see :func:`expect_later`)."""
     expect = request.headers.get("Expect")
     if expect is None:

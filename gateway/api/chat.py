@@ -23,7 +23,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         principal_of(request),
         request.app[REGISTRY],
         body.model,
-        [_message(m) for m in body.messages],
+        [message_dict(m) for m in body.messages],
         body.n,
         sampling_input(body),
         limiter=request.app[LIMITER],
@@ -35,7 +35,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return await respond(request, fmt, plan, body)
 
 
-def _message(message: ChatMessage) -> dict[str, Any]:
+def message_dict(message: ChatMessage) -> dict[str, Any]:
     out: dict[str, Any] = {"role": message.role, "content": message.text()}
     if message.tool_calls:
         out["tool_calls"] = [

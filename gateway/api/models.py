@@ -1,4 +1,4 @@
-"""GET /v1/models and GET /v1/models/{id}."""
+"""GET /v1/models and GET /v1/models/{id}: OpenAI's model object, plus what each model serves."""
 
 from __future__ import annotations
 
@@ -10,9 +10,35 @@ from gateway.api.auth import principal_of
 from gateway.api.context import REGISTRY
 from gateway.core.models import ServedModel
 
+# task -> the APIs a client may call with the model (OpenAI's object has no such field: vLLM's and
+# Scaleway's clients read `task`/`capabilities` to tell an embedding model from a chat model)
+CAPABILITIES = {
+    "generate": ["chat", "completions", "tokenize"],
+    "embed": ["embeddings", "rerank", "score", "tokenize"],
+    "score": ["rerank", "score", "tokenize"],
+    "transcribe": ["audio.transcriptions"],
+}
+TASKS = {"generate": "chat", "embed": "embedding", "score": "rerank", "transcribe": "transcription"}
+
 
 def _card(model: ServedModel) -> dict[str, Any]:
-    return {"id": model.id, "object": "model", "created": model.created, "owned_by": model.config.owned_by}
+    task = model.config.task
+    card: dict[str, Any] = {
+        "id": model.id,
+        "object": "model",
+        "created": model.created,
+        "owned_by": model.config.owned_by,
+        "task": TASKS[task],
+        "capabilities": CAPABILITIES[task],
+    }
+    if task != "transcribe":
+        card["max_model_len"] = model.context_length
+    if task == "embed":
+        card["rerank_method"] = "embedding-cosine"  # no cross-encoder: relevance is the embeddings' cosine
+        card["matryoshka"] = model.config.matryoshka
+    elif task == "score":
+        card["rerank_method"] = "cross-encoder"
+    return card
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from gateway.api.context import PLAN, REQUEST_ID, STARTED
+from gateway.api.context import JOB, PLAN, REQUEST_ID, STARTED
 from gateway.observability.metrics import REQUEST_DURATION, REQUESTS, render
 
 access_log = logging.getLogger("gateway.access")
@@ -30,10 +30,11 @@ def request_id_of(request: web.Request) -> str:
 def stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
     """x-request-id and the gateway's own overhead; called before a response's headers go out."""
     response.headers["x-request-id"] = request[REQUEST_ID]
-    plan = request.get(PLAN)
+    plan = request.get(PLAN) or request.get(JOB)
     if plan is not None:
-        overhead = (plan.stats.dispatched - plan.stats.started) * 1000
-        response.headers["x-gateway-overhead-ms"] = f"{overhead:.3f}"
+        if plan.stats.dispatched:  # 0: refused before any upstream work
+            overhead = (plan.stats.dispatched - plan.stats.started) * 1000
+            response.headers["x-gateway-overhead-ms"] = f"{overhead:.3f}"
         if plan.grant is not None:
             response.headers.update(plan.grant.headers)
 
@@ -56,7 +57,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
 def _account(request: web.Request, status: int) -> None:
     now = time.monotonic()
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-    plan = request.get(PLAN)
+    plan = request.get(PLAN) or request.get(JOB)
     model = plan.model.id if plan is not None else ""
     REQUESTS.labels(route, model, str(status)).inc()
     REQUEST_DURATION.labels(route, model).observe(now - request[STARTED])
@@ -75,7 +76,7 @@ def _account(request: web.Request, status: int) -> None:
             "id": plan.request_id,
             "model": model,
             "project": plan.project,
-            "overhead_ms": round((stats.dispatched - stats.started) * 1000, 3),
+            "overhead_ms": round((stats.dispatched - stats.started) * 1000, 3) if stats.dispatched else None,
             "queue_ms": round(stats.queue_wait * 1000, 3),
             "ttft_ms": round((stats.first_token - stats.started) * 1000, 3) if stats.first_token else None,
             "prompt_tokens": stats.prompt_tokens,

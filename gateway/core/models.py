@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
 from gateway.auth.keys import Principal
@@ -11,9 +11,23 @@ from gateway.config import ModelConfig
 from gateway.engine.base import Engine
 from gateway.engine.contract import ModelContract
 from gateway.engine.upstreams import UpstreamGroup
-from gateway.errors import ModelNotFound
+from gateway.errors import ModelNotFound, WrongModelTask
 from gateway.limits.admission import Admission
 from gateway.text.tokenizer import Tokenizer
+
+# how errors and /v1/models describe each task
+TASK_NAMES = {
+    "generate": "a text generation",
+    "embed": "an embedding",
+    "score": "a cross-encoder (scoring)",
+    "transcribe": "a transcription",
+}
+TASK_APIS = {
+    "generate": "/v1/chat/completions and /v1/completions",
+    "embed": "/v1/embeddings and /v1/rerank",
+    "score": "/v1/rerank and /v1/score",
+    "transcribe": "/v1/audio/transcriptions",
+}
 
 
 @dataclass(slots=True)
@@ -62,6 +76,7 @@ class ModelRegistry:
                 eject_after_failures,
                 probe_interval,
                 probe_timeout,
+                generates=cfg.task == "generate",
             )
             self._models[cfg.id] = ServedModel(cfg, tokenizer, group, context, created, admission)
 
@@ -74,13 +89,19 @@ class ModelRegistry:
         for model in self._models.values():
             await model.upstreams.close()
 
-    def get(self, model_id: str, principal: Principal) -> ServedModel:
+    def get(self, model_id: str, principal: Principal, tasks: Collection[str] | None = None) -> ServedModel:
         """The model, if it exists and the caller may use it: 404 alike otherwise, so that a key
-        cannot learn which models exist outside its scope."""
+        cannot learn which models exist outside its scope. ``tasks``: what the API needs of it (400 if not)."""
         model = self._models.get(model_id)
         if model is None or not principal.may_use(model_id):
             raise ModelNotFound(
                 f"The model '{model_id}' does not exist or you do not have access to it.", param="model"
+            )
+        if tasks is not None and model.config.task not in tasks:
+            task = model.config.task
+            raise WrongModelTask(
+                f"The model '{model_id}' is {TASK_NAMES[task]} model; it serves {TASK_APIS[task]}.",
+                param="model",
             )
         return model
 

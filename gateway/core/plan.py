@@ -27,6 +27,7 @@ from gateway.text.tool_prompt import prepare_messages
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
 Prompt = str | list[int]
+GENERATE = ("generate",)
 
 
 @dataclass(slots=True)
@@ -101,7 +102,7 @@ async def plan_chat(
     shape: OutputShape | None = None,
 ) -> Plan:
     stats = RequestStats(started or time.monotonic())
-    model = registry.get(model_id, principal)
+    model = registry.get(model_id, principal, GENERATE)
     tokenizer = model.tokenizer
     _check_length(model, content_chars(messages), "messages")
     contract = await model.contract()
@@ -185,7 +186,7 @@ async def plan_completion(
     response_format: dict[str, Any] | None = None,
 ) -> Plan:
     stats = RequestStats(started or time.monotonic())
-    model = registry.get(model_id, principal)
+    model = registry.get(model_id, principal, GENERATE)
     tokenizer = model.tokenizer
     vocab = tokenizer.vocab_size
     guide = _response_guide(response_format)

@@ -5,12 +5,17 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Protocol
 
+import numpy as np
+from numpy.typing import NDArray
+from tritonclient.grpc import model_config_pb2
+
 from gateway.core.types import GenerateRequest, Tokens
 from gateway.engine.contract import ModelContract
+from gateway.engine.tensors import Tensors
 
 
 class Engine(Protocol):
-    """Token ids in, token ids out, for the models of one server."""
+    """The models of one server: token streams (generation) and unary tensor calls (the rest)."""
 
     url: str
 
@@ -22,6 +27,16 @@ class Engine(Protocol):
         self, contract: ModelContract, request: GenerateRequest, end_id: int | None, pad_id: int | None
     ) -> AsyncGenerator[Tokens, None]:
         """New token ids as they are generated; closing the iterator stops the request."""
+        ...
+
+    async def model_config(self, model: str) -> model_config_pb2.ModelConfig:
+        """The model's config as the server reports it."""
+        ...
+
+    async def infer(
+        self, model: str, request_id: str, inputs: Tensors, outputs: tuple[str, ...], deadline: float
+    ) -> dict[str, NDArray[np.generic]]:
+        """One request, one response: embeddings, scores, transcripts."""
         ...
 
     async def model_ready(self, model: str) -> bool: ...

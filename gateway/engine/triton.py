@@ -13,7 +13,9 @@ import logging
 from collections.abc import AsyncGenerator
 
 import grpc
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+import numpy as np
+from numpy.typing import NDArray
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from gateway.core.types import GenerateRequest, Tokens
 from gateway.engine.contract import (
@@ -26,6 +28,7 @@ from gateway.engine.contract import (
 )
 from gateway.engine.deadline import StreamDeadline
 from gateway.engine.stopping import LiveCall, Stopper
+from gateway.engine.tensors import TensorError, Tensors, infer_request, response_tensors
 from gateway.errors import (
     GatewayError,
     Overloaded,
@@ -91,6 +94,7 @@ class TritonClient:
         self._channel = grpc.aio.insecure_channel(url, options=_CHANNEL_OPTIONS)
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self._contracts: dict[str, ModelContract] = {}
+        self._configs: dict[str, model_config_pb2.ModelConfig] = {}
         self._stopper = Stopper(self._stub, url, timeout)
 
     async def close(self) -> None:
@@ -108,21 +112,48 @@ class TritonClient:
             return False
         return bool(resp.ready)
 
-    async def contract(self, model: str) -> ModelContract:
-        """The model's tensor contract, read once from its config and then cached."""
-        cached = self._contracts.get(model)
+    async def model_config(self, model: str) -> model_config_pb2.ModelConfig:
+        """The model's config, read once over gRPC and then cached."""
+        cached = self._configs.get(model)
         if cached is not None:
             return cached
         try:
             resp = await self._stub.ModelConfig(service_pb2.ModelConfigRequest(name=model), timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             raise translate_rpc_error(exc, self.url) from None
+        self._configs[model] = resp.config
+        return resp.config
+
+    async def contract(self, model: str) -> ModelContract:
+        """The model's token contract, read once from its config and then cached."""
+        cached = self._contracts.get(model)
+        if cached is not None:
+            return cached
+        config = await self.model_config(model)
         try:
-            contract = ModelContract.from_config(resp.config)
+            contract = ModelContract.from_config(config)
         except ContractError as exc:
             raise UpstreamError(str(exc)) from None
         self._contracts[model] = contract
         return contract
+
+    async def infer(
+        self, model: str, request_id: str, inputs: Tensors, outputs: tuple[str, ...], deadline: float
+    ) -> dict[str, NDArray[np.generic]]:
+        """One unary ModelInfer call: ``inputs`` in, the named ``outputs`` back as arrays; ``deadline`` in seconds."""
+        request = infer_request(model, request_id, inputs, outputs)
+        try:
+            response = await self._stub.ModelInfer(request, timeout=deadline)
+        except grpc.aio.AioRpcError as exc:
+            raise translate_rpc_error(exc, self.url) from None
+        try:
+            tensors = response_tensors(response)
+        except TensorError as exc:
+            raise UpstreamError(f"Triton at {self.url}, model {model}: {exc}") from None
+        missing = [name for name in outputs if name not in tensors]
+        if missing:
+            raise UpstreamError(f"Triton at {self.url}, model {model} did not return {', '.join(missing)}")
+        return tensors
 
     async def generate(
         self,

@@ -31,9 +31,14 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, Collection
 
+import numpy as np
+from numpy.typing import NDArray
+from tritonclient.grpc import model_config_pb2
+
 from gateway.core.types import GenerateRequest, Tokens
 from gateway.engine.base import Engine
 from gateway.engine.contract import PROBE_SAMPLING, ModelContract
+from gateway.engine.tensors import Tensors
 from gateway.errors import GatewayError, Overloaded, UpstreamInterrupted, UpstreamTimeout, UpstreamUnavailable
 from gateway.observability.metrics import (
     UPSTREAM_EJECTIONS,
@@ -111,7 +116,10 @@ class UpstreamGroup:
         eject_after: int = 3,
         probe_interval: float = 10.0,
         probe_timeout: float = 10.0,
+        generates: bool = True,
     ) -> None:
+        """``generates``: the model streams tokens, and an idle upstream must pass a probe generation;
+        the unary models (embeddings, scores, transcription) are checked by readiness alone."""
         if not engines:
             raise ValueError(f"model {model_id!r} has no upstream")
         self.model_id = model_id
@@ -121,6 +129,7 @@ class UpstreamGroup:
         self._eject_after = eject_after
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
+        self._generates = generates
         self._turn = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -156,6 +165,62 @@ class UpstreamGroup:
                 if len(tried) + 1 == len(self.upstreams):
                     raise
                 tried.append(upstream)
+
+    async def model_config(self) -> model_config_pb2.ModelConfig:
+        """The model's config from the first upstream that answers."""
+        tried: list[Upstream] = []
+        while True:
+            upstream = self.pick(tried)
+            if upstream is None:
+                raise UpstreamUnavailable(f"no Triton server of model '{self.model_id}' answers")
+            try:
+                return await upstream.engine.model_config(self.triton_model)
+            except UpstreamUnavailable:
+                if len(tried) + 1 == len(self.upstreams):
+                    raise
+                tried.append(upstream)
+
+    async def infer(
+        self, request_id: str, inputs: Tensors, outputs: tuple[str, ...], deadline: float
+    ) -> dict[str, NDArray[np.generic]]:
+        """One unary call on the chosen upstream, retried once elsewhere if that one is unavailable.
+
+        The call runs to its end even when the caller is cancelled (a client that went away): the
+        gateway cancels only what must be stopped, and a unary call ends by itself within ``deadline`` seconds.
+        """
+        call = asyncio.ensure_future(self._infer(request_id, inputs, outputs, deadline))
+        return await asyncio.shield(call)
+
+    async def _infer(
+        self, request_id: str, inputs: Tensors, outputs: tuple[str, ...], deadline: float
+    ) -> dict[str, NDArray[np.generic]]:
+        upstream = self.pick()
+        assert upstream is not None  # there is at least one
+        retried = False
+        while True:
+            upstream.begin()
+            try:
+                result = await upstream.engine.infer(self.triton_model, request_id, inputs, outputs, deadline)
+                upstream.failures = 0
+                upstream.last_ok = time.monotonic()
+                return result
+            except (UpstreamUnavailable, UpstreamInterrupted, Overloaded) as exc:
+                if not isinstance(exc, Overloaded):
+                    self._failed(upstream)
+                other = None if retried else self.pick((upstream,))
+                if other is None:
+                    raise
+                log.warning(
+                    "request %s: %s failed (%s); retrying on %s", request_id, upstream.url, exc.message, other.url
+                )
+                self._retries.inc()
+                retried = True
+            except UpstreamTimeout:
+                self._failed(upstream)
+                raise
+            finally:
+                upstream.end()
+            upstream = other
 
     async def generate(
         self, request: GenerateRequest, end_id: int | None, pad_id: int | None
@@ -224,7 +289,12 @@ class UpstreamGroup:
             return False
         # only an idle server is probed: under traffic its requests prove it answers, or time out
         # (first-token and idle deadlines) and eject it; a probe queued behind them would only flap
-        if not ready or upstream.in_flight or time.monotonic() - upstream.last_ok < self._probe_interval:
+        if (
+            not ready
+            or not self._generates
+            or upstream.in_flight
+            or time.monotonic() - upstream.last_ok < self._probe_interval
+        ):
             return ready
         return await self._probe_generation(upstream)
 

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import numpy as np
+from google.protobuf.message import Message
+from numpy.typing import NDArray
+
+from gateway.audio.formats import usage as audio_usage
+from gateway.audio.transcript import Segment, Transcription
 from gateway.core.limits import (
     LOGIT_BIAS_RANGE,
     MAX_CHOICES,
+    MAX_DOCUMENTS,
+    MAX_EMBEDDING_INPUTS,
     MAX_STOP_STRINGS,
     MAX_TOOLS,
     MAX_TOP_LOGPROBS,
@@ -16,8 +24,10 @@ from gateway.core.limits import (
     TEMPERATURE_RANGE,
 )
 from gateway.core.plan import OutputShape, Prompt, checked_shape
+from gateway.core.transcribe import TranscribeOptions
+from gateway.core.transcription import checked_temperature
 from gateway.core.types import FinishReason, SamplingInput, TokenLogprob, Tool, ToolCall, ToolChoice, Usage
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.grpcapi.stubs import pb
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
@@ -179,3 +189,98 @@ def prompt(request: pb.CompletionRequest) -> list[Prompt]:
 
 def usage(u: Usage) -> pb.Usage:
     return pb.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, total_tokens=u.total_tokens)
+
+
+# ------------------------------------------------------------------ encoders and transcription
+
+
+def _sized(items: Sequence[object], most: int, param: str) -> None:
+    if not 1 <= len(items) <= most:
+        raise InvalidRequest(f"Invalid value for '{param}': give 1 to {most} items, not {len(items)}", param=param)
+
+
+def at_least_one(request: Message, field: str) -> int | None:
+    """An ``optional uint32`` field: None when unset, a 400 naming it when 0."""
+    if not request.HasField(field):
+        return None
+    value: int = getattr(request, field)
+    if value < 1:
+        raise InvalidRequest(f"Invalid value for '{field}': must be at least 1", param=field)
+    return value
+
+
+def embed_inputs(request: pb.EmbedRequest) -> list[str] | list[list[int]]:
+    """The texts or token id rows of an Embed request, named ``input`` in errors as REST names them;
+    the core checks each row of ids against the vocabulary."""
+    kind = request.WhichOneof("input")
+    if kind == "texts":
+        texts = list(request.texts.texts)
+        _sized(texts, MAX_EMBEDDING_INPUTS, "input")
+        empty = next((i for i, text in enumerate(texts) if not text), None)
+        if empty is not None:
+            raise InvalidRequest(f"input[{empty}] must not be empty", param="input")
+        return texts
+    if kind == "token_ids":
+        rows = [list(row.ids) for row in request.token_ids.token_ids]
+        _sized(rows, MAX_EMBEDDING_INPUTS, "input")
+        return rows
+    raise InvalidRequest("Missing required parameter: 'input' (texts or token_ids)", param="input")
+
+
+def embeddings(vectors: NDArray[np.float32]) -> list[pb.Embedding]:
+    return [pb.Embedding(values=row) for row in vectors.tolist()]
+
+
+def encoder_usage(prompt_tokens: int) -> pb.Usage:
+    return pb.Usage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens)
+
+
+def rerank_documents(request: pb.RerankRequest) -> list[str]:
+    if not request.query:
+        raise InvalidRequest("Missing required parameter: 'query'", param="query")
+    documents = list(request.documents)
+    _sized(documents, MAX_DOCUMENTS, "documents")
+    return documents
+
+
+def score_texts(request: pb.ScoreRequest) -> tuple[list[str], list[str]]:
+    left, right = list(request.text_1), list(request.text_2)
+    _sized(left, MAX_DOCUMENTS, "text_1")
+    _sized(right, MAX_DOCUMENTS, "text_2")
+    return left, right
+
+
+def audio(request: pb.TranscribeRequest, max_bytes: int) -> bytes:
+    """The request's audio (read once: each read of a bytes field copies it), within the size limit."""
+    data = request.audio
+    if not data:
+        raise InvalidRequest("Missing required parameter: 'audio'", param="audio")
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"The audio of {len(data)} bytes exceeds the limit of {max_bytes} bytes", param="audio")
+    return data
+
+
+def transcribe_options(request: pb.TranscribeRequest) -> TranscribeOptions:
+    return TranscribeOptions(
+        language=request.language or None,
+        prompt=request.prompt or None,
+        temperature=checked_temperature(request.temperature) if request.HasField("temperature") else None,
+        timestamps=True if request.timestamps else None,
+    )
+
+
+def segment_event(segment: Segment) -> pb.TranscribeEvent:
+    return pb.TranscribeEvent(
+        segment=pb.TranscriptSegment(id=segment.id, start=segment.start, end=segment.end, text=segment.text)
+    )
+
+
+def done_event(transcription: Transcription) -> pb.TranscribeEvent:
+    return pb.TranscribeEvent(
+        done=pb.TranscriptionDone(
+            text=transcription.text,
+            language=transcription.language or "",
+            duration=transcription.duration,
+            usage=pb.AudioUsage(seconds=audio_usage(transcription.duration)["seconds"]),
+        )
+    )

@@ -16,6 +16,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from gateway.auth.keys import KeyStore
+from gateway.config import GatewayConfig
 from gateway.core.lifecycle import LIFECYCLE
 from gateway.core.models import ModelRegistry
 from gateway.grpcapi.service import LLMGatewayService
@@ -27,13 +28,21 @@ from gateway.workers import ports_shared
 log = logging.getLogger(__name__)
 
 _MAX_MESSAGE = 16 * 1024 * 1024
+_ENVELOPE = 1024 * 1024  # a Transcribe request's fields besides its audio (prompt, model, ...)
+_AUDIO_BYTES: int = GatewayConfig.model_fields["max_audio_bytes"].default
+_AUDIO_SECONDS: float = GatewayConfig.model_fields["max_audio_seconds"].default
 
 
-def server_options() -> list[tuple[str, int]]:
-    """The server's options, read when it is built: only the gateway's own --workers share the port."""
+def server_options(max_audio_bytes: int = _AUDIO_BYTES) -> list[tuple[str, int]]:
+    """The server's options, read when it is built: only the gateway's own --workers share the port.
+
+    A request may be as large as a Transcribe of ``max_audio_bytes`` of audio (larger audio is then
+    refused by the service with the gateway's own error); responses are not capped here (an Embed of
+    many long vectors can pass 16 MB), as grpc's default.
+    """
     return [
-        ("grpc.max_receive_message_length", _MAX_MESSAGE),
-        ("grpc.max_send_message_length", _MAX_MESSAGE),
+        ("grpc.max_receive_message_length", max(_MAX_MESSAGE, max_audio_bytes + _ENVELOPE)),
+        ("grpc.max_send_message_length", -1),
         ("grpc.so_reuseport", 1 if ports_shared() else 0),
     ]
 
@@ -47,11 +56,19 @@ class GrpcServer:
         host: str,
         port: int,
         interval: float = 2.0,
+        *,
+        max_audio_bytes: int = _AUDIO_BYTES,
+        max_audio_seconds: float = _AUDIO_SECONDS,
     ) -> None:
+        """``max_audio_bytes`` and ``max_audio_seconds``: the gateway config's limits on Transcribe's
+        audio, as REST's (their defaults are the config's)."""
         self._registry = registry
         self._interval = interval
-        self._server = grpc.aio.server(options=server_options())
-        add_service(LLMGatewayService(registry, keys, limiter), self._server)
+        self._server = grpc.aio.server(options=server_options(max_audio_bytes))
+        service = LLMGatewayService(
+            registry, keys, limiter, max_audio_bytes=max_audio_bytes, max_audio_seconds=max_audio_seconds
+        )
+        add_service(service, self._server)
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name

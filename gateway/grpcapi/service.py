@@ -1,17 +1,23 @@
-"""The LLMGateway gRPC service: thin adapters over the same plan and generate path as REST."""
+"""The LLMGateway gRPC service: thin adapters over the same core as REST (the plan and generate
+path; the encoder jobs of embeddings, rerank and score; a transcription's run)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from gateway.auth.keys import KeyStore, Principal
+from gateway.core.embed import EMBED, embeddings
+from gateway.core.encode import start_job
 from gateway.core.generate import collect, generate
 from gateway.core.halt import guarded
 from gateway.core.lifecycle import LIFECYCLE
 from gateway.core.models import ModelRegistry
 from gateway.core.plan import Plan, plan_chat, plan_completion
+from gateway.core.rerank import RERANK, pair_scores, ranked, score_pairs
+from gateway.core.transcription import TRANSCRIBE, admitted, start_run
 from gateway.core.types import Usage
 from gateway.errors import InvalidRequest
 from gateway.grpcapi import convert
@@ -23,10 +29,20 @@ Context = Any  # grpc.aio.ServicerContext
 
 
 class LLMGatewayService(pb_grpc.LLMGatewayServicer):
-    def __init__(self, registry: ModelRegistry, keys: KeyStore, limiter: RateLimiter) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        keys: KeyStore,
+        limiter: RateLimiter,
+        *,
+        max_audio_bytes: int,
+        max_audio_seconds: float,
+    ) -> None:
         self._registry = registry
         self._keys = keys
         self._limiter = limiter
+        self._max_audio_bytes = max_audio_bytes
+        self._max_audio_seconds = max_audio_seconds
 
     def _principal(self, context: Context) -> Principal:
         """The caller, from ``authorization: Bearer ...`` metadata (the REST API's keys)."""
@@ -116,6 +132,79 @@ class LLMGatewayService(pb_grpc.LLMGatewayServicer):
         if any(i >= vocab for i in request.ids):
             raise InvalidRequest(f"token ids must be in [0, {vocab})", param="ids")
         return pb.DetokenizeResponse(text=tokenizer.decode(list(request.ids)))
+
+    # Encoders and transcription: the same core calls as REST's handlers, with the request checks
+    # REST's wire models make done on the protobuf message (convert).
+
+    @unary
+    async def Embed(self, request: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
+        started = time.monotonic()
+        principal = self._principal(context)
+        inputs = convert.embed_inputs(request)
+        dimensions = convert.at_least_one(request, "dimensions")
+        truncate = convert.at_least_one(request, "truncate_prompt_tokens")
+        job = start_job(principal, self._registry, request.model, EMBED, started, "embd")
+        vectors = await embeddings(job, principal, self._limiter, inputs, dimensions, truncate)
+        return pb.EmbedResponse(
+            id=job.request_id,
+            model=job.model.id,
+            embeddings=convert.embeddings(vectors),
+            usage=convert.encoder_usage(job.stats.prompt_tokens),
+        )
+
+    @unary
+    async def Rerank(self, request: pb.RerankRequest, context: Context) -> pb.RerankResponse:
+        started = time.monotonic()
+        principal = self._principal(context)
+        documents = convert.rerank_documents(request)
+        top_n = convert.at_least_one(request, "top_n")
+        with_documents = request.return_documents if request.HasField("return_documents") else True  # as REST
+        job = start_job(principal, self._registry, request.model, RERANK, started, "rerank")
+        scores = await pair_scores(job, principal, self._limiter, [(request.query, d) for d in documents])
+        return pb.RerankResponse(
+            id=job.request_id,
+            model=job.model.id,
+            results=[
+                pb.RerankResult(
+                    index=i,
+                    relevance_score=float(scores[i]),
+                    document=documents[i] if with_documents else None,
+                )
+                for i in ranked(scores, top_n)
+            ],
+            usage=convert.encoder_usage(job.stats.prompt_tokens),
+        )
+
+    @unary
+    async def Score(self, request: pb.ScoreRequest, context: Context) -> pb.ScoreResponse:
+        started = time.monotonic()
+        principal = self._principal(context)
+        pairs = score_pairs(*convert.score_texts(request))
+        job = start_job(principal, self._registry, request.model, RERANK, started, "score")
+        scores = await pair_scores(job, principal, self._limiter, pairs)
+        return pb.ScoreResponse(
+            id=job.request_id,
+            model=job.model.id,
+            scores=scores.tolist(),
+            usage=convert.encoder_usage(job.stats.prompt_tokens),
+        )
+
+    @streaming
+    async def Transcribe(self, request: pb.TranscribeRequest, context: Context) -> None:
+        started = time.monotonic()
+        principal = self._principal(context)
+        audio = convert.audio(request, self._max_audio_bytes)
+        options = convert.transcribe_options(request)
+        job = start_job(principal, self._registry, request.model, TRANSCRIBE, started, "transcr")
+        run = await start_run(job, audio, request.filename or None, options, self._max_audio_seconds)
+        async with admitted(job, principal, self._limiter, run):
+            segments = aiter(run)
+            assert isinstance(segments, AsyncGenerator)
+            async with contextlib.aclosing(segments):  # a cancelled call stops at the window in flight
+                async for segment in segments:
+                    await context.write(convert.segment_event(segment))
+            transcription = await run.result()
+        await context.write(convert.done_event(transcription))
 
 
 async def _whole(plan: Plan) -> pb.CompletionResponse:

@@ -45,6 +45,9 @@ QUEUE_WAIT = Histogram(
 )
 IN_FLIGHT = Gauge("gateway_requests_in_flight", "Generations running", ["model"], multiprocess_mode="livesum")
 TOKENS = Counter("gateway_tokens_total", "Tokens by model, project and type", ["model", "project", "type"])
+AUDIO_SECONDS = Counter(
+    "gateway_audio_seconds_total", "Seconds of audio transcribed, by model and project", ["model", "project"]
+)
 UPSTREAM_ERRORS = Counter(
     "gateway_upstream_errors_total", "Failed upstream calls by gRPC status", ["model", "grpc_status"]
 )

@@ -70,6 +70,7 @@ class Tokenizer:
         self.max_token_chars = max((len(piece) for piece in self._tok.get_vocab(with_added_tokens=True)), default=1)
         self._stop_cache: dict[tuple[str, ...], tuple[tuple[int, ...], ...]] = {}
         self._pieces: dict[int, tuple[str, bytes]] = {}
+        self._frame: tuple[int, int] | None = None
         self._byte_level = _has_byte_level(self._tok)
         self.supports_tools = template_supports_tools(template or "")  # the template renders `tools` itself
         self._template = None
@@ -89,6 +90,41 @@ class Tokenizer:
         """Token ids of ``text``; special tokens written in the text are parsed as such."""
         ids: list[int] = self._tok.encode(text, add_special_tokens=False).ids
         return ids
+
+    def encode_text(self, text: str, add_special_tokens: bool) -> list[int]:
+        """Token ids of ``text``, with the special tokens the tokenizer's post-processor adds if asked."""
+        ids: list[int] = self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        return ids
+
+    def token_str(self, token_id: int) -> str:
+        return self._tok.id_to_token(token_id) or ""
+
+    def encode_inputs(self, texts: Sequence[str | tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+        """Token ids and token type ids of each text, or (query, document) pair, with the model's special
+        tokens added as an encoder takes them ([CLS] a [SEP] b [SEP] for BERT). Drops the GIL."""
+        encoded = self._tok.encode_batch_fast(list(texts), add_special_tokens=True)
+        return [(e.ids, e.type_ids) for e in encoded]
+
+    async def encode_inputs_async(self, texts: Sequence[str | tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+        """:meth:`encode_inputs`, on a worker thread when the texts are large."""
+        chars = sum(len(t) if isinstance(t, str) else len(t[0]) + len(t[1]) for t in texts)
+        if chars <= INLINE_CHARS:
+            return self.encode_inputs(texts)
+        return await asyncio.get_running_loop().run_in_executor(_POOL, self.encode_inputs, texts)
+
+    def special_frame(self) -> tuple[int, int]:
+        """How many special tokens :meth:`encode_inputs` puts before and after a single text."""
+        if self._frame is None:
+            self._frame = self._find_frame()
+        return self._frame
+
+    def _find_frame(self) -> tuple[int, int]:
+        framed = self._tok.encode("a", add_special_tokens=True).ids
+        body = self._tok.encode("a", add_special_tokens=False).ids
+        for at in range(len(framed) - len(body) + 1):
+            if framed[at : at + len(body)] == body:
+                return at, len(framed) - at - len(body)
+        return 0, 0
 
     def min_tokens(self, chars: int) -> int:
         """A lower bound on the tokens of a text of ``chars`` characters, known without tokenizing it."""

@@ -45,7 +45,7 @@ async def _tokenize(stack: Stack, text: str) -> int:
         messages = pb.ChatMessages(messages=[pb.ChatMessage(role="user", content=text)])
         resp = await stub.Tokenize(pb.TokenizeRequest(model=MODEL, messages=messages))
         listed = await stub.ListModels(pb.ListModelsRequest())
-    assert [m.id for m in listed.models] == [MODEL, "synthetic"]
+    assert [m.id for m in listed.models] == [MODEL, "synthetic", "all-minilm-l6-v2", "whisper-base"]
     return int(resp.count)
 
 

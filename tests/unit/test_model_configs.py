@@ -1,5 +1,6 @@
-"""Every model_repository/*/config.pbtxt against the gateway's token contract, and the CPU models
-against the TensorRT-LLM one; deploy/tensorrt_llm/fill_config.py on the real config."""
+"""The LLM configs of model_repository/ against the gateway's token contract, and the CPU models against
+the TensorRT-LLM one; the embedding and Whisper models against theirs; deploy/tensorrt_llm/fill_config.py
+on the real config."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 
+from gateway.core.encode import EncoderContract
 from gateway.core.types import Guide, SamplingParams
 from gateway.engine.contract import (
     INPUT_TENSORS,
@@ -22,14 +25,16 @@ from gateway.engine.contract import (
     ModelContract,
     build_request,
     build_stop_request,
+    kserve_datatype,
     parse_tokens,
 )
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_REPOSITORY = REPO / "model_repository"
-CONFIGS = sorted(MODEL_REPOSITORY.glob("*/config.pbtxt"))
-GPU = MODEL_REPOSITORY / "tensorrt_llm" / "config.pbtxt"
 CPU_MODELS = ("smollm2", "synthetic")
+# the models that speak the token contract (minilm and whisper have contracts of their own, below)
+CONFIGS = [MODEL_REPOSITORY / name / "config.pbtxt" for name in (*CPU_MODELS, "tensorrt_llm")]
+GPU = MODEL_REPOSITORY / "tensorrt_llm" / "config.pbtxt"
 ITEM_BYTES = {"INT32": 4, "UINT64": 8, "FP32": 4, "BOOL": 1}
 VOCAB = 8  # the length of the embedding_bias sent
 # What smollm2 declares: the tensors its engine honours (model_repository/smollm2/1/model.py)
@@ -95,7 +100,26 @@ def dims_match(shape: list[int], dims: list[int]) -> bool:
 
 
 def test_the_repository_holds_the_cpu_models_and_tensorrt_llm() -> None:
-    assert {p.parent.name for p in CONFIGS} >= {*CPU_MODELS, "tensorrt_llm"}
+    held = {p.parent.name for p in MODEL_REPOSITORY.glob("*/config.pbtxt")}
+    assert held == {*CPU_MODELS, "tensorrt_llm", "minilm", "whisper"}
+
+
+def test_the_embedding_model_carries_the_encoder_contract() -> None:
+    config = parse(MODEL_REPOSITORY / "minilm" / "config.pbtxt")
+    assert config.name == "minilm"
+    contract = EncoderContract.from_config(config, "embed", None)
+    assert contract.inputs == ("input_ids", "attention_mask", "token_type_ids")
+    assert contract.id_type is np.int64
+    assert (contract.output, contract.dim, contract.max_batch) == ("embeddings", 384, config.max_batch_size)
+    assert EncoderContract.from_config(config, "embed", 16).max_batch == 16
+    assert config.dynamic_batching is not None and all(i.allow_ragged_batch for i in config.input)
+
+
+def test_the_whisper_model_carries_tensorrt_llm_whispers_names() -> None:
+    config = parse(MODEL_REPOSITORY / "whisper" / "config.pbtxt")
+    inputs = {i.name: kserve_datatype(i.data_type) for i in config.input}
+    assert inputs == {"WAV": "FP32", "WAV_LENS": "INT32", "TEXT_PREFIX": "BYTES", "TEMPERATURE": "FP32"}
+    assert {o.name: kserve_datatype(o.data_type) for o in config.output} == {"TRANSCRIPTS": "BYTES"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.parent.name)
