@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEIGHTS := model_repository/.prepared
 
-.PHONY: install protos model debs run test test-unit test-e2e lint format clean bench bench-compare bench-churn
+.PHONY: install protos model debs run test test-unit test-e2e lint format clean bench bench-compare bench-churn bench-embeddings
 
 install: $(STAMP)
 
@@ -88,8 +88,12 @@ bench-compare: model protos
 # sustained mixed load on a launched stack (streams, stop strings, n=2, non-streaming, client disconnects,
 # both models); exits non-zero on any Triton restart, unexpected error or hang. CHURN_ARGS to change it.
 CHURN_ARGS ?= --duration 600 --concurrency 32
-bench-churn: model protos
+bench-churn: model protos debs
 	$(BIN)/python -m perf.churn --launch $(CHURN_ARGS)
+
+# embeddings per second at batch 1, 32 and 256, gateway against the same tensors sent straight to Triton
+bench-embeddings: model protos
+	$(BIN)/python -m perf.embeddings --launch
 
 # the CPU model's structured outputs, tools and logprobs at 1 and 4 streams, and its engine against the
 # CTranslate2 one (0e0582f, from a git worktree under /tmp), interleaved in one run (about 5 minutes)

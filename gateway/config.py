@@ -237,6 +237,8 @@ def embedded_models(triton_url: str, model_repository: Path, default_max_tokens:
         ModelConfig(
             id=model_id,
             task=tasks.get(model_id, "generate"),
+            # 64 inputs of ~64 tokens take ~1 s on 2 cores: a short request never waits behind more than two
+            max_batch=64 if model_id == EMBEDDING_MODEL_ID else None,
             triton_url=triton_url,
             triton_model=triton_model,
             tokenizer_dir=lm_tokenizer if model_id not in tasks else model_repository / triton_model / "weights",

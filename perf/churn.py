@@ -3,7 +3,10 @@
 A closed loop of ``--concurrency`` workers sends requests back to back for ``--duration`` seconds,
 each one of a kind drawn from ``--mix``: 1-token streams, long streams, stop-string streams, n=2,
 non-streaming requests and streams the client drops after 1-3 SSE events, mostly on the
-``synthetic`` model and a small share on the real CPU model. Every outcome is classified (see
+``synthetic`` model and a small share on the real CPU model; and a small share of the other APIs:
+embeddings (1-64 texts, rarely 300), rerank (5-20 documents), large embeddings requests the client
+drops right after sending, invalid embeddings requests (each must get a 400) and transcriptions of a
+short wav spoken by ``espeak-ng`` at start-up. Every outcome is classified (see
 ``perf/churn_outcome.py``). Every few seconds the gateway's RSS and open fds and the tritonserver
 pid are sampled; at the end /health, /ready and a plain request per model are checked.
 
@@ -22,6 +25,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,9 +34,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.config import REPO_ROOT
+from gateway.config import EMBEDDING_MODEL_ID, REPO_ROOT, TRANSCRIPTION_MODEL_ID
 from perf.churn_load import churn
-from perf.churn_mix import DEFAULT_MIX, KINDS, parse_mix
+from perf.churn_mix import DEFAULT_MIX, KINDS, TRANSCRIPTIONS, parse_mix
 from perf.churn_report import format_summary, write_outputs
 from perf.churn_sampler import Sampler, alive, listener_pid
 from perf.churn_summary import build_result
@@ -56,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--synthetic-model", default="synthetic", help="model id of the synthetic upstream")
     parser.add_argument("--real-model", default="smollm2-135m-instruct", help="model id of the real CPU model")
     parser.add_argument("--real-max-tokens", type=int, default=8, help="max_tokens of real_stream/real_nonstream")
+    parser.add_argument("--embed-model", default=EMBEDDING_MODEL_ID, help="model id of the embed* and rerank kinds")
+    parser.add_argument("--transcribe-model", default=TRANSCRIPTION_MODEL_ID, help="model id of the transcribe kind")
     parser.add_argument("--request-timeout", type=float, default=120.0, help="per request; past it: 'hung'")
     parser.add_argument("--sample-interval", type=float, default=2.0, help="seconds between RSS/fd/pid samples")
     parser.add_argument("--progress-interval", type=float, default=10.0, help="seconds between progress lines")
@@ -90,6 +96,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+SPEECH = "The quick brown fox jumps over the lazy dog."
+
+
+def make_speech(directory: Path) -> bytes:
+    """A short wav of :data:`SPEECH` spoken by espeak-ng, for the transcribe kind."""
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        raise SystemExit(
+            "[churn] the transcribe kind needs espeak-ng to make its speech: install it "
+            "(apt-get install -y espeak-ng, or `make debs`), or leave transcribe out of --mix"
+        )
+    path = directory / "speech.wav"
+    done = subprocess.run([espeak, "-w", str(path), SPEECH], capture_output=True, check=False)
+    if done.returncode != 0 or not path.exists() or path.stat().st_size < 1000:
+        raise SystemExit(f"[churn] espeak-ng failed ({done.returncode}): {done.stderr.decode(errors='replace')}")
+    return path.read_bytes()
+
+
 def _run_loop(main: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
     """uvloop when installed (as the gateway runs): the client's own CPU is what it shares with the stack."""
     try:
@@ -107,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     stack = None
     cache: str | None = None
     extra: list[Path] = []
+    speech = None
+    if any(KINDS[name].api == TRANSCRIPTIONS for name in args.weights):  # before the stack: fail fast
+        with tempfile.TemporaryDirectory(prefix="churn-speech-") as tmp:
+            speech = make_speech(Path(tmp))
     try:
         if args.launch:
             if "GATEWAY_CACHE_DIR" not in os.environ:  # its own Triton log and backend dir, beside other stacks
@@ -131,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                 return not pid or alive(pid)
 
         sampler = Sampler(pid, log)
-        run = _run_loop(churn(args, url, sampler, proc_alive))
+        run = _run_loop(churn(args, url, sampler, proc_alive, speech))
     finally:
         if stack is not None:
             stack.stop()

@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from perf.churn_http import COUNTERS, final_checks, one_request, read_metrics
-from perf.churn_mix import KINDS, REAL, Mix, request_body
+from perf.churn_http import COUNTERS, api_request, final_checks, one_request, read_metrics
+from perf.churn_mix import CHAT, EMBEDDING, KINDS, REAL, TRANSCRIPTION, TRANSCRIPTIONS, Mix, api_body, request_body
 from perf.churn_outcome import Record, unexpected
 from perf.churn_report import progress_line
 from perf.churn_sampler import Sampler
@@ -25,16 +25,19 @@ from perf.churn_sampler import Sampler
 class Load:
     """The running load: the records so far and the counters the progress line shows."""
 
-    def __init__(self, args: argparse.Namespace, base: str) -> None:
+    def __init__(self, args: argparse.Namespace, base: str, speech: bytes | None = None) -> None:
         self.args = args
+        self.base = base
         self.chat = base + "/v1/chat/completions"
-        self.models = {REAL: args.real_model}
+        self.models = {REAL: args.real_model, EMBEDDING: args.embed_model, TRANSCRIPTION: args.transcribe_model}
         self.bodies = {
             name: orjson.dumps(
                 request_body(kind, self.models.get(kind.model, args.synthetic_model), args.real_max_tokens)
             )
             for name, kind in KINDS.items()
+            if kind.api == CHAT
         }
+        self.speech = speech  # the wav the transcribe kind sends
         self.mix = Mix(args.weights)
         self.records: list[Record] = []
         self.errors = 0
@@ -51,7 +54,10 @@ class Load:
             name = self.mix.pick(rng)
             kind = KINDS[name]
             cut = rng.randint(1, 3) if kind.disconnect else 0
-            record = await one_request(session, self.chat, name, kind, self.bodies[name], cut, self.t0)
+            if kind.api == CHAT:
+                record = await one_request(session, self.chat, name, kind, self.bodies[name], cut, self.t0)
+            else:
+                record = await self.api(session, rng, name, cut)
             self.records.append(record)
             if record.outcome == "hung":
                 self.hung += 1
@@ -60,14 +66,26 @@ class Load:
                 if self.args.error_backoff:
                     await asyncio.sleep(self.args.error_backoff)
 
+    async def api(self, session: aiohttp.ClientSession, rng: random.Random, name: str, cut: int) -> Record:
+        """One request of a non-chat kind, its body drawn now; a disconnect kind closes its connection
+        0, 20 or 200 ms after sending (``cut`` 1-3): before the gateway has read it, while it tokenizes,
+        or while Triton computes."""
+        kind = KINDS[name]
+        model = self.models[kind.model]
+        body = {"model": model} if kind.api == TRANSCRIPTIONS else api_body(kind, model, rng)
+        close_after = (0.0, 0.0, 0.02, 0.2)[cut]
+        return await api_request(session, self.base, name, kind, body, self.t0, self.speech, close_after)
 
-async def churn(args: argparse.Namespace, base: str, sampler: Sampler, proc_alive: Any) -> dict[str, Any]:
+
+async def churn(
+    args: argparse.Namespace, base: str, sampler: Sampler, proc_alive: Any, speech: bytes | None = None
+) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=args.concurrency + 4)
     timeout = aiohttp.ClientTimeout(total=args.request_timeout)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
         metrics_before = await read_metrics(session, base)
-        load = Load(args, base)
+        load = Load(args, base, speech)
         cpu0 = time.process_time()
         sampler.sample(0.0)
         with contextlib.suppress(NotImplementedError):  # Ctrl-C: stop sending, drain, report
@@ -117,7 +135,7 @@ async def churn(args: argparse.Namespace, base: str, sampler: Sampler, proc_aliv
                 break
             await asyncio.sleep(0.5)
             metrics = await read_metrics(session, base)
-        checks = await final_checks(session, base, args)
+        checks = await final_checks(session, base, args, speech)
         sampler.sample(time.monotonic() - load.t0)
         if not proc_alive():
             gateway_exited = True

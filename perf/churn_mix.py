@@ -1,5 +1,6 @@
 """The churn benchmark's request mix: the kinds of request, their weights (``--mix``), the weighted
-pick, and the chat completion body of each kind."""
+pick, the chat completion body of each chat kind, and the bodies of the other APIs' kinds (embeddings,
+rerank, transcriptions), drawn afresh for each request."""
 
 from __future__ import annotations
 
@@ -11,6 +12,18 @@ from typing import Any
 
 SYNTHETIC = "synthetic"
 REAL = "real"
+EMBEDDING = "embedding"  # the embedding model (--embed-model)
+TRANSCRIPTION = "transcription"  # the speech-to-text model (--transcribe-model)
+
+# the API a kind speaks, and its path
+CHAT, EMBEDDINGS, RERANK, TRANSCRIPTIONS = "chat", "embeddings", "rerank", "transcriptions"
+PATHS = {
+    CHAT: "/v1/chat/completions",
+    EMBEDDINGS: "/v1/embeddings",
+    RERANK: "/v1/rerank",
+    TRANSCRIPTIONS: "/v1/audio/transcriptions",
+}
+EMBED_DIM = 384  # all-MiniLM-L6-v2's vectors
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,15 +31,19 @@ class Kind:
     """One kind of request in the mix."""
 
     name: str
-    model: str  # SYNTHETIC or REAL: resolved to a model id from the command line
+    model: str  # SYNTHETIC, REAL, EMBEDDING or TRANSCRIPTION: resolved to a model id from the command line
     stream: bool
     max_tokens: int
     n: int = 1
     stop: tuple[str, ...] = ()
-    disconnect: bool = False  # the client closes the connection after 1-3 SSE events
+    # chat: the client closes the connection after 1-3 SSE events; other APIs: right after sending the request
+    disconnect: bool = False
     expect: tuple[str, ...] = ()  # finish reasons this kind may end with; empty: any
     real_tokens: bool = False  # max_tokens comes from --real-max-tokens
     shape: str = ""  # more fields of the body, from SHAPES: structured outputs, tools, logprobs
+    api: str = CHAT  # a key of PATHS
+    inputs: tuple[int, int] = (0, 0)  # embeddings: texts per request; rerank: documents (a range, both included)
+    status: int = 200  # the HTTP status this kind must get (400: an invalid request, rejected as it must be)
 
 
 # The synthetic model's text cycles through " the quick brown fox jumps over the lazy dog ." and every
@@ -49,6 +66,12 @@ KINDS: dict[str, Kind] = {
         Kind("real_tools_stream", REAL, True, 48, expect=("tool_calls", "length"), shape="tools"),
         Kind("real_logprobs", REAL, True, 8, expect=("stop", "length"), shape="logprobs"),
         Kind("real_json_disconnect", REAL, True, 48, disconnect=True, shape="json_schema"),
+        Kind("embed", EMBEDDING, False, 0, api=EMBEDDINGS, inputs=(1, 64)),
+        Kind("embed_big", EMBEDDING, False, 0, api=EMBEDDINGS, inputs=(300, 300)),  # two Triton batches
+        Kind("rerank", EMBEDDING, False, 0, api=RERANK, inputs=(5, 20)),
+        Kind("embed_disconnect", EMBEDDING, False, 0, api=EMBEDDINGS, inputs=(256, 256), disconnect=True),
+        Kind("embed_bad", EMBEDDING, False, 0, api=EMBEDDINGS, status=400),
+        Kind("transcribe", TRANSCRIPTION, False, 0, api=TRANSCRIPTIONS),
     )
 }
 
@@ -66,7 +89,8 @@ SHAPES: dict[str, dict[str, Any]] = {
 DEFAULT_MIX = (
     "one_token=20,long_stream=12,stop=15,n2=8,n2_nonstream=4,nonstream=15,disconnect=15,"
     "real_stream=2,real_nonstream=1,real_disconnect=1,real_json=1,real_tools=1,real_tools_stream=1,"
-    "real_logprobs=1,real_json_disconnect=1"
+    "real_logprobs=1,real_json_disconnect=1,"
+    "embed=1.5,embed_big=0.1,rerank=1,embed_disconnect=0.2,embed_bad=1,transcribe=0.2"
 )
 
 PROMPTS = {
@@ -142,3 +166,55 @@ def request_body(kind: Kind, model_id: str, real_max_tokens: int) -> dict[str, A
         body["stream_options"] = {"include_usage": True}
     body.update(SHAPES.get(kind.shape, {}))
     return body
+
+
+# --- the other APIs' bodies (embeddings, rerank), drawn for each request ---
+
+_PROSE = (
+    "the river runs past an old mill where children play after school while their parents work in the "
+    "fields and the baker sells warm bread to travellers who stop on their way to the coast a storm came "
+    "early this year so the harvest was small but the village still held its summer fair with music games "
+    "and a long table of food under the chestnut trees near the church"
+)
+_WORDS = tuple(_PROSE.split())
+
+# Invalid embeddings requests: each must get a 400 with an OpenAI error body (the model is added).
+BAD_EMBEDDINGS: tuple[dict[str, Any], ...] = (
+    {"input": ""},  # an empty string
+    {"input": []},  # no input
+    {"input": ["a fine text", ""]},  # one empty string among others
+    {"input": [[]]},  # an empty list of token ids
+    {"input": [[101, -5, 102]]},  # a negative token id
+    {"input": "word " * 300},  # longer than the model's context (256 tokens)
+    {"input": "hello", "encoding_format": "int8"},  # not float or base64
+    {"encoding_format": "float"},  # no input at all
+)
+
+
+def text(rng: random.Random, low: int = 3, high: int = 30) -> str:
+    """A short English-like sentence of ``low`` to ``high`` words."""
+    words = [rng.choice(_WORDS) for _ in range(rng.randint(low, high))]
+    return " ".join(words).capitalize() + "."
+
+
+def api_body(kind: Kind, model_id: str, rng: random.Random) -> dict[str, Any]:
+    """The JSON body of one request of an embeddings or rerank kind (not chat, not transcriptions)."""
+    if kind.api == EMBEDDINGS and kind.status == 400:
+        return {"model": model_id, **rng.choice(BAD_EMBEDDINGS)}
+    count = rng.randint(*kind.inputs)
+    if kind.api == EMBEDDINGS:
+        if kind.inputs[0] == 1 and rng.random() < 0.1:  # OpenAI's other form: one text, not a list
+            return {"model": model_id, "input": text(rng)}
+        return {"model": model_id, "input": [text(rng) for _ in range(count)]}
+    if kind.api == RERANK:
+        body: dict[str, Any] = {
+            "model": model_id,
+            "query": text(rng, 3, 10),
+            "documents": [text(rng) for _ in range(count)],
+        }
+        if rng.random() < 0.5:
+            body["top_n"] = rng.randint(1, count + 2)  # top_n past the documents: all of them
+        if rng.random() < 0.3:
+            body["return_documents"] = False
+        return body
+    raise ValueError(f"{kind.name}: no JSON body for the {kind.api} API")

@@ -13,7 +13,7 @@ import orjson
 from aiohttp import web
 
 from gateway.api.context import JOB, PLAN, REQUEST_ID, STARTED
-from gateway.observability.metrics import REQUEST_DURATION, REQUESTS, render
+from gateway.observability.metrics import DISCONNECTS, REQUEST_DURATION, REQUESTS, render
 
 access_log = logging.getLogger("gateway.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -46,6 +46,9 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         response = await handler(request)
     except (asyncio.CancelledError, ConnectionError):  # the client went away: still logged and counted
+        job = request.get(JOB)
+        if job is not None:  # a generation's disconnect is counted where it halts the models (respond)
+            DISCONNECTS.labels(job.model.id).inc()
         _account(request, CLIENT_CLOSED)
         raise
     if not response.prepared:

@@ -30,6 +30,8 @@ class EmbeddingRequest(WireModel):
             raise _input_error("'input' must be a non-empty string, array of strings, or array of token ids")
         if len(value) > MAX_EMBEDDING_INPUTS:
             raise _input_error(f"'input' may hold at most {MAX_EMBEDDING_INPUTS} items, not {len(value)}")
+        if not all(isinstance(item, str) for item in value) and not all(isinstance(item, list) for item in value):
+            raise _input_error("'input' must be a string, strings, token ids, or arrays of token ids: not a mix")
         if isinstance(value[0], str):
             for i, text in enumerate(value):
                 if not isinstance(text, str) or not text:

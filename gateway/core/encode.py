@@ -10,8 +10,10 @@ The tensor contract (documented for deployments in model_repository/minilm/confi
 - out, score: ``logits`` FP32 ``[batch, 1]`` (or ``[batch]``), one per (query, document) pair.
 
 A request of many inputs is sorted by length (little padding), split into batches of the model's
-``max_batch_size`` (or ``max_batch``), and the batches are sent at once; results come back in the
-caller's order.
+``max_batch_size`` (or ``max_batch``), and at most :data:`BATCHES_IN_FLIGHT` of its batches are sent
+at a time: enough to keep a dynamic batcher full, few enough that a short request arriving meanwhile
+queues behind two batches, not behind the whole of a big request. Results come back in the caller's
+order.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from gateway.limits.ratelimit import Grant, RateLimiter
 from gateway.observability.metrics import OVERHEAD, TOKENS
 
 Encoded = tuple[list[int], list[int]]  # token ids, token type ids
+BATCHES_IN_FLIGHT = 2  # per request
 _ID_TYPES: dict[str, type[np.signedinteger[Any]]] = {"INT64": np.int64, "INT32": np.int32}
 _OUTPUTS = {"embed": ("embeddings", "last_hidden_state"), "score": ("logits",)}
 
@@ -157,8 +160,13 @@ async def run_encoder(
     batches = [order[at : at + contract.max_batch] for at in range(0, len(order), contract.max_batch)]
     pad = model.tokenizer.pad_token_id or 0
     deadline = model.config.first_token_timeout
+    turns = asyncio.Semaphore(BATCHES_IN_FLIGHT)
 
     async def one(k: int, batch: list[int]) -> NDArray[np.float32]:
+        async with turns:
+            return await _send(k, batch)
+
+    async def _send(k: int, batch: list[int]) -> NDArray[np.float32]:
         width = max(len(rows[i][0]) for i in batch)
         ids = np.full((len(batch), width), pad, dtype=contract.id_type)
         mask = np.zeros((len(batch), width), dtype=contract.id_type)

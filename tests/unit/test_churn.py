@@ -1,5 +1,5 @@
-"""The churn benchmark's pure parts: arguments, the request mix, outcome classification, aggregation
-and the gate (perf/churn*.py). No network, no processes."""
+"""The churn benchmark's pure parts: arguments, the request mix, the bodies of every kind, outcome
+classification, aggregation and the gate (perf/churn*.py). No network, no processes."""
 
 from __future__ import annotations
 
@@ -11,17 +11,34 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.api.retrieval_schema import EmbeddingRequest, RerankRequest
+from perf import churn
 from perf.churn import parse_args
-from perf.churn_http import parse_metric
-from perf.churn_mix import DEFAULT_MIX, KINDS, Mix, parse_mix, request_body
+from perf.churn_http import api_outcome, parse_metric
+from perf.churn_mix import (
+    BAD_EMBEDDINGS,
+    CHAT,
+    DEFAULT_MIX,
+    EMBED_DIM,
+    KINDS,
+    PATHS,
+    Mix,
+    api_body,
+    parse_mix,
+    request_body,
+)
 from perf.churn_outcome import (
     Record,
+    embeddings_outcome,
     error_code,
     finish_outcome,
     finish_reason_of,
     has_content,
     nonstream_outcome,
     outcome_class,
+    rejected_outcome,
+    rerank_outcome,
+    transcript_outcome,
     unexpected,
 )
 from perf.churn_report import format_summary, progress_line
@@ -40,6 +57,7 @@ def test_defaults() -> None:
     assert args.request_timeout == 120
     assert args.weights == parse_mix(DEFAULT_MIX)
     assert args.allow == []
+    assert (args.embed_model, args.transcribe_model) == ("all-minilm-l6-v2", "whisper-base")
 
 
 def test_launch_and_options() -> None:
@@ -91,6 +109,10 @@ def test_default_mix_covers_every_kind_mostly_synthetic() -> None:
     assert math.isclose(sum(shares.values()), 1.0)
     real = sum(share for name, share in shares.items() if KINDS[name].model == "real")
     assert 0 < real <= 0.1
+    other = {name: share for name, share in shares.items() if KINDS[name].api != CHAT}  # modest, and rare if costly
+    assert set(other) == {"embed", "embed_big", "rerank", "embed_disconnect", "embed_bad", "transcribe"}
+    assert 0 < sum(other.values()) <= 0.06
+    assert all(other[name] <= 0.005 for name in ("embed_big", "embed_disconnect", "transcribe"))
 
 
 def test_mix_picks_by_weight() -> None:
@@ -122,6 +144,163 @@ def test_request_bodies() -> None:
     assert real["model"] == "smollm2-135m-instruct" and real["max_tokens"] == 5
     assert request_body(KINDS["long_stream"], "synthetic", 5)["max_tokens"] == 256
     assert all(KINDS[k].disconnect for k in ("disconnect", "real_disconnect"))
+
+
+# --- the other APIs' bodies ---
+
+
+def _texts(given: str | list[str]) -> list[str]:
+    return [given] if isinstance(given, str) else given
+
+
+def test_embed_bodies() -> None:
+    rng = random.Random(3)
+    sizes = set()
+    for _ in range(300):
+        body = api_body(KINDS["embed"], "all-minilm-l6-v2", rng)
+        texts = _texts(body["input"])
+        sizes.add(len(texts))
+        assert body["model"] == "all-minilm-l6-v2"
+        assert 1 <= len(texts) <= 64 and all(isinstance(t, str) and t for t in texts)
+        EmbeddingRequest.model_validate(body)  # what the gateway accepts
+    assert min(sizes) == 1 and max(sizes) >= 60  # the whole range is drawn
+    assert any(isinstance(api_body(KINDS["embed"], "m", random.Random(i))["input"], str) for i in range(100))
+    big = api_body(KINDS["embed_big"], "m", rng)
+    assert len(big["input"]) == 300  # more than the model's max_batch_size (256): two Triton batches
+    assert len(api_body(KINDS["embed_disconnect"], "m", rng)["input"]) == 256
+    a, b = random.Random("0:1"), random.Random("0:1")
+    assert api_body(KINDS["embed"], "m", a) == api_body(KINDS["embed"], "m", b)  # deterministic for a seed
+
+
+def test_rerank_bodies() -> None:
+    rng = random.Random(5)
+    seen_top, seen_hidden = False, False
+    for _ in range(200):
+        body = api_body(KINDS["rerank"], "all-minilm-l6-v2", rng)
+        assert 5 <= len(body["documents"]) <= 20 and body["query"]
+        seen_top |= "top_n" in body
+        seen_hidden |= body.get("return_documents") is False
+        RerankRequest.model_validate(body)
+    assert seen_top and seen_hidden
+
+
+def test_bad_embeddings_bodies_are_invalid() -> None:
+    rng = random.Random(0)
+    drawn = [api_body(KINDS["embed_bad"], "all-minilm-l6-v2", rng) for _ in range(200)]
+    assert all(body["model"] == "all-minilm-l6-v2" for body in drawn)
+    assert {orjson.dumps({k: v for k, v in b.items() if k != "model"}) for b in drawn} == {
+        orjson.dumps(b) for b in BAD_EMBEDDINGS
+    }
+    for bad in BAD_EMBEDDINGS:
+        if isinstance(bad.get("input"), str) and len(bad["input"]) > 1000:
+            continue  # valid in shape, but longer than the model's context: refused after tokenizing
+        with pytest.raises(ValueError):
+            EmbeddingRequest.model_validate({"model": "m", **bad})
+    assert KINDS["embed_bad"].status == 400
+
+
+def test_kinds_and_paths() -> None:
+    assert all(KINDS[k].api == CHAT for k in ("one_token", "real_tools", "real_json_disconnect"))
+    assert {KINDS[k].api for k in KINDS} == set(PATHS)
+    assert KINDS["embed_disconnect"].disconnect and not KINDS["embed"].disconnect
+    with pytest.raises(ValueError):
+        api_body(KINDS["transcribe"], "whisper-base", random.Random(0))  # a form, built by the HTTP layer
+
+
+def test_make_speech_fails_clearly_without_espeak(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.setattr(churn.shutil, "which", lambda _: None)
+    with pytest.raises(SystemExit, match="espeak-ng"):
+        churn.make_speech(tmp_path)
+
+
+# --- reading the other APIs' answers ---
+
+
+def _embeddings(n: int, dim: int = EMBED_DIM, **overrides: Any) -> bytes:
+    vector = [1.0 / math.sqrt(dim)] * dim
+    data = [{"object": "embedding", "index": i, "embedding": vector} for i in range(n)]
+    return orjson.dumps({"object": "list", "data": data, "model": "m", "usage": {"prompt_tokens": 3 * n}, **overrides})
+
+
+def test_embeddings_outcomes() -> None:
+    three = {"model": "m", "input": ["a", "b", "c"]}
+    assert embeddings_outcome(three, _embeddings(3)) == "ok:embeddings"
+    assert embeddings_outcome({"model": "m", "input": "a"}, _embeddings(1)) == "ok:embeddings"
+    assert embeddings_outcome(three, _embeddings(2)) == "bad_body:count"
+    assert embeddings_outcome(three, _embeddings(3, dim=383)) == "bad_body:dim"
+    assert embeddings_outcome(three, _embeddings(3, usage={})) == "bad_body:usage"
+    assert embeddings_outcome(three, b"not json") == "bad_body:json"
+    assert embeddings_outcome(three, b'{"error": {"message": "x"}}') == "bad_body:json"
+    payload = orjson.loads(_embeddings(3))
+    payload["data"][1]["index"] = 2
+    assert embeddings_outcome(three, orjson.dumps(payload)) == "bad_body:index"
+    payload = orjson.loads(_embeddings(3))
+    payload["data"][0]["embedding"] = [0.5] * EMBED_DIM
+    assert embeddings_outcome(three, orjson.dumps(payload)) == "bad_body:norm"
+    for bad in (None, "x"):
+        payload = orjson.loads(_embeddings(3))
+        payload["data"][2]["embedding"][7] = bad
+        assert embeddings_outcome(three, orjson.dumps(payload)) == "bad_body:value"
+
+
+def _rerank(results: list[tuple[int, float]], documents: list[str] | None = None) -> bytes:
+    rows: list[dict[str, Any]] = [{"index": i, "relevance_score": s} for i, s in results]
+    if documents is not None:
+        for row in rows:
+            row["document"] = {"text": documents[row["index"]]}
+    return orjson.dumps({"id": "r", "model": "m", "results": rows, "usage": {"prompt_tokens": 9}})
+
+
+def test_rerank_outcomes() -> None:
+    docs = ["d0", "d1", "d2"]
+    body: dict[str, Any] = {"model": "m", "query": "q", "documents": docs}
+    good = [(2, 0.9), (0, 0.5), (1, -0.2)]
+    assert rerank_outcome(body, _rerank(good, docs)) == "ok:rerank"
+    assert rerank_outcome(body, _rerank(good)) == "bad_body:document"  # documents are returned by default
+    assert rerank_outcome(body, _rerank([(2, 0.9), (0, 0.5), (1, 0.7)], docs)) == "bad_body:order"
+    assert rerank_outcome(body, _rerank([(2, 0.9), (2, 0.5), (1, 0.1)], docs)) == "bad_body:index"
+    assert rerank_outcome(body, _rerank([(2, 1.9), (0, 0.5), (1, 0.1)], docs)) == "bad_body:score"
+    assert rerank_outcome(body, _rerank(good[:2], docs)) == "bad_body:count"
+    swapped = orjson.loads(_rerank(good, docs))
+    swapped["results"][0]["document"]["text"] = "d1"
+    assert rerank_outcome(body, orjson.dumps(swapped)) == "bad_body:document"
+    assert rerank_outcome({**body, "top_n": 2}, _rerank(good[:2], docs)) == "ok:rerank"
+    assert rerank_outcome({**body, "top_n": 5}, _rerank(good, docs)) == "ok:rerank"  # past the documents: all
+    hidden = {**body, "return_documents": False}
+    assert rerank_outcome(hidden, _rerank(good)) == "ok:rerank"
+    assert rerank_outcome(hidden, _rerank(good, docs)) == "bad_body:document"
+    assert rerank_outcome(body, b"[]") == "bad_body:json"
+
+
+def test_transcript_and_rejected_outcomes() -> None:
+    assert transcript_outcome(b'{"text": "the quick brown fox", "usage": {}}') == "ok:transcript"
+    assert transcript_outcome(b'{"text": "  "}') == "bad_body:text"
+    assert transcript_outcome(b"the quick brown fox") == "bad_body:json"
+    error = {"error": {"message": "input[0] must be a non-empty string", "type": "invalid_request_error"}}
+    assert rejected_outcome(orjson.dumps(error)) == "ok:rejected"
+    assert rejected_outcome(b'{"error": {"message": "x", "type": "server_error"}}') == "bad_body:error_shape"
+    assert rejected_outcome(b"<html>400</html>") == "bad_body:error_shape"
+
+
+def test_api_outcome_checks_the_status_first() -> None:
+    error = orjson.dumps({"error": {"message": "m", "type": "invalid_request_error", "code": None}})
+    busy = orjson.dumps({"error": {"message": "m", "type": "server_error", "code": "server_overloaded"}})
+    bad, embed = KINDS["embed_bad"], KINDS["embed"]
+    assert api_outcome(bad, {"model": "m", "input": ""}, 400, error) == "ok:rejected"
+    assert api_outcome(bad, {"model": "m", "input": ""}, 200, _embeddings(1)) == "bad_status:200"
+    assert api_outcome(bad, {"model": "m", "input": ""}, 503, busy) == "http_503:server_overloaded"
+    body = {"model": "m", "input": ["a", "b"]}
+    assert api_outcome(embed, body, 200, _embeddings(2)) == "ok:embeddings"
+    assert api_outcome(embed, body, 400, error) == "http_400:invalid_request_error"
+    assert api_outcome(KINDS["transcribe"], {"model": "w"}, 200, b'{"text": "fox"}') == "ok:transcript"
+    assert (
+        api_outcome(KINDS["rerank"], {"model": "m", "query": "q", "documents": ["d"]}, 200, _rerank([(0, 0.3)], ["d"]))
+        == "ok:rerank"
+    )
+    for expected in ("ok:rejected", "ok:embeddings", "ok:rerank", "ok:transcript"):
+        assert outcome_class(expected) == "ok" and not unexpected(expected)
+    for wrong in ("bad_status:200", "bad_body:count", "bad_body:error_shape", "http_400:early"):
+        assert outcome_class(wrong) == "error" and unexpected(wrong)
 
 
 # --- reading answers ---
