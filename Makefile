@@ -48,7 +48,7 @@ debs:
 model: $(WEIGHTS)
 
 $(WEIGHTS): $(STAMP) gateway/embedded/gguf_convert.py gateway/embedded/lm/graph.py \
-		gateway/embedded/minilm_prepare.py gateway/embedded/whisper_prepare.py
+		gateway/embedded/minilm_prepare.py gateway/embedded/whisper_prepare.py gateway/embedded/prepared.py
 	$(BIN)/python -m gateway prepare-model
 	touch $(WEIGHTS)
 

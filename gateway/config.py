@@ -83,7 +83,17 @@ class ModelConfig(BaseModel):
         description="embed/score: inputs per Triton request (default: the model's max_batch_size); larger"
         " requests are split and the parts sent concurrently",
     )
-    max_in_flight: int | None = Field(default=None, ge=1, description="requests sent upstream at once (unset: no cap)")
+    infer_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        description="embed/score/transcribe: seconds one Triton call (a batch, a 30-second window) may take,"
+        " queueing included; then 504",
+    )
+    max_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        description="requests (for unary models: Triton calls) sent upstream at once (unset: no cap)",
+    )
     max_queue: int = Field(default=0, ge=0, description="requests that may wait for a slot; more get 503")
     queue_timeout: float = Field(default=5.0, gt=0, description="seconds a request may wait for a slot")
     first_token_timeout: float = Field(

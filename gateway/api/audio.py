@@ -1,8 +1,9 @@
 """POST /v1/audio/transcriptions and /v1/audio/translations (multipart, as OpenAI serves them).
 
-The upload is decoded to 16 kHz mono (soundfile, off the event loop), cut into 30-second windows,
-and each window goes to the Whisper model on Triton as one unary call (:mod:`gateway.core.transcription`,
-shared with the gRPC API, and :mod:`gateway.core.transcribe`). ``stream: true`` sends a
+Once the options are checked and the caller's limits taken, the upload is decoded to 16 kHz mono
+(soundfile, off the event loop), cut into 30-second windows, and each window goes to the Whisper
+model on Triton as one unary call (:mod:`gateway.core.transcription`, shared with the gRPC API, and
+:mod:`gateway.core.transcribe`). ``stream: true`` sends a
 ``transcript.text.delta`` event as each segment is finished and a ``transcript.text.done`` event with
 the usage; the headers wait for the first window, so a failure before it still gets a proper status.
 """
@@ -32,9 +33,9 @@ from gateway.audio.formats import (
     timestamp_granularities,
 )
 from gateway.audio.transcript import Segment
-from gateway.core.encode import start_job
+from gateway.core.job import start_job
 from gateway.core.transcribe import TranscribeOptions, TranscriptionRun
-from gateway.core.transcription import TRANSCRIBE, admitted, checked_temperature, start_run
+from gateway.core.transcription import TRANSCRIBE, checked_temperature, transcribing
 from gateway.errors import GatewayError, InternalError, InvalidRequest, UnsupportedParameter
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,10 @@ async def _handle(request: web.Request, task: str) -> web.StreamResponse:
     )
     principal = principal_of(request)
     job = request[JOB] = start_job(principal, request.app[REGISTRY], model_id, TRANSCRIBE, request[STARTED], "transcr")
-    run = await start_run(job, form.file, form.filename, options, config.max_audio_seconds)
-    async with admitted(job, principal, request.app[LIMITER], run):
+    limiter = request.app[LIMITER]
+    async with transcribing(
+        job, principal, limiter, form.file, form.filename, options, max_seconds=config.max_audio_seconds
+    ) as run:
         if stream:
             return await _stream(request, run)
         result = await run.result()

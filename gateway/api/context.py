@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway.auth.keys import KeyStore, Principal
 from gateway.config import GatewayConfig
-from gateway.core.encode import EncodeJob
+from gateway.core.job import Job
 from gateway.core.models import ModelRegistry
 from gateway.core.plan import Plan
 from gateway.limits.ratelimit import RateLimiter
@@ -25,7 +25,7 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 REQUEST_ID = web.RequestKey("request_id", str)
 STARTED = web.RequestKey("started", float)  # time.monotonic() at arrival
 PLAN = web.RequestKey("plan", Plan)  # set once the request is planned
-JOB = web.RequestKey("job", EncodeJob)  # a request to an encoder or transcription model, once its model is known
+JOB = web.RequestKey("job", Job)  # a request to an encoder or transcription model, once its model is known
 LIMITER = web.AppKey("limiter", RateLimiter)
 
 

@@ -14,7 +14,7 @@ from gateway.api.body import parse, read_json
 from gateway.api.context import CONFIG, JOB, LIMITER, REGISTRY, STARTED
 from gateway.api.retrieval_schema import EmbeddingRequest
 from gateway.core.embed import EMBED, embeddings
-from gateway.core.encode import start_job
+from gateway.core.job import start_job
 
 
 async def create_embeddings(request: web.Request) -> web.Response:

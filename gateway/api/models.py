@@ -8,28 +8,21 @@ from aiohttp import web
 
 from gateway.api.auth import principal_of
 from gateway.api.context import REGISTRY
-from gateway.core.models import ServedModel
-
-# task -> the APIs a client may call with the model (OpenAI's object has no such field: vLLM's and
-# Scaleway's clients read `task`/`capabilities` to tell an embedding model from a chat model)
-CAPABILITIES = {
-    "generate": ["chat", "completions", "tokenize"],
-    "embed": ["embeddings", "rerank", "score", "tokenize"],
-    "score": ["rerank", "score", "tokenize"],
-    "transcribe": ["audio.transcriptions"],
-}
-TASKS = {"generate": "chat", "embed": "embedding", "score": "rerank", "transcribe": "transcription"}
+from gateway.core.models import TASKS, ServedModel
 
 
 def _card(model: ServedModel) -> dict[str, Any]:
     task = model.config.task
+    info = TASKS[task]
+    # OpenAI's model object has no such fields: vLLM's and Scaleway's clients read them to tell an
+    # embedding model from a chat model
     card: dict[str, Any] = {
         "id": model.id,
         "object": "model",
         "created": model.created,
         "owned_by": model.config.owned_by,
-        "task": TASKS[task],
-        "capabilities": CAPABILITIES[task],
+        "task": info.kind,
+        "capabilities": list(info.apis),
     }
     if task != "transcribe":
         card["max_model_len"] = model.context_length

@@ -11,7 +11,7 @@ from gateway.api.auth import principal_of
 from gateway.api.body import parse, read_json
 from gateway.api.context import CONFIG, JOB, LIMITER, REGISTRY, STARTED, now
 from gateway.api.retrieval_schema import RerankRequest, ScoreRequest
-from gateway.core.encode import start_job
+from gateway.core.job import start_job
 from gateway.core.rerank import RERANK, pair_scores, ranked, score_pairs
 
 
@@ -20,7 +20,8 @@ async def rerank(request: web.Request) -> web.Response:
     principal = principal_of(request)
     job = request[JOB] = start_job(principal, request.app[REGISTRY], body.model, RERANK, request[STARTED], "rerank")
     documents = body.texts()
-    scores = await pair_scores(job, principal, request.app[LIMITER], [(body.query, d) for d in documents])
+    pairs = [(body.query, d) for d in documents]
+    scores = await pair_scores(job, principal, request.app[LIMITER], pairs, body.truncate_prompt_tokens)
     results: list[dict[str, Any]] = []
     for index in ranked(scores, body.top_n):
         result: dict[str, Any] = {"index": index, "relevance_score": float(scores[index])}
@@ -41,7 +42,7 @@ async def score(request: web.Request) -> web.Response:
     principal = principal_of(request)
     job = request[JOB] = start_job(principal, request.app[REGISTRY], body.model, RERANK, request[STARTED], "score")
     pairs = score_pairs(_texts(body.text_1), _texts(body.text_2))
-    scores = await pair_scores(job, principal, request.app[LIMITER], pairs)
+    scores = await pair_scores(job, principal, request.app[LIMITER], pairs, body.truncate_prompt_tokens)
     document = {
         "id": job.request_id,
         "object": "list",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from gateway.api.schema import COMBINATION_ERROR, ChatMessage, WireModel
@@ -56,6 +56,7 @@ def _input_error(message: str) -> PydanticCustomError:
 
 
 class TextDocument(WireModel):
+    model_config = ConfigDict(extra="ignore")  # Cohere's document objects carry more fields (title, ...)
     text: str
 
 
@@ -65,9 +66,10 @@ class RerankRequest(WireModel):
     model: str
     query: Annotated[str, Field(min_length=1)]
     documents: Annotated[list[str | TextDocument], Field(min_length=1, max_length=MAX_DOCUMENTS)]
-    top_n: int | None = Field(default=None, ge=1)
+    top_n: int | None = Field(default=None, ge=0)  # 0 or none: every document (vLLM's rule)
     return_documents: bool = True
     user: str | None = None
+    truncate_prompt_tokens: int | None = Field(default=None, ge=1)  # vLLM's: documents cut to this many tokens
 
     def texts(self) -> list[str]:
         return [d if isinstance(d, str) else d.text for d in self.documents]
@@ -80,6 +82,7 @@ class ScoreRequest(WireModel):
     text_1: Annotated[str, Field(min_length=1)] | Annotated[list[str], Field(min_length=1, max_length=MAX_DOCUMENTS)]
     text_2: Annotated[str, Field(min_length=1)] | Annotated[list[str], Field(min_length=1, max_length=MAX_DOCUMENTS)]
     user: str | None = None
+    truncate_prompt_tokens: int | None = Field(default=None, ge=1)
 
 
 class TokenizeRequest(WireModel):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
@@ -13,13 +12,14 @@ from gateway.api.body import parse, read_json
 from gateway.api.chat import message_dict
 from gateway.api.context import CONFIG, REGISTRY
 from gateway.api.retrieval_schema import DetokenizeRequest, TokenizeRequest
+from gateway.core.models import TOKENIZES
 from gateway.errors import InvalidRequest
 from gateway.text.tokenizer import INLINE_CHARS
 
 
 async def tokenize(request: web.Request) -> web.Response:
     body = parse(TokenizeRequest, await read_json(request, request.app[CONFIG].max_body_bytes))
-    model = request.app[REGISTRY].get(body.model, principal_of(request))
+    model = request.app[REGISTRY].get(body.model, principal_of(request), TOKENIZES)
     tokenizer = model.tokenizer
     if body.messages is not None:  # rendered and encoded exactly as a chat completion's prompt
         ids = await tokenizer.encode_chat([message_dict(m) for m in body.messages])
@@ -27,8 +27,8 @@ async def tokenize(request: web.Request) -> web.Response:
         prompt = body.prompt or ""
         if len(prompt) <= INLINE_CHARS:
             ids = tokenizer.encode_text(prompt, body.add_special_tokens)
-        else:  # off the event loop (tokenizers drops the GIL)
-            ids = await asyncio.to_thread(tokenizer.encode_text, prompt, body.add_special_tokens)
+        else:  # off the event loop, through the entry point that drops the GIL
+            ids = await tokenizer.encode_text_async(prompt, body.add_special_tokens)
     document: dict[str, Any] = {"count": len(ids), "max_model_len": model.context_length, "tokens": ids}
     if body.return_token_strs:
         document["token_strs"] = [tokenizer.token_str(i) for i in ids]
@@ -37,7 +37,7 @@ async def tokenize(request: web.Request) -> web.Response:
 
 async def detokenize(request: web.Request) -> web.Response:
     body = parse(DetokenizeRequest, await read_json(request, request.app[CONFIG].max_body_bytes))
-    tokenizer = request.app[REGISTRY].get(body.model, principal_of(request)).tokenizer
+    tokenizer = request.app[REGISTRY].get(body.model, principal_of(request), TOKENIZES).tokenizer
     vocab = tokenizer.vocab_size
     if any(t >= vocab for t in body.tokens):
         raise InvalidRequest(f"token ids must be in [0, {vocab})", param="tokens")

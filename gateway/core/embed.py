@@ -6,7 +6,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gateway.auth.keys import Principal
-from gateway.core.encode import Encoded, EncodeJob, check_ids, encode, encoder_contract, fit, normalize
+from gateway.core.encode import Encoded, check_ids, encode, encoder_contract, fit, normalize
+from gateway.core.job import Job
 from gateway.errors import InvalidRequest, UnsupportedParameter
 from gateway.limits.ratelimit import RateLimiter
 
@@ -14,7 +15,7 @@ EMBED = ("embed",)
 
 
 async def embeddings(
-    job: EncodeJob,
+    job: Job,
     principal: Principal,
     limiter: RateLimiter | None,
     inputs: list[str] | list[list[int]],
@@ -43,7 +44,7 @@ async def embeddings(
         check_ids(ids, model.tokenizer.vocab_size, "input")
         rows = [(row, [0] * len(row)) for row in ids]
     rows = fit(rows, model.context_length, model.tokenizer.special_frame(), truncate, "input")
-    vectors = await encode(job, principal, limiter, rows)
+    vectors = await encode(job, principal, limiter, contract, rows)
     if dimensions is not None and dimensions < vectors.shape[1]:
         vectors = normalize(np.ascontiguousarray(vectors[:, :dimensions]))
     elif dimensions is not None and dimensions > vectors.shape[1]:

@@ -1,118 +1,42 @@
-"""Encoder models on Triton: token ids in, one vector (embed) or one logit (score) per input out.
-
-The tensor contract (documented for deployments in model_repository/minilm/config.pbtxt):
-
-- in: ``input_ids`` and, when the model declares them, ``attention_mask`` and ``token_type_ids``,
-  INT64 (or INT32) ``[batch, tokens]``, right-padded with the tokenizer's pad id;
-- out, embed: ``embeddings`` FP32 ``[batch, dim]`` (pooled in the model), or ``last_hidden_state``
-  FP32 ``[batch, tokens, dim]`` (a plain encoder export: the gateway pools it as ``pooling`` says);
-  either way the gateway L2-normalises;
-- out, score: ``logits`` FP32 ``[batch, 1]`` (or ``[batch]``), one per (query, document) pair.
+"""Encoder models on Triton (contract: :mod:`gateway.engine.encoder`): token ids in, one vector
+(embed) or one logit (score) per input out.
 
 A request of many inputs is sorted by length (little padding), split into batches of the model's
 ``max_batch_size`` (or ``max_batch``), and at most :data:`BATCHES_IN_FLIGHT` of its batches are sent
 at a time: enough to keep a dynamic batcher full, few enough that a short request arriving meanwhile
-queues behind two batches, not behind the whole of a big request. Results come back in the caller's
-order.
+queues behind two batches, not behind the whole of a big request. Each batch holds an admission slot
+of the model until Triton has answered it (even when the client has gone). Results come back in the
+caller's order.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from tritonclient.grpc import model_config_pb2
 
 from gateway.auth.keys import Principal
-from gateway.core.models import ModelRegistry, ServedModel
-from gateway.core.plan import new_id
+from gateway.core.job import Job, counted
+from gateway.core.models import ServedModel
 from gateway.core.types import RequestStats
-from gateway.engine.contract import kserve_datatype
+from gateway.engine.encoder import EncoderContract
 from gateway.errors import ContextLengthExceeded, InvalidRequest, UpstreamError
-from gateway.limits.ratelimit import Grant, RateLimiter
-from gateway.observability.metrics import OVERHEAD, TOKENS
+from gateway.limits.ratelimit import RateLimiter
 
 Encoded = tuple[list[int], list[int]]  # token ids, token type ids
 BATCHES_IN_FLIGHT = 2  # per request
-_ID_TYPES: dict[str, type[np.signedinteger[Any]]] = {"INT64": np.int64, "INT32": np.int32}
-_OUTPUTS = {"embed": ("embeddings", "last_hidden_state"), "score": ("logits",)}
-
-
-@dataclass(frozen=True, slots=True)
-class EncoderContract:
-    """What one encoder model takes and returns, read from its config."""
-
-    inputs: tuple[str, ...]  # of input_ids, attention_mask, token_type_ids: those the model declares
-    id_type: type[np.signedinteger[Any]]  # np.int64 or np.int32, as the model declares input_ids
-    output: str
-    max_batch: int
-    dim: int | None  # the embedding width, when the config states it
-
-    @classmethod
-    def from_config(cls, config: model_config_pb2.ModelConfig, task: str, max_batch: int | None) -> EncoderContract:
-        declared = {i.name: i for i in config.input}
-        if "input_ids" not in declared:
-            raise UpstreamError(f"model {config.name!r} has no input_ids input: not an encoder")
-        id_type = _ID_TYPES.get(kserve_datatype(declared["input_ids"].data_type))
-        if id_type is None:
-            raise UpstreamError(f"model {config.name!r}: input_ids must be INT64 or INT32")
-        outputs = {o.name: o for o in config.output}
-        output = next((name for name in _OUTPUTS[task] if name in outputs), None)
-        if output is None:
-            raise UpstreamError(f"model {config.name!r} returns none of {', '.join(_OUTPUTS[task])}")
-        if config.max_batch_size < 1:
-            raise UpstreamError(f"model {config.name!r} must batch (max_batch_size > 0) to serve as an encoder")
-        dims = list(outputs[output].dims)
-        dim = dims[-1] if output != "logits" and dims and dims[-1] > 0 else None
-        return cls(
-            inputs=tuple(n for n in ("input_ids", "attention_mask", "token_type_ids") if n in declared),
-            id_type=id_type,
-            output=output,
-            max_batch=min(max_batch or config.max_batch_size, config.max_batch_size),
-            dim=dim,
-        )
-
-
-_CONTRACTS: dict[str, tuple[model_config_pb2.ModelConfig, EncoderContract]] = {}
+# (model id, id of the config object its upstream cached) -> contract: parsed once per upstream
+_CONTRACTS: dict[tuple[str, int], EncoderContract] = {}
 
 
 async def encoder_contract(model: ServedModel) -> EncoderContract:
     config = await model.upstreams.model_config()
-    cached = _CONTRACTS.get(model.id)
-    if cached is not None and cached[0] is config:
-        return cached[1]
-    contract = EncoderContract.from_config(config, model.config.task, model.config.max_batch)
-    _CONTRACTS[model.id] = (config, contract)
+    key = (model.id, id(config))
+    contract = _CONTRACTS.get(key)
+    if contract is None:
+        contract = _CONTRACTS[key] = EncoderContract.from_config(config, model.config.task, model.config.max_batch)
     return contract
-
-
-@dataclass(slots=True)
-class EncodeJob:
-    """One request to an encoder model, for the access log, metrics and limits (as a generation's Plan)."""
-
-    model: ServedModel
-    request_id: str
-    project: str
-    stats: RequestStats
-    grant: Grant | None = None
-    done: bool = field(default=False)
-
-    async def settle(self) -> None:
-        """Count the tokens and settle the limits once the work has ended (or failed)."""
-        if self.done:
-            return
-        self.done = True
-        if self.grant is not None:
-            await self.grant.release(self.stats.prompt_tokens)
-        TOKENS.labels(self.model.id, self.project, "input_tokens").inc(self.stats.prompt_tokens)
-
-    def dispatched(self) -> None:
-        self.stats.dispatched = time.monotonic()
-        OVERHEAD.labels(self.model.id).observe(self.stats.dispatched - self.stats.started)
 
 
 def fit(rows: list[Encoded], limit: int, frame: tuple[int, int], truncate: int | None, param: str) -> list[Encoded]:
@@ -153,20 +77,28 @@ def normalize(vectors: NDArray[np.float32]) -> NDArray[np.float32]:
 
 
 async def run_encoder(
-    model: ServedModel, contract: EncoderContract, rows: list[Encoded], request_id: str
+    model: ServedModel, contract: EncoderContract, rows: list[Encoded], request_id: str, stats: RequestStats
 ) -> NDArray[np.float32]:
     """Vectors (embed: [n, dim], normalised) or logits (score: [n]) of ``rows``, in their order."""
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
     batches = [order[at : at + contract.max_batch] for at in range(0, len(order), contract.max_batch)]
     pad = model.tokenizer.pad_token_id or 0
-    deadline = model.config.first_token_timeout
+    timeout_s = model.config.infer_timeout
     turns = asyncio.Semaphore(BATCHES_IN_FLIGHT)
+
+    failed = asyncio.Event()
 
     async def one(k: int, batch: list[int]) -> NDArray[np.float32]:
         async with turns:
-            return await _send(k, batch)
+            if failed.is_set():  # another batch failed: the request has, send nothing more
+                raise asyncio.CancelledError
+            try:
+                return await _send(k, batch)
+            except BaseException:
+                failed.set()
+                raise
 
-    async def _send(k: int, batch: list[int]) -> NDArray[np.float32]:
+    async def _send(k: int, batch: list[int]) -> NDArray[np.float32]:  # the semaphore only bounds waiting
         width = max(len(rows[i][0]) for i in batch)
         ids = np.full((len(batch), width), pad, dtype=contract.id_type)
         mask = np.zeros((len(batch), width), dtype=contract.id_type)
@@ -178,10 +110,18 @@ async def run_encoder(
             types[r, : len(row_types)] = row_types
         given = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         tensors = {name: given[name] for name in contract.inputs}
-        out = await model.upstreams.infer(f"{request_id}-{k}", tensors, (contract.output,), deadline)
+        slot = model.admission.slot(stats)
+        call = model.upstreams.infer(f"{request_id}-{k}", tensors, (contract.output,), timeout_s, slot)
+        out = await counted(model.id, call)
         return _read(out[contract.output], len(batch), mask, model.config.pooling, contract.output)
 
-    results = await asyncio.gather(*(one(k, batch) for k, batch in enumerate(batches)))
+    tasks = [asyncio.ensure_future(one(k, batch)) for k, batch in enumerate(batches)]
+    try:
+        results = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:  # a failed request sends no more batches (those sent run to their end)
+            task.cancel()
+        raise
     first = results[0]
     merged = np.empty((len(rows), *first.shape[1:]), dtype=np.float32)
     for batch, result in zip(batches, results, strict=True):
@@ -210,34 +150,24 @@ def check_ids(rows: list[list[int]], vocab: int, param: str) -> None:
     for index, ids in enumerate(rows):
         if not ids:
             raise InvalidRequest(f"{param}[{index}] must not be empty", param=param)
-        if any(not 0 <= t < vocab for t in ids):
+        if max(ids) >= vocab:  # builtins over a list of ints: C speed; the wire checked they are >= 0
             raise InvalidRequest(f"{param}[{index}]: token ids must be in [0, {vocab})", param=param)
 
 
-def start_job(
-    principal: Principal, registry: ModelRegistry, model_id: str, tasks: tuple[str, ...], started: float, prefix: str
-) -> EncodeJob:
-    """The job of a request to an encoder (or transcription) model: the model checked for this caller
-    and this API; ``prefix`` starts its id."""
-    model = registry.get(model_id, principal, tasks)
-    return EncodeJob(model, new_id(prefix), principal.project, RequestStats(started))
-
-
 async def encode(
-    job: EncodeJob,
+    job: Job,
     principal: Principal,
     limiter: RateLimiter | None,
+    contract: EncoderContract,
     rows: list[Encoded],
 ) -> NDArray[np.float32]:
     """Run ``rows`` (already fitted to the context) through the job's model: admitted by the limits (the
-    exact token count is reserved), queued for an upstream slot, settled when done."""
+    exact token count is reserved), each batch in an upstream slot, settled when done."""
     job.stats.prompt_tokens = sum(len(ids) for ids, _ in rows)
-    contract = await encoder_contract(job.model)
     if limiter is not None:
         job.grant = await limiter.acquire(principal, job.model.id, job.stats.prompt_tokens)
     job.dispatched()
     try:
-        async with job.model.admission.slot(job.stats):
-            return await run_encoder(job.model, contract, rows, job.request_id)
+        return await run_encoder(job.model, contract, rows, job.request_id, job.stats)
     finally:
         await job.settle()

@@ -15,19 +15,39 @@ from gateway.errors import ModelNotFound, WrongModelTask
 from gateway.limits.admission import Admission
 from gateway.text.tokenizer import Tokenizer
 
-# how errors and /v1/models describe each task
-TASK_NAMES = {
-    "generate": "a text generation",
-    "embed": "an embedding",
-    "score": "a cross-encoder (scoring)",
-    "transcribe": "a transcription",
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """How /v1/models, the gRPC ListModels and the wrong-task error describe what a model does."""
+
+    kind: str  # /v1/models' `task`
+    article: str  # "an embedding model"
+    apis: tuple[str, ...]  # /v1/models' `capabilities`
+    routes: str  # the error's "it serves ..."
+
+
+TASKS: dict[str, TaskInfo] = {
+    "generate": TaskInfo(
+        "chat", "a text generation", ("chat", "completions", "tokenize"), "/v1/chat/completions and /v1/completions"
+    ),
+    "embed": TaskInfo(
+        "embedding",
+        "an embedding",
+        ("embeddings", "rerank", "score", "tokenize"),
+        "/v1/embeddings, /v1/rerank and /v1/score",
+    ),
+    "score": TaskInfo(
+        "rerank", "a cross-encoder (scoring)", ("rerank", "score", "tokenize"), "/v1/rerank and /v1/score"
+    ),
+    "transcribe": TaskInfo(
+        "transcription",
+        "a transcription",
+        ("audio.transcriptions", "audio.translations"),
+        "/v1/audio/transcriptions and /v1/audio/translations",
+    ),
 }
-TASK_APIS = {
-    "generate": "/v1/chat/completions and /v1/completions",
-    "embed": "/v1/embeddings and /v1/rerank",
-    "score": "/v1/rerank and /v1/score",
-    "transcribe": "/v1/audio/transcriptions",
-}
+# the tasks whose models have a text tokenizer clients may call /tokenize with
+TOKENIZES = tuple(task for task, info in TASKS.items() if "tokenize" in info.apis)
 
 
 @dataclass(slots=True)
@@ -98,9 +118,9 @@ class ModelRegistry:
                 f"The model '{model_id}' does not exist or you do not have access to it.", param="model"
             )
         if tasks is not None and model.config.task not in tasks:
-            task = model.config.task
+            info = TASKS[model.config.task]
             raise WrongModelTask(
-                f"The model '{model_id}' is {TASK_NAMES[task]} model; it serves {TASK_APIS[task]}.",
+                f"The model '{model_id}' is {info.article} model; it serves {info.routes}.",
                 param="model",
             )
         return model

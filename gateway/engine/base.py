@@ -34,7 +34,7 @@ class Engine(Protocol):
         ...
 
     async def infer(
-        self, model: str, request_id: str, inputs: Tensors, outputs: tuple[str, ...], deadline: float
+        self, model: str, request_id: str, inputs: Tensors, outputs: tuple[str, ...], timeout_s: float
     ) -> dict[str, NDArray[np.generic]]:
         """One request, one response: embeddings, scores, transcripts."""
         ...

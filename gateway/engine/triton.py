@@ -64,6 +64,8 @@ _INTERRUPTED = (
 def translate_rpc_error(exc: grpc.aio.AioRpcError, url: str) -> GatewayError:
     code = exc.code()
     detail = exc.details() or code.name
+    if "maximum queue size" in detail.lower():  # a unary call refused by a full dynamic-batching queue
+        return Overloaded(f"the model's queue at {url} is full: {detail}", retry_after=1.0)
     if code == grpc.StatusCode.UNAVAILABLE:
         return UpstreamUnavailable(f"Triton at {url} is unavailable: {detail}", retry_after=1.0)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -138,12 +140,12 @@ class TritonClient:
         return contract
 
     async def infer(
-        self, model: str, request_id: str, inputs: Tensors, outputs: tuple[str, ...], deadline: float
+        self, model: str, request_id: str, inputs: Tensors, outputs: tuple[str, ...], timeout_s: float
     ) -> dict[str, NDArray[np.generic]]:
-        """One unary ModelInfer call: ``inputs`` in, the named ``outputs`` back as arrays; ``deadline`` in seconds."""
+        """One unary ModelInfer call within ``timeout_s`` seconds: ``inputs`` in, the named ``outputs`` back."""
         request = infer_request(model, request_id, inputs, outputs)
         try:
-            response = await self._stub.ModelInfer(request, timeout=deadline)
+            response = await self._stub.ModelInfer(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise translate_rpc_error(exc, self.url) from None
         try:

@@ -29,7 +29,9 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncGenerator, Collection
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
+from contextlib import AbstractAsyncContextManager
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -50,6 +52,7 @@ from gateway.observability.metrics import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _MIN_CHECK_GAP = 0.1  # seconds between checks triggered by failures
 _READY_WAIT = 2.0  # seconds a readiness query waits for a running check before answering as last known
@@ -135,6 +138,7 @@ class UpstreamGroup:
         self._task: asyncio.Task[None] | None = None
         self._checking: asyncio.Future[None] | None = None
         self._retries = UPSTREAM_RETRIES.labels(model_id)
+        self._calls: set[asyncio.Task[dict[str, NDArray[np.generic]]]] = set()  # unary calls in flight
 
     # -- routing ---------------------------------------------------------------------------------
 
@@ -153,46 +157,67 @@ class UpstreamGroup:
         return best
 
     async def contract(self) -> ModelContract:
-        """The model's contract from the first upstream that answers."""
-        tried: list[Upstream] = []
-        while True:
-            upstream = self.pick(tried)
-            if upstream is None:
-                raise UpstreamUnavailable(f"no Triton server of model '{self.model_id}' answers")
-            try:
-                return await upstream.engine.contract(self.triton_model)
-            except UpstreamUnavailable:
-                if len(tried) + 1 == len(self.upstreams):
-                    raise
-                tried.append(upstream)
+        """The model's token contract from the first upstream that answers."""
+        return await self._first_answer(lambda engine: engine.contract(self.triton_model))
 
     async def model_config(self) -> model_config_pb2.ModelConfig:
         """The model's config from the first upstream that answers."""
+        return await self._first_answer(lambda engine: engine.model_config(self.triton_model))
+
+    async def _first_answer(self, ask: Callable[[Engine], Awaitable[T]]) -> T:
         tried: list[Upstream] = []
         while True:
             upstream = self.pick(tried)
             if upstream is None:
                 raise UpstreamUnavailable(f"no Triton server of model '{self.model_id}' answers")
             try:
-                return await upstream.engine.model_config(self.triton_model)
+                return await ask(upstream.engine)
             except UpstreamUnavailable:
                 if len(tried) + 1 == len(self.upstreams):
                     raise
                 tried.append(upstream)
 
     async def infer(
-        self, request_id: str, inputs: Tensors, outputs: tuple[str, ...], deadline: float
+        self,
+        request_id: str,
+        inputs: Tensors,
+        outputs: tuple[str, ...],
+        timeout_s: float,
+        slot: AbstractAsyncContextManager[None] | None = None,
     ) -> dict[str, NDArray[np.generic]]:
-        """One unary call on the chosen upstream, retried once elsewhere if that one is unavailable.
+        """One unary call on the chosen upstream, retried once elsewhere if that one is unavailable,
+        inside ``slot`` (the model's admission) when given.
 
-        The call runs to its end even when the caller is cancelled (a client that went away): the
-        gateway cancels only what must be stopped, and a unary call ends by itself within ``deadline`` seconds.
+        The call is a task of the group's own: a caller that is cancelled (its client went away)
+        stops waiting, while the call runs to its end (the gateway cancels only what must be
+        stopped) and keeps its admission slot until then, so work a client left behind still counts
+        against ``max_in_flight``. Its outcome is then only logged; :meth:`close` cancels what is left.
         """
-        call = asyncio.ensure_future(self._infer(request_id, inputs, outputs, deadline))
+        call = asyncio.create_task(self._admitted(request_id, inputs, outputs, timeout_s, slot))
+        self._calls.add(call)
+        call.add_done_callback(self._call_done)
         return await asyncio.shield(call)
 
+    def _call_done(self, call: asyncio.Task[dict[str, NDArray[np.generic]]]) -> None:
+        self._calls.discard(call)
+        if not call.cancelled() and (exc := call.exception()) is not None:
+            log.debug("model %s: a unary call ended with %s", self.model_id, exc)  # its caller has the error
+
+    async def _admitted(
+        self,
+        request_id: str,
+        inputs: Tensors,
+        outputs: tuple[str, ...],
+        timeout_s: float,
+        slot: AbstractAsyncContextManager[None] | None,
+    ) -> dict[str, NDArray[np.generic]]:
+        if slot is None:
+            return await self._infer(request_id, inputs, outputs, timeout_s)
+        async with slot:
+            return await self._infer(request_id, inputs, outputs, timeout_s)
+
     async def _infer(
-        self, request_id: str, inputs: Tensors, outputs: tuple[str, ...], deadline: float
+        self, request_id: str, inputs: Tensors, outputs: tuple[str, ...], timeout_s: float
     ) -> dict[str, NDArray[np.generic]]:
         upstream = self.pick()
         assert upstream is not None  # there is at least one
@@ -200,7 +225,7 @@ class UpstreamGroup:
         while True:
             upstream.begin()
             try:
-                result = await upstream.engine.infer(self.triton_model, request_id, inputs, outputs, deadline)
+                result = await upstream.engine.infer(self.triton_model, request_id, inputs, outputs, timeout_s)
                 upstream.failures = 0
                 upstream.last_ok = time.monotonic()
                 return result
@@ -373,6 +398,9 @@ class UpstreamGroup:
             self._task = asyncio.create_task(self._run(), name=f"health-{self.model_id}")
 
     async def close(self) -> None:
+        for call in list(self._calls):
+            call.cancel()
+        await asyncio.gather(*self._calls, return_exceptions=True)
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

@@ -10,14 +10,14 @@ from typing import Any
 
 from gateway.auth.keys import KeyStore, Principal
 from gateway.core.embed import EMBED, embeddings
-from gateway.core.encode import start_job
 from gateway.core.generate import collect, generate
 from gateway.core.halt import guarded
+from gateway.core.job import start_job
 from gateway.core.lifecycle import LIFECYCLE
-from gateway.core.models import ModelRegistry
+from gateway.core.models import TASKS, ModelRegistry
 from gateway.core.plan import Plan, plan_chat, plan_completion
 from gateway.core.rerank import RERANK, pair_scores, ranked, score_pairs
-from gateway.core.transcription import TRANSCRIBE, admitted, start_run
+from gateway.core.transcription import TRANSCRIBE, transcribing
 from gateway.core.types import Usage
 from gateway.errors import InvalidRequest
 from gateway.grpcapi import convert
@@ -108,6 +108,8 @@ class LLMGatewayService(pb_grpc.LLMGatewayServicer):
                     owned_by=m.config.owned_by,
                     context_length=m.context_length,
                     max_output_tokens=m.config.max_output_tokens,
+                    task=TASKS[m.config.task].kind,
+                    capabilities=TASKS[m.config.task].apis,
                 )
                 for m in self._registry.visible(self._principal(context))
             ]
@@ -196,8 +198,10 @@ class LLMGatewayService(pb_grpc.LLMGatewayServicer):
         audio = convert.audio(request, self._max_audio_bytes)
         options = convert.transcribe_options(request)
         job = start_job(principal, self._registry, request.model, TRANSCRIBE, started, "transcr")
-        run = await start_run(job, audio, request.filename or None, options, self._max_audio_seconds)
-        async with admitted(job, principal, self._limiter, run):
+        filename = request.filename or None
+        async with transcribing(
+            job, principal, self._limiter, audio, filename, options, max_seconds=self._max_audio_seconds
+        ) as run:
             segments = aiter(run)
             assert isinstance(segments, AsyncGenerator)
             async with contextlib.aclosing(segments):  # a cancelled call stops at the window in flight

@@ -96,6 +96,16 @@ class Tokenizer:
         ids: list[int] = self._tok.encode(text, add_special_tokens=add_special_tokens).ids
         return ids
 
+    def _encode_text_unlocked(self, text: str, add_special_tokens: bool) -> list[int]:
+        ids: list[int] = self._tok.encode_batch_fast([text], add_special_tokens=add_special_tokens)[0].ids
+        return ids
+
+    async def encode_text_async(self, text: str, add_special_tokens: bool) -> list[int]:
+        """:meth:`encode_text` on a worker thread (for large texts; it drops the GIL there)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            _POOL, self._encode_text_unlocked, text, add_special_tokens
+        )
+
     def token_str(self, token_id: int) -> str:
         return self._tok.id_to_token(token_id) or ""
 

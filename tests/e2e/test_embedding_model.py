@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -26,10 +27,10 @@ from gateway.api.app import create_app
 from gateway.config import GatewayConfig, ModelConfig
 from gateway.embedded.encoder import Encoder, FloatArray, Rows
 from gateway.embedded.minilm_prepare import prepare_minilm
-from gateway.embedded.toy_cross_encoder import build_cross_encoder
 from gateway.embedded.tritonserver import TritonPorts, TritonServer
 from perf.stack import free_port
 from tests.conftest import MODEL_REPOSITORY
+from tests.toy_cross_encoder import build_cross_encoder
 
 pytestmark = pytest.mark.e2e
 
@@ -170,7 +171,7 @@ def executions(client: grpcclient.InferenceServerClient, model: str) -> tuple[in
     pytest.fail(f"{model}'s statistics did not settle")
 
 
-async def test_a_bad_request_fails_alone(triton: TritonServer, tokenizer: Tokenizer) -> None:
+async def test_a_bad_request_fails_alone_as_invalid_argument(triton: TritonServer, tokenizer: Tokenizer) -> None:
     good = encode(tokenizer, [PAIR[0]])
     bad = (good[0], good[1][:, :-1], good[2][:, :-1])  # attention_mask one token short
     out_of_vocab = (np.full_like(good[0], 10**6), good[1], good[2])
@@ -184,6 +185,8 @@ async def test_a_bad_request_fails_alone(triton: TritonServer, tokenizer: Tokeni
         await aio.close()
     assert isinstance(results[0], InferenceServerException) and "shapes differ" in str(results[0])
     assert isinstance(results[2], InferenceServerException) and "out of range" in str(results[2])
+    for refused in (results[0], results[2]):  # the client's error: the gateway neither retries nor ejects
+        assert refused.status() == str(grpc.StatusCode.INVALID_ARGUMENT), refused.status()
     for result in (results[1], results[3]):
         assert not isinstance(result, BaseException), result
         assert result.as_numpy("embeddings").shape == (1, 384)

@@ -46,6 +46,8 @@ async def _tokenize(stack: Stack, text: str) -> int:
         resp = await stub.Tokenize(pb.TokenizeRequest(model=MODEL, messages=messages))
         listed = await stub.ListModels(pb.ListModelsRequest())
     assert [m.id for m in listed.models] == [MODEL, "synthetic", "all-minilm-l6-v2", "whisper-base"]
+    assert [m.task for m in listed.models] == ["chat", "chat", "embedding", "transcription"]
+    assert "embeddings" in listed.models[2].capabilities
     return int(resp.count)
 
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import soundfile
@@ -17,9 +18,10 @@ import soxr
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from gateway.embedded.prepared import COMPLETE_MARKER
 from gateway.embedded.tritonserver import TritonPorts, TritonServer
 from gateway.embedded.whisper_features import SAMPLE_RATE
-from gateway.embedded.whisper_prepare import COMPLETE_MARKER, is_prepared, prepare_whisper
+from gateway.embedded.whisper_prepare import is_prepared, prepare_whisper
 from gateway.embedded.whisper_runner import Transcription, WhisperRunner
 from perf.stack import free_port
 from tests.conftest import MODEL_REPOSITORY
@@ -114,12 +116,27 @@ def test_audio_past_30_seconds_or_not_finite_is_refused(runner: WhisperRunner) -
 
 
 @pytest.mark.parametrize(
-    "prefix",
-    ["<|en|><|transcribe|>", "<|startoftranscript|><|nosuchtoken|>", "<|startoftranscript|><|startoftranscript|>"],
+    ("prefix", "message"),
+    [
+        ("<|en|><|transcribe|>", "once"),
+        ("<|startoftranscript|><|nosuchtoken|>", "unknown special token"),
+        ("<|startoftranscript|><|startoftranscript|>", "once"),
+        (ENGLISH + " word" * 444, "448 tokens; at most 447"),  # no room left in the decoder's context
+    ],
 )
-def test_a_bad_prefix_is_refused(runner: WhisperRunner, speech: np.ndarray, prefix: str) -> None:
-    with pytest.raises(ValueError):
+def test_a_bad_prefix_is_refused(runner: WhisperRunner, speech: np.ndarray, prefix: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         runner.check(Transcription(speech, prefix))
+    with pytest.raises(ValueError, match=message):  # before any work
+        runner.transcribe_batch([Transcription(speech, ENGLISH), Transcription(speech, prefix)])
+
+
+def test_a_checked_batch_is_transcribed_without_checking_again(runner: WhisperRunner, speech: np.ndarray) -> None:
+    checked = [runner.check(Transcription(speech, prefix)) for prefix in (ENGLISH, DETECT)]
+    assert checked[1].prompt.detect_language and not checked[0].prompt.detect_language
+    texts = runner.transcribe_checked(checked)
+    assert heard(texts[0]) >= 0.7 and texts[1].startswith("<|en|>"), texts
+    assert runner.transcribe_checked([]) == []
 
 
 # --- through tritonserver ----------------------------------------------------------------------
@@ -170,9 +187,11 @@ def test_triton_refuses_a_bad_request_alone(triton: grpcclient.InferenceServerCl
     with ThreadPoolExecutor(2) as pool:
         bad = pool.submit(infer, triton, speech, "<|startoftranscript|><|nosuchtoken|>")
         good = pool.submit(infer, triton, speech, ENGLISH)
-        with pytest.raises(InferenceServerException, match="nosuchtoken"):
+        with pytest.raises(InferenceServerException, match="nosuchtoken") as refused:
             bad.result()
         assert heard(good.result()) >= 0.7
+    # the client's error, not the server's: the gateway neither retries it elsewhere nor ejects the server
+    assert refused.value.status() == str(grpc.StatusCode.INVALID_ARGUMENT), refused.value.status()
 
 
 def test_prefix_parsing_and_output_text(runner: WhisperRunner) -> None:

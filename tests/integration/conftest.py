@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import pytest
 from aiohttp import web
@@ -12,6 +13,9 @@ from gateway.engine.contract import ModelContract
 from gateway.text.tokenizer import Tokenizer
 from tests.conftest import WEIGHTS
 from tests.integration.fake_engine import FakeEngine
+
+if TYPE_CHECKING:
+    from tests.integration.fake_encoder import FakeEncoders
 
 MODEL = "smollm2-135m-instruct"
 REPLY = "Hello there! Café 😀 costs 12€. END of reply."
@@ -31,3 +35,20 @@ async def client(aiohttp_client: Callable[[web.Application], Awaitable[TestClien
         models=[ModelConfig(id=MODEL, triton_model="smollm2", tokenizer_dir=WEIGHTS, max_output_tokens=256)],
     )
     return await aiohttp_client(create_app(config, lambda url: engine))
+
+
+@pytest.fixture(scope="module")
+def minilm() -> Tokenizer:
+    """all-MiniLM-L6-v2's tokenizer, for the fake encoder models."""
+    from tests.integration.fake_encoder import MINILM  # it imports this module
+
+    if not (MINILM / "tokenizer.json").is_file():
+        pytest.fail("model not prepared: run `make model` (make test does it)")
+    return Tokenizer(MINILM)
+
+
+@pytest.fixture
+def encoders() -> FakeEncoders:
+    from tests.integration.fake_encoder import FakeEncoders
+
+    return FakeEncoders()

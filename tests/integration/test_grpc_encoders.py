@@ -3,8 +3,7 @@ encoder and Whisper tensor contracts with deterministic outputs."""
 
 from __future__ import annotations
 
-import io
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,140 +11,34 @@ import aiohttp
 import grpc
 import numpy as np
 import pytest
-import soundfile  # type: ignore[import-untyped, unused-ignore]
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from numpy.typing import NDArray
-from tritonclient.grpc import model_config_pb2
 
 from gateway.api.app import create_app
 from gateway.api.context import KEYS, LIMITER, REGISTRY
 from gateway.auth.keys import new_key
-from gateway.config import GatewayConfig, ModelConfig, ProjectConfig, Task
-from gateway.core.types import GenerateRequest, Tokens
-from gateway.engine.contract import ModelContract
-from gateway.engine.tensors import Tensors
-from gateway.errors import UpstreamError
+from gateway.config import GatewayConfig, ProjectConfig
 from gateway.grpcapi.server import GrpcServer, server_options
 from gateway.grpcapi.stubs import pb, pb_grpc
 from gateway.text.tokenizer import Tokenizer
 from perf.stack import free_port
-from tests.conftest import MODEL_REPOSITORY, WEIGHTS
 from tests.integration.conftest import MODEL
+from tests.integration.fake_encoder import (
+    DIM,
+    EMBEDDER,
+    ENCODERS,
+    MATRYOSHKA,
+    MAX_BATCH,
+    SCORER,
+    WHISPER,
+    FakeEncoders,
+    gateway_models,
+    sigmoid,
+    unit,
+    vector,
+    wav,
+)
 from tests.integration.fake_engine import FakeEngine
-
-MINILM = MODEL_REPOSITORY / "minilm" / "weights"
-ENCODERS = "encoders:8001"
-EMBEDDER, MATRYOSHKA, SCORER, WHISPER = "embedder", "embedder-mrl", "scorer", "whisper"
-MAX_BATCH = 8
-DIM = 4
-RATE = 16_000
-
-
-def _tensor(name: str, dtype: int, dims: list[int]) -> dict[str, Any]:
-    return {"name": name, "data_type": dtype, "dims": dims}
-
-
-def _config(name: str, output: str, dims: list[int]) -> model_config_pb2.ModelConfig:
-    return model_config_pb2.ModelConfig(
-        name=name,
-        max_batch_size=MAX_BATCH,
-        input=[
-            model_config_pb2.ModelInput(**_tensor(n, model_config_pb2.TYPE_INT64, [-1]))
-            for n in ("input_ids", "attention_mask", "token_type_ids")
-        ],
-        output=[model_config_pb2.ModelOutput(**_tensor(output, model_config_pb2.TYPE_FP32, dims))],
-    )
-
-
-def vector(ids: list[int]) -> NDArray[np.float32]:
-    """The fake embedding model's raw vector of one row of token ids (depends on that row only)."""
-    return np.array([len(ids), sum(ids) % 1000 + 1, max(ids) % 100 + 1, ids[len(ids) // 2] % 50 + 1], np.float32)
-
-
-def unit(v: NDArray[np.float32]) -> NDArray[np.float32]:
-    out: NDArray[np.float32] = v / np.linalg.norm(v)
-    return out
-
-
-def sigmoid(x: float) -> float:
-    return float(1.0 / (1.0 + np.exp(-np.float32(x))))
-
-
-class FakeEncoders:
-    """Triton's unary side: ``embedder``/``embedder-mrl`` (embeddings FP32 [4]), ``scorer`` (logits FP32
-    [1]: the document's token count, so longer documents rank higher) and ``whisper`` (canned
-    TRANSCRIPTS, one per window). Records every call."""
-
-    url = ENCODERS
-
-    def __init__(self) -> None:
-        self.configs = {
-            EMBEDDER: _config(EMBEDDER, "embeddings", [DIM]),
-            MATRYOSHKA: _config(MATRYOSHKA, "embeddings", [DIM]),
-            SCORER: _config(SCORER, "logits", [1]),
-        }
-        self.transcripts: list[str] = []
-        self.calls: list[tuple[str, str, Tensors]] = []
-
-    async def contract(self, model: str) -> ModelContract:
-        raise UpstreamError(f"{model} does not generate")
-
-    async def generate(
-        self, contract: ModelContract, request: GenerateRequest, end_id: int | None, pad_id: int | None
-    ) -> AsyncGenerator[Tokens, None]:
-        raise UpstreamError("these models do not generate")
-        yield Tokens([])  # pragma: no cover
-
-    async def model_config(self, model: str) -> model_config_pb2.ModelConfig:
-        return self.configs.get(model, model_config_pb2.ModelConfig(name=model))
-
-    async def infer(
-        self, model: str, request_id: str, inputs: Tensors, outputs: tuple[str, ...], deadline: float
-    ) -> dict[str, NDArray[np.generic]]:
-        self.calls.append((model, request_id, inputs))
-        if model == WHISPER:  # no transcript left: an answer without one, which the gateway refuses
-            said = [self.transcripts.pop(0).encode()] if self.transcripts else []
-            return {"TRANSCRIPTS": np.array(said, dtype=object)}
-        mask = inputs["attention_mask"] == 1
-        if outputs == ("logits",):
-            documents = (inputs["token_type_ids"] == 1) & mask
-            return {"logits": documents.sum(axis=1, keepdims=True).astype(np.float32)}
-        rows = zip(inputs["input_ids"], mask, strict=True)
-        return {"embeddings": np.stack([vector(ids[real].tolist()) for ids, real in rows])}
-
-    async def model_ready(self, model: str) -> bool:
-        return True
-
-    async def close(self) -> None:
-        pass
-
-
-def _models() -> list[ModelConfig]:
-    def encoder(model_id: str, task: Task, **extra: Any) -> ModelConfig:
-        return ModelConfig(
-            id=model_id, task=task, triton_model=model_id, triton_url=ENCODERS, tokenizer_dir=MINILM, **extra
-        )
-
-    return [
-        ModelConfig(id=MODEL, triton_model="smollm2", tokenizer_dir=WEIGHTS, max_output_tokens=64),
-        encoder(EMBEDDER, "embed"),
-        encoder(MATRYOSHKA, "embed", matryoshka=True),
-        encoder(SCORER, "score"),
-        encoder(WHISPER, "transcribe"),
-    ]
-
-
-@pytest.fixture(scope="module")
-def minilm() -> Tokenizer:
-    if not (MINILM / "tokenizer.json").is_file():
-        pytest.fail("model not prepared: run `make model` (make test does it)")
-    return Tokenizer(MINILM)
-
-
-@pytest.fixture
-def encoders() -> FakeEncoders:
-    return FakeEncoders()
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +62,7 @@ async def serve(
 
     async def start(**config: Any) -> Gateway:
         port = free_port()
-        settings = GatewayConfig(grpc_port=port, models=_models(), **config)
+        settings = GatewayConfig(grpc_port=port, models=gateway_models(), **config)
         rest = await aiohttp_client(create_app(settings, lambda url: encoders if url == ENCODERS else engine))
         channels.append(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
         return Gateway(rest, pb_grpc.LLMGatewayStub(channels[-1]))
@@ -353,13 +246,6 @@ async def test_score_one_to_many_and_pairwise(stub: pb_grpc.LLMGatewayStub, mini
 # ------------------------------------------------------------------------------------- Transcribe
 
 
-def wav(seconds: float) -> bytes:
-    samples = np.random.default_rng(0).uniform(-0.1, 0.1, round(seconds * RATE)).astype(np.float32)
-    buffer = io.BytesIO()
-    soundfile.write(buffer, samples, RATE, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
-
-
 async def test_transcribe_streams_segments_then_the_whole(stub: pb_grpc.LLMGatewayStub, encoders: FakeEncoders) -> None:
     encoders.transcripts = [
         "<|en|><|transcribe|><|0.00|> One.<|10.00|><|10.00|> Two.<|30.00|>",
@@ -414,7 +300,9 @@ async def test_transcribe_audio_limits(
     aiohttp_client: Callable[[web.Application], Awaitable[TestClient]], encoders: FakeEncoders, minilm: Tokenizer
 ) -> None:
     """The server's audio limits (the gateway config's, as REST's): bytes, then seconds."""
-    client = await aiohttp_client(create_app(GatewayConfig(grpc_port=None, models=_models()), lambda url: encoders))
+    client = await aiohttp_client(
+        create_app(GatewayConfig(grpc_port=None, models=gateway_models()), lambda url: encoders)
+    )
     app = client.app
     server = GrpcServer(
         app[REGISTRY], app[KEYS], app[LIMITER], "127.0.0.1", 0, max_audio_bytes=40_000, max_audio_seconds=0.5

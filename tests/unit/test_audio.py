@@ -4,14 +4,17 @@ a fake engine, response formats and stream events."""
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+import tracemalloc
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import numpy as np
 import pytest
 import soundfile  # type: ignore[import-untyped, unused-ignore]
+import soxr  # type: ignore[import-untyped, unused-ignore]
 from numpy.typing import NDArray
 
+from gateway.audio import decode
 from gateway.audio.decode import SAMPLE_RATE, decode_audio, decode_audio_async
 from gateway.audio.formats import (
     TextStream,
@@ -105,6 +108,86 @@ def test_decode_enforces_max_seconds() -> None:
     with pytest.raises(InvalidRequest, match=r"2\.0 s, longer than the 1\.5 s") as caught:
         decode_audio(data, None, max_seconds=1.5)
     assert caught.value.param == "file"
+
+
+def whole_file_reference(data: bytes) -> NDArray[np.float32]:
+    """What decoding did before it went block by block: the whole file read at once, then downmixed,
+    resampled in one go, cleaned and clipped. The streaming decoder must give the same samples."""
+    audio, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    mono = audio[:, 0] if audio.shape[1] == 1 else audio.mean(axis=1, dtype=np.float32)
+    if rate != SAMPLE_RATE:
+        mono = soxr.resample(mono, rate, SAMPLE_RATE)
+    samples = np.nan_to_num(np.asarray(mono, dtype=np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
+    clipped: NDArray[np.float32] = np.clip(samples, -1.0, 1.0)
+    return clipped
+
+
+def signal(kind: str, rate: int, channels: int, seconds: float = 3.1) -> NDArray[np.float32]:
+    """A test signal: ``sweep`` (a 100 Hz to 3 kHz chirp, under 8 kHz's Nyquist, quieter on the right)
+    or ``hot`` (loud noise whose resampled peaks overshoot 1, so clipping is exercised)."""
+    t = np.arange(round(rate * seconds)) / rate
+    if kind == "sweep":
+        left = 0.6 * np.sin(2 * np.pi * (100 * t + (2900 / (2 * seconds)) * t**2))
+        right = 0.5 * np.sin(2 * np.pi * 330 * t + 1.0)
+    else:
+        rng = np.random.default_rng(rate + channels)
+        left, right = rng.uniform(-0.98, 0.98, (2, len(t)))
+    stereo = np.stack([left, right], axis=1)
+    picked: NDArray[np.float32] = stereo[:, :channels].astype(np.float32)
+    return picked
+
+
+FORMATS = {
+    "wav": ("WAV", "PCM_16"),
+    "flac": ("FLAC", "PCM_16"),
+    "ogg": ("OGG", "VORBIS"),
+    "opus": ("OGG", "OPUS"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
+}
+OPUS_RATES = (8_000, 12_000, 16_000, 24_000, 48_000)
+
+
+@pytest.mark.parametrize("kind", ["sweep", "hot"])
+@pytest.mark.parametrize("rate", [44_100, 48_000, 16_000, 8_000])
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_block_decoding_equals_the_whole_file(
+    fmt: str, channels: int, rate: int, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if fmt == "opus" and rate not in OPUS_RATES:
+        pytest.skip("Opus encodes 8, 12, 16, 24 and 48 kHz only")
+    monkeypatch.setattr(decode, "BLOCK_FRAMES", 4099)  # many blocks, none aligned to anything (MP3's 1152)
+    data = encode(signal(kind, rate, channels), rate, *FORMATS[fmt])
+    expected = whole_file_reference(data)
+    samples = decode_audio(data, f"signal.{fmt}", max_seconds=10.0)
+    assert samples.dtype == np.float32 and samples.ndim == 1
+    assert len(samples) == len(expected)
+    np.testing.assert_allclose(samples, expected, rtol=0, atol=1e-6)
+    assert float(np.max(np.abs(samples))) <= 1.0
+
+
+def test_block_decoding_of_the_default_block_size_and_of_a_header_that_understates(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = encode(signal("sweep", 48_000, 2, seconds=4.0), 48_000, "FLAC", "PCM_16")
+    expected = whole_file_reference(data)
+    np.testing.assert_allclose(decode_audio(data), expected, rtol=0, atol=1e-6)
+    monkeypatch.setattr(decode, "_RESAMPLE_SLACK", -40_000)  # the output starts too small, and grows
+    np.testing.assert_allclose(decode_audio(data), expected, rtol=0, atol=1e-6)
+
+
+def test_block_decoding_takes_the_output_and_a_block_not_the_whole_file() -> None:
+    """A minute of 48 kHz stereo is 23 MB of float32 read whole; block by block, the decoder's peak
+    is its 3.8 MB output and about one block."""
+    data = encode(signal("sweep", 48_000, 2, seconds=60.0), 48_000, "FLAC", "PCM_16")
+    tracemalloc.start()
+    try:
+        samples = decode_audio(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(samples) == 60 * SAMPLE_RATE
+    assert peak < samples.nbytes + 2_000_000, f"peak {peak / 1e6:.1f} MB for a {samples.nbytes / 1e6:.1f} MB output"
 
 
 async def test_decode_async_runs_in_a_thread() -> None:
@@ -321,6 +404,51 @@ async def test_transcribe_runs_once() -> None:
     await run.result()
     with pytest.raises(RuntimeError):
         run.__aiter__()
+
+
+async def test_heard_is_the_end_of_the_last_window_the_model_answered() -> None:
+    model = FakeWhisper("first part", "second part", "third")
+    run = transcribe(model, noise(75.0), TranscribeOptions(timestamps=False))
+    assert run.heard == 0.0
+    segments = aiter(run)
+    assert isinstance(segments, AsyncGenerator)
+    await anext(segments)
+    assert run.heard == 30.0
+    await segments.aclose()  # the client left after the first window
+    assert run.heard == 30.0 and len(model.calls) == 1
+
+    async def fails_on_the_second_window(tensors: dict[str, NDArray[Any]]) -> Mapping[str, NDArray[Any]]:
+        if model.calls:
+            raise UpstreamError("boom")
+        return await model(tensors)
+
+    model = FakeWhisper("first part")
+    run = transcribe(fails_on_the_second_window, noise(75.0), TranscribeOptions(timestamps=False))
+    with pytest.raises(UpstreamError):
+        await run.result()
+    assert run.heard == 30.0
+
+    run = transcribe(FakeWhisper("a", "b"), noise(30.05), TranscribeOptions())  # a tail too short to send
+    await run.result()
+    assert run.heard == run.duration == 30.05
+
+
+async def test_a_translation_tells_the_model_the_spoken_language_and_is_in_english() -> None:
+    model = FakeWhisper("<|fr|><|translate|><|0.00|> Hello.<|2.00|>", "<|0.00|> Again.<|3.00|>")
+    run = transcribe(model, noise(35.0), TranscribeOptions(timestamps=True, task="translate"))
+    result = await run.result()
+    assert model.prefixes() == [
+        "<|startoftranscript|><|translate|>",
+        "<|startofprev|> Hello.<|startoftranscript|><|fr|><|translate|>",
+    ]
+    assert run.language == "fr" and result.language == "en" and result.text == "Hello. Again."
+    body = render("verbose_json", result)
+    assert isinstance(body, dict)
+    assert (body["task"], body["language"]) == ("translate", "english")
+    transcribed = await transcribe(
+        FakeWhisper("<|fr|><|0.00|> Bonjour.<|2.00|>"), noise(2.0), TranscribeOptions()
+    ).result()
+    assert transcribed.language == "fr"
 
 
 # ---------------------------------------------------------------------------------------- formats

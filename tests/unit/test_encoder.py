@@ -1,5 +1,6 @@
 """gateway/embedded/encoder.py on the prepared all-MiniLM-L6-v2 and on the toy cross-encoder;
-minilm_prepare's output; model_repository/minilm's declared contract."""
+minilm_prepare's output; model_repository/minilm's declared contract and the parameters it reads
+(gateway/embedded/model_params.py, shared by every Python-backend model)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from tokenizers import Tokenizer
 from tritonclient.grpc import model_config_pb2
 
 from gateway.embedded.encoder import Encoder, Rows
-from gateway.embedded.minilm_prepare import COMPLETE_MARKER, MAX_LENGTH, is_prepared, prepare_minilm
-from gateway.embedded.toy_cross_encoder import build_cross_encoder
+from gateway.embedded.minilm_prepare import MAX_LENGTH, is_prepared, prepare_minilm
+from gateway.embedded.model_params import ModelParams, ParameterError
+from gateway.embedded.prepared import COMPLETE_MARKER
+from tests.toy_cross_encoder import build_cross_encoder
 
 REPO = Path(__file__).resolve().parents[2]
 MINILM = REPO / "model_repository" / "minilm"
@@ -110,6 +113,9 @@ def test_padding_and_batching_do_not_change_embeddings(encoder: Encoder, tokeniz
     assert len({rows(tokenizer, s)[0].shape[1] for s in SENTENCES}) == len(SENTENCES)
     np.testing.assert_allclose(ragged, alone, atol=1e-5)
     np.testing.assert_allclose(one_block, alone, atol=1e-5)
+    checked = [encoder.check(rows(tokenizer, s)) for s in SENTENCES]  # as the Triton model does: once each
+    assert all(block.ids.dtype == np.int64 and block.ids.ndim == 2 for block in checked)
+    np.testing.assert_array_equal(encoder.run_checked(checked), ragged)
 
 
 def test_a_batch_over_the_token_budget_runs_in_chunks_with_the_same_results(
@@ -181,6 +187,8 @@ def test_too_long_rows_and_empty_batches_are_refused(encoder: Encoder) -> None:
         encoder.check((ids, np.ones_like(ids), np.zeros_like(ids)))
     with pytest.raises(ValueError, match="nothing to run"):
         encoder.run([])
+    with pytest.raises(ValueError, match="nothing to run"):
+        encoder.run_checked([])
 
 
 def test_bad_settings_are_refused(weights: Path, tmp_path: Path) -> None:
@@ -214,3 +222,38 @@ def test_minilm_config_declares_the_embedding_contract() -> None:
     assert params["task"] == "embed" and params["weights_dir"] == "weights"
     assert params["pooling"] == "mean" and params["normalize"] == "true"
     assert int(params["threads"]) >= 0 and int(params["max_batch_tokens"]) >= MAX_LENGTH
+
+
+def model_args(directory: Path, **params: str) -> dict[str, str]:
+    """What Triton hands a Python-backend model's initialize: the config as JSON, the model's directory."""
+    config = {"name": "m", "parameters": {k: {"string_value": v} for k, v in params.items()}}
+    return {"model_config": json.dumps(config), "model_repository": str(directory)}
+
+
+def test_model_parameters_are_read_with_defaults_and_refused_clearly(tmp_path: Path) -> None:
+    params = ModelParams(model_args(tmp_path, threads=" 4 ", normalize="False", task="SCORE", blank=" "))
+    assert params.config["name"] == "m"
+    assert params.integer("threads", 0, 0) == 4 and params.integer("unset", 8192, 1) == 8192
+    assert params.flag("normalize", True) is False and params.flag("unset", True) is True
+    assert params.choice("task", ("embed", "score")) == "score" and params.choice("unset", ("mean", "cls")) == "mean"
+    assert params.text("blank", "int8") == "int8" and params.text("unset") == ""
+    bad = ModelParams(model_args(tmp_path, threads="four", beams="0", normalize="maybe", task="rerank"))
+    with pytest.raises(ParameterError, match="parameter threads must be an integer, not 'four'"):
+        bad.integer("threads", 0, 0)
+    with pytest.raises(ParameterError, match="parameter beams must be at least 1, not 0"):
+        bad.integer("beams", 1, 1)
+    with pytest.raises(ParameterError, match="parameter normalize must be true or false, not 'maybe'"):
+        bad.flag("normalize", True)
+    with pytest.raises(ParameterError, match="parameter task must be one of embed, score, not 'rerank'"):
+        bad.choice("task", ("embed", "score"))
+
+
+def test_weights_dir_is_relative_to_the_model_and_must_be_prepared(tmp_path: Path) -> None:
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "model.onnx").write_bytes(b"")
+    assert ModelParams(model_args(tmp_path)).weights_dir("model.onnx") == tmp_path / "weights"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert ModelParams(model_args(tmp_path / "x", weights_dir=str(elsewhere))).weights_dir() == elsewhere
+    with pytest.raises(ParameterError, match=r"no prepared model in .*weights \(no tokenizer.json\): run"):
+        ModelParams(model_args(tmp_path)).weights_dir("model.onnx", "tokenizer.json")

@@ -204,3 +204,68 @@ async def test_checker_runs_and_stops(contract: ModelContract) -> None:
     await until(lambda: not group.upstreams[0].available, 1.0, "the failing upstream marked down")
     await group.close()
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "health-m-task"]
+
+
+class HeldInfer(FakeEngine):
+    """A server whose unary calls wait until released, then answer (or fail)."""
+
+    def __init__(self, contract: ModelContract, url: str) -> None:
+        super().__init__(contract, SCRIPT, url=url)
+        self.release = asyncio.Event()
+        self.started = 0
+        self.fail: Exception | None = None
+
+    async def infer(self, model: str, request_id: str, inputs: object, outputs: object, timeout_s: float) -> dict:  # type: ignore[type-arg]
+        self.started += 1
+        await self.release.wait()
+        if self.fail is not None:
+            raise self.fail
+        return {"out": request_id}
+
+
+async def test_a_cancelled_caller_leaves_its_call_running_in_its_slot(contract: ModelContract) -> None:
+    """A client that goes away stops waiting; the Triton call runs to its end and keeps its admission slot
+    until then, so work a client left behind still counts against max_in_flight."""
+    from gateway.limits.admission import Admission
+
+    fake = HeldInfer(contract, "up-0:8001")
+    group = UpstreamGroup("m-unary", "minilm", [fake], generates=False)
+    await group.check()
+    admission = Admission("m-unary", 1, 0, 5.0)
+    caller = asyncio.create_task(group.infer("r-1", {}, ("out",), 5.0, admission.slot()))
+    await until(lambda: fake.started == 1, 5, "the call started")
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert group.upstreams[0].in_flight == 1  # still running upstream...
+    with pytest.raises(Overloaded):  # ...and still holding the only slot
+        async with admission.slot():
+            pass
+    fake.release.set()
+    await until(lambda: group.upstreams[0].in_flight == 0, 5, "the call ended")
+    async with admission.slot():  # free again
+        pass
+    await group.close()
+
+
+async def test_a_failed_call_nobody_waits_for_is_not_a_loose_exception(
+    contract: ModelContract, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = HeldInfer(contract, "up-0:8001")
+    fake.fail = UpstreamError("model error")
+    group = UpstreamGroup("m-unary-2", "minilm", [fake], generates=False)
+    await group.check()
+    caller = asyncio.create_task(group.infer("r-2", {}, ("out",), 5.0))
+    await until(lambda: fake.started == 1, 5, "the call started")
+    caller.cancel()
+    fake.release.set()
+    await until(lambda: group.upstreams[0].in_flight == 0, 5, "the call ended")
+    await asyncio.sleep(0)
+    assert "never retrieved" not in caplog.text
+    held = HeldInfer(contract, "up-1:8001")
+    group_2 = UpstreamGroup("m-unary-3", "minilm", [held], generates=False)
+    call = asyncio.create_task(group_2.infer("r-3", {}, ("out",), 5.0))
+    await until(lambda: held.started == 1, 5, "the call started")
+    await group_2.close()  # cancels what is left
+    with pytest.raises(asyncio.CancelledError):
+        await call

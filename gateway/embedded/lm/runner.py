@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from numpy.typing import NDArray
 
 from gateway.embedded.lm.graph import FORMAT_VERSION, INT8_MODEL_FILE, MODEL_FILE
+from gateway.embedded.ort_session import cpu_session
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +52,7 @@ class CausalLM:
         path = Path(weights_dir) / (INT8_MODEL_FILE if int8_activations else MODEL_FILE)
         if not path.is_file():
             raise FileNotFoundError(f"no {path.name} in {weights_dir}: run `python -m gateway prepare-model`")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(threads, 0)
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._session = cpu_session(path, threads)
         meta: dict[str, str] = self._session.get_modelmeta().custom_metadata_map
         if meta.get("format") != FORMAT_VERSION:
             raise RuntimeError(

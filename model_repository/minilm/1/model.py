@@ -1,10 +1,12 @@
 """Triton Python-backend model: an encoder ONNX model behind the gateway's embedding / score contract.
 
-The work is gateway/embedded/encoder.py; this file reads the config's parameters, builds the Encoder,
-and turns the list of requests the dynamic batcher hands over into one Encoder.run: each request's
-rows ``[B_i, T_i]`` go in together (one forward pass), and each request gets its own rows back as
-``embeddings`` ``[B_i, dim]`` (task embed) or ``logits`` ``[B_i, 1]`` (task score). A request with bad
-tensors gets an error response of its own; the others still run.
+The work is gateway/embedded/encoder.py; this file reads the config's parameters
+(gateway/embedded/model_params.py), builds the Encoder, and turns the list of requests the dynamic
+batcher hands over into one Encoder run: each request's rows ``[B_i, T_i]`` are checked once, then go
+in together (one forward pass), and each request gets its own rows back as ``embeddings``
+``[B_i, dim]`` (task embed) or ``logits`` ``[B_i, 1]`` (task score). A request with bad tensors gets
+an INVALID_ARGUMENT error of its own; the others still run. A failure of the model itself answers
+each request of the batch with INTERNAL.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from tokenizers import Tokenizer
 
-from gateway.embedded.encoder import INPUT_NAMES, POOLINGS, TASKS, Encoder, IntArray, Rows
+from gateway.embedded.encoder import INPUT_NAMES, POOLINGS, TASKS, Block, Encoder, Rows
+from gateway.embedded.model_params import ModelParams
 
 log = logging.getLogger("minilm")
 OUTPUTS = {"embed": "embeddings", "score": "logits"}
@@ -27,36 +30,29 @@ MODEL_FILE = "model.onnx"
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        task = TASKS[_choice(params, "task", TASKS)]
-        pooling = POOLINGS[_choice(params, "pooling", POOLINGS)]
-        weights = Path(params.get("weights_dir", "weights"))
-        if not weights.is_absolute():
-            weights = Path(args["model_repository"]) / weights
-        if not (weights / MODEL_FILE).is_file() or not (weights / "tokenizer.json").is_file():
-            raise pb_utils.TritonModelException(
-                f"no prepared model in {weights}: run `python -m gateway prepare-model` first"
-            )
+        params = ModelParams(args)
+        task = params.choice("task", TASKS)
+        weights = params.weights_dir(MODEL_FILE, "tokenizer.json")
         self._output = OUTPUTS[task]
-        declared = {o["name"]: o for o in config.get("output", [])}
+        declared = {o["name"]: o for o in params.config.get("output", [])}
         if self._output not in declared:
             raise pb_utils.TritonModelException(f"task {task} answers with {self._output}; the config lacks it")
         self._encoder = Encoder(
             weights / MODEL_FILE,
             task=task,
-            pooling=pooling,
-            normalize=params.get("normalize", "true").strip().lower() in ("1", "true", "yes"),
-            threads=_int_param(params, "threads", 0, 0),
+            pooling=params.choice("pooling", POOLINGS),
+            normalize=params.flag("normalize", True),
+            threads=params.integer("threads", 0, 0),
             vocab_size=Tokenizer.from_file(str(weights / "tokenizer.json")).get_vocab_size(with_added_tokens=True),
             max_length=_max_length(weights),
-            max_batch_tokens=_int_param(params, "max_batch_tokens", 8192, 1),
+            max_batch_tokens=params.integer("max_batch_tokens", 8192, 1),
         )
         width = self._warm_up()
         dims = [int(d) for d in declared[self._output].get("dims", [])]
         if dims != [width]:
             raise pb_utils.TritonModelException(f"the model gives {self._output} [{width}]; the config says {dims}")
-        pb_utils.Logger.log_info(f"{config['name']}: task {task}, {weights / MODEL_FILE}, {self._output} [{width}]")
+        name = params.config.get("name", "minilm")
+        pb_utils.Logger.log_info(f"{name}: task {task}, {weights / MODEL_FILE}, {self._output} [{width}]")
 
     def _warm_up(self) -> int:
         """One tiny run, so the first request does not pay ONNX Runtime's first call; the output's width."""
@@ -66,23 +62,23 @@ class TritonPythonModel:
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
-        good: list[tuple[int, tuple[IntArray, IntArray, IntArray]]] = []
+        good: list[tuple[int, Block]] = []
         for i, request in enumerate(requests):
             try:
                 good.append((i, self._encoder.check(_rows(request))))
-            except ValueError as exc:
-                responses[i] = _error(str(exc))
+            except ValueError as exc:  # this request's tensors: refused alone, as the client's error
+                responses[i] = _error(str(exc), pb_utils.TritonError.INVALID_ARG)
         if good:
             try:
-                out = self._encoder.run([rows for _, rows in good])
+                out = self._encoder.run_checked([block for _, block in good])
             except Exception as exc:  # the model itself failed: every request of the batch learns why
                 log.exception("batch of %d requests failed", len(good))
                 for i, _ in good:
-                    responses[i] = _error(f"inference failed: {exc}")
+                    responses[i] = _error(f"inference failed: {exc}", pb_utils.TritonError.INTERNAL)
             else:
                 start = 0
-                for i, rows in good:
-                    n = rows[0].shape[0]
+                for i, block in good:
+                    n = block.ids.shape[0]
                     tensor = pb_utils.Tensor(self._output, np.ascontiguousarray(out[start : start + n]))
                     responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
                     start += n
@@ -99,33 +95,16 @@ def _rows(request: Any) -> Rows:
     return arrays[0], arrays[1], arrays[2]
 
 
-def _error(message: str) -> Any:
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+def _error(message: str, code: Any) -> Any:
+    """An error response: ``code`` INVALID_ARG (gRPC INVALID_ARGUMENT) for a bad request, INTERNAL
+    (which the gateway takes for a broken server) for a model failure."""
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
 
 
 def _max_length(weights: Path) -> int | None:
-    """tokenizer_config.json's model_max_length: what the gateway truncates to, so the most a row may hold."""
+    """tokenizer_config.json's model_max_length: the gateway's context length, so the most a row may hold."""
     try:
         config = json.loads((weights / "tokenizer_config.json").read_text(encoding="utf-8"))
         return int(config["model_max_length"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def _choice(params: dict[str, str], name: str, allowed: tuple[str, ...]) -> int:
-    """The index in ``allowed`` of parameter ``name`` (the first when unset)."""
-    value = params.get(name, "").strip().lower() or allowed[0]
-    if value not in allowed:
-        raise pb_utils.TritonModelException(f"parameter {name} must be one of {', '.join(allowed)}, not {value!r}")
-    return allowed.index(value)
-
-
-def _int_param(params: dict[str, str], name: str, default: int, minimum: int) -> int:
-    raw = params.get(name, "").strip()
-    try:
-        value = int(raw) if raw else default
-    except ValueError:
-        raise pb_utils.TritonModelException(f"parameter {name} must be an integer, not {raw!r}") from None
-    if value < minimum:
-        raise pb_utils.TritonModelException(f"parameter {name} must be at least {minimum}, not {value}")
-    return value

@@ -35,6 +35,7 @@ from gateway.embedded.lm.jobs import Chunk, End, Job, Reason
 from gateway.embedded.lm.runner import CausalLM
 from gateway.embedded.lm.sampling import SamplingSpec
 from gateway.embedded.lm.scheduler import Scheduler
+from gateway.embedded.model_params import PREPARE_HINT, ModelParams
 
 log = logging.getLogger("smollm2")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -42,25 +43,16 @@ FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        weights = Path(params.get("weights_dir", "weights"))
-        if not weights.is_absolute():
-            weights = Path(args["model_repository"]) / weights
-        if not (weights / "tokenizer.json").is_file():
-            raise pb_utils.TritonModelException(
-                f"no prepared model in {weights}: run `python -m gateway prepare-model` first"
-            )
-        max_sequences = _int_param(params, "max_sequences", 8, 1)
-        threads = _int_param(params, "threads", 0, 0)
-        prefill_chunk = _int_param(params, "prefill_chunk", 256, 1)
-        int8 = params.get("int8_activations", "false").strip().lower() in ("1", "true", "yes")
+        params = ModelParams(args)
+        weights = params.weights_dir("tokenizer.json")
+        max_sequences = params.integer("max_sequences", 8, 1)
+        threads = params.integer("threads", 0, 0)
+        prefill_chunk = params.integer("prefill_chunk", 256, 1)
+        int8 = params.flag("int8_activations", False)
         try:
             self._lm = CausalLM(weights, max_sequences=max_sequences, threads=threads, int8_activations=int8)
         except FileNotFoundError as exc:
-            raise pb_utils.TritonModelException(
-                f"no engine in {weights} ({exc}): run `python -m gateway prepare-model` first"
-            ) from exc
+            raise pb_utils.TritonModelException(f"no engine in {weights} ({exc}): {PREPARE_HINT}") from exc
         self._vocab = self._lm.vocab_size
         _warm_up(self._lm)
         compiler = GrammarCompiler(weights / "tokenizer.json", _eos_ids(weights))
@@ -180,17 +172,6 @@ def _warm_up(lm: CausalLM) -> None:
         lm.decode([slot], [int(np.argmax(logits))])
     finally:
         lm.close(slot)
-
-
-def _int_param(params: dict[str, str], name: str, default: int, minimum: int) -> int:
-    raw = params.get(name, "").strip()
-    try:
-        value = int(raw) if raw else default
-    except ValueError:
-        raise pb_utils.TritonModelException(f"parameter {name} must be an integer, not {raw!r}") from None
-    if value < minimum:
-        raise pb_utils.TritonModelException(f"parameter {name} must be at least {minimum}, not {value}")
-    return value
 
 
 def _eos_ids(weights: Path) -> list[int]:

@@ -2,75 +2,66 @@
 TensorRT-LLM's Whisper model on Triton (WAV, WAV_LENS, TEXT_PREFIX -> TRANSCRIPTS), plus TEMPERATURE.
 
 The engine is gateway.embedded.whisper_runner; this file only turns Triton requests into its items
-and its texts into responses. Each execute() gets the requests the dynamic batcher gathered and makes
-one ``transcribe_batch`` call of them. A request that cannot be transcribed (a bad prefix, too many
-samples, a bad temperature) gets its own error response; the others are answered. Should the batch
-itself fail, each request is retried alone, so that one request's failure stays its own.
+and its texts into responses. Each execute() gets the requests the dynamic batcher gathered, checks
+each once (``WhisperRunner.check``, which parses its prefix) and makes one ``transcribe_checked`` call
+of those that passed. A request that cannot be transcribed (a bad or too long prefix, too many
+samples, a bad temperature) gets its own INVALID_ARGUMENT error; the others are answered. Should the
+batch itself fail, each request is retried alone, so that one request's failure stays its own (an
+INTERNAL error: the model failed, not the request).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from gateway.embedded.whisper_runner import MAX_LENGTH, Transcription, WhisperRunner
+from gateway.embedded.model_params import ModelParams
+from gateway.embedded.whisper_runner import MAX_LENGTH, Checked, Transcription, WhisperRunner
 
 log = logging.getLogger("whisper")
 
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        weights = Path(params.get("weights_dir", "weights"))
-        if not weights.is_absolute():
-            weights = Path(args["model_repository"]) / weights
-        if not (weights / "model.bin").is_file():
-            raise pb_utils.TritonModelException(
-                f"no prepared Whisper model in {weights}: run `python -m gateway prepare-model` first"
-            )
+        params = ModelParams(args)
         self._runner = WhisperRunner(
-            weights,
-            compute_type=params.get("compute_type", "").strip() or "int8",
-            threads=_int_param(params, "threads", 0, 0),
-            beam_size=_int_param(params, "beam_size", 1, 1),
-            max_length=_int_param(params, "max_length", MAX_LENGTH, 2),
+            params.weights_dir("model.bin"),
+            compute_type=params.text("compute_type", "int8"),
+            threads=params.integer("threads", 0, 0),
+            beam_size=params.integer("beam_size", 1, 1),
+            max_length=params.integer("max_length", MAX_LENGTH, 2),
         )
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
-        items: list[Transcription] = []
+        checked: list[Checked] = []
         placed: list[int] = []
         for n, request in enumerate(requests):
             try:
-                item = _item(request)
-                self._runner.check(item)
-            except ValueError as exc:
-                responses[n] = _error(str(exc))
+                checked.append(self._runner.check(_item(request)))
+            except ValueError as exc:  # this request's tensors: refused alone, as the client's error
+                responses[n] = _error(str(exc), pb_utils.TritonError.INVALID_ARG)
                 continue
-            items.append(item)
             placed.append(n)
-        for n, outcome in zip(placed, self._transcribe(items), strict=True):
+        for n, outcome in zip(placed, self._transcribe(checked), strict=True):
             responses[n] = outcome
         return responses
 
-    def _transcribe(self, items: list[Transcription]) -> list[Any]:
+    def _transcribe(self, checked: list[Checked]) -> list[Any]:
         """A response for each item: together if they can be, else each alone."""
-        if not items:
+        if not checked:
             return []
         try:
-            return [_transcript(text) for text in self._runner.transcribe_batch(items)]
+            return [_transcript(text) for text in self._runner.transcribe_checked(checked)]
         except Exception:
-            if len(items) == 1:
+            if len(checked) == 1:
                 log.exception("transcription failed")
-                return [_error("transcription failed: see the server log")]
-            log.exception("a batch of %d failed; transcribing each alone", len(items))
-        return [self._transcribe([item])[0] for item in items]
+                return [_error("transcription failed: see the server log", pb_utils.TritonError.INTERNAL)]
+            log.exception("a batch of %d failed; transcribing each alone", len(checked))
+        return [self._transcribe([item])[0] for item in checked]
 
     def finalize(self) -> None:
         del self._runner
@@ -100,7 +91,7 @@ def _item(request: Any) -> Transcription:
     return Transcription(samples, text, value)
 
 
-def _array(request: Any, name: str) -> np.ndarray | None:
+def _array(request: Any, name: str) -> np.ndarray[Any, Any] | None:
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     return None if tensor is None else tensor.as_numpy()
 
@@ -110,16 +101,7 @@ def _transcript(text: str) -> Any:
     return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("TRANSCRIPTS", out)])
 
 
-def _error(message: str) -> Any:
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
-
-
-def _int_param(params: dict[str, str], name: str, default: int, minimum: int) -> int:
-    raw = params.get(name, "").strip()
-    try:
-        value = int(raw) if raw else default
-    except ValueError:
-        raise pb_utils.TritonModelException(f"parameter {name} must be an integer, not {raw!r}") from None
-    if value < minimum:
-        raise pb_utils.TritonModelException(f"parameter {name} must be at least {minimum}, not {value}")
-    return value
+def _error(message: str, code: Any) -> Any:
+    """An error response: ``code`` INVALID_ARG (gRPC INVALID_ARGUMENT) for a bad request, INTERNAL
+    (which the gateway takes for a broken server) for a model failure."""
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
