@@ -8,6 +8,7 @@ BYTES tensors (Triton's TYPE_STRING) are each element's 4-byte little-endian len
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Iterable, Mapping
 
@@ -98,7 +99,7 @@ def response_tensors(response: service_pb2.ModelInferResponse) -> dict[str, NDAr
     out: dict[str, NDArray[np.generic]] = {}
     for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=True):
         shape = tuple(int(d) for d in tensor.shape)
-        count = int(np.prod(shape)) if shape else 1
+        count = math.prod(shape)
         if tensor.datatype == "BYTES":
             out[tensor.name] = _unpack_bytes(raw, count).reshape(shape)
             continue
