@@ -22,16 +22,13 @@ with --launch also the gateway's and Triton's logs beside them.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.config import EMBEDDING_MODEL_ID, REPO_ROOT, TRANSCRIPTION_MODEL_ID
@@ -40,7 +37,7 @@ from perf.churn_mix import DEFAULT_MIX, KINDS, TRANSCRIPTIONS, parse_mix
 from perf.churn_report import format_summary, write_outputs
 from perf.churn_sampler import Sampler, alive, listener_pid
 from perf.churn_summary import build_result
-from perf.stack import launch_stack
+from perf.stack import launch_stack, run_loop
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -114,15 +111,6 @@ def make_speech(directory: Path) -> bytes:
     return path.read_bytes()
 
 
-def _run_loop(main: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
-    """uvloop when installed (as the gateway runs): the client's own CPU is what it shares with the stack."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -159,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 return not pid or alive(pid)
 
         sampler = Sampler(pid, log)
-        run = _run_loop(churn(args, url, sampler, proc_alive, speech))
+        run = run_loop(churn(args, url, sampler, proc_alive, speech))
     finally:
         if stack is not None:
             stack.stop()

@@ -36,7 +36,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ from tritonclient.grpc.aio import InferenceServerClient
 from gateway.config import EMBEDDING_MODEL_ID, EMBEDDING_TRITON_MODEL, REPO_ROOT
 from perf.churn_sampler import listener_pid
 from perf.metrics import percentile
-from perf.stack import Stack, launch_stack, process_cpu_seconds
+from perf.stack import Stack, launch_stack, process_cpu_seconds, run_loop
 
 GATEWAY, DIRECT = "gateway", "direct"
 PATHS = (GATEWAY, DIRECT)
@@ -606,14 +606,6 @@ def _say(line: str) -> None:
     print(f"[embeddings] {line}", file=sys.stderr, flush=True)
 
 
-def _run(main: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tokenizer = Tokenizer.from_file(str(args.tokenizer))
@@ -630,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         pid = args.gateway_pid or listener_pid(urlsplit(args.gateway).port or 80) or 0
         if not pid:
             _say("the gateway's pid is unknown (pass --gateway-pid): no gateway CPU figures")
-        figures = _run(measure(args, tokenizer, pid))
+        figures = run_loop(measure(args, tokenizer, pid))
     finally:
         if stack is not None:
             stack.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -10,12 +11,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from gateway.config import REPO_ROOT
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -114,3 +118,12 @@ def _launch(args: list[str], triton: str, env: dict[str, str], timeout: float, l
         time.sleep(0.5)
     proc.kill()
     raise SystemExit(f"the stack was not ready after {timeout}s; see {log}")
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """uvloop when installed (as the gateway runs): a load generator's own CPU is what it shares with the stack."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)

@@ -32,17 +32,23 @@ async def expect_later(request: web.Request) -> None:
     any middleware runs; :func:`read_json` answers it once auth, media type and size have passed."""
 
 
-async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
-    if request.content_type != JSON:  # a missing Content-Type reads as application/octet-stream
+async def accept_body(request: web.Request, media_type: str, max_bytes: int) -> None:
+    """Refuse a body of another media type (415) or a declared size over ``max_bytes`` (413) before it
+    is read, then answer ``Expect: 100-continue``."""
+    if request.content_type != media_type:  # a missing Content-Type reads as application/octet-stream
         given = request.headers.get("Content-Type")
         raise UnsupportedMediaType(
-            f"Unsupported Content-Type {given!r}: send the body as 'Content-Type: application/json'"
+            f"Unsupported Content-Type {given!r}: send the body as 'Content-Type: {media_type}'"
             if given is not None
-            else "Missing Content-Type: send the body as 'Content-Type: application/json'"
+            else f"Missing Content-Type: send the body as 'Content-Type: {media_type}'"
         )
     if request.content_length is not None and request.content_length > max_bytes:
         raise PayloadTooLarge(f"Request body of {request.content_length} bytes exceeds the limit of {max_bytes} bytes")
     await continue_body(request)
+
+
+async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
+    await accept_body(request, JSON, max_bytes)
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:

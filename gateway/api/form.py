@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway.api.body import continue_body
-from gateway.errors import InvalidRequest, MalformedRequest, PayloadTooLarge, UnsupportedMediaType
+from gateway.api.body import accept_body
+from gateway.errors import InvalidRequest, MalformedRequest, PayloadTooLarge
 
 MULTIPART = "multipart/form-data"
 _MAX_FIELD_BYTES = 64 * 1024
@@ -31,16 +31,7 @@ class Form:
 
 async def read_form(request: web.Request, max_bytes: int, file_field: str = "file") -> Form:
     """The form's text fields and its file (``file_field``); 413 once more than ``max_bytes`` arrive."""
-    if request.content_type != MULTIPART:
-        given = request.headers.get("Content-Type")
-        raise UnsupportedMediaType(
-            f"Unsupported Content-Type {given!r}: send the body as 'Content-Type: multipart/form-data'"
-            if given is not None
-            else "Missing Content-Type: send the body as 'Content-Type: multipart/form-data'"
-        )
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise PayloadTooLarge(f"Request body of {request.content_length} bytes exceeds the limit of {max_bytes} bytes")
-    await continue_body(request)
+    await accept_body(request, MULTIPART, max_bytes)
     form = Form()
     total = 0
     try:
