@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEIGHTS := model_repository/.prepared
 
-.PHONY: install protos model debs run test test-unit test-e2e lint format clean bench bench-compare bench-churn bench-embeddings
+.PHONY: install protos model debs run test test-unit test-e2e lint format clean bench bench-compare bench-churn bench-embeddings bench-tiny
 
 install: $(STAMP)
 
@@ -94,6 +94,10 @@ bench-churn: model protos debs
 # embeddings per second at batch 1, 32 and 256, gateway against the same tensors sent straight to Triton
 bench-embeddings: model protos
 	$(BIN)/python -m perf.embeddings --launch
+
+# the gateway's cost per request: 1-token chat requests (streamed and not) against the same ids straight to Triton
+bench-tiny: model protos
+	$(BIN)/python -m perf.tiny --launch
 
 # the CPU model's structured outputs, tools and logprobs at 1 and 4 streams, and its engine against the
 # CTranslate2 one (0e0582f, from a git worktree under /tmp), interleaved in one run (about 5 minutes)

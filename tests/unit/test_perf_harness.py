@@ -294,3 +294,44 @@ def test_feature_grammar_cost_smoke() -> None:
     steered = out["kinds"]["json_schema/steered"]
     assert steered["derailed"] == 0 and steered["sequences"] >= 1 and steered["path_tokens"] > 0
     assert all(k["us_mean"] > 0 for k in out["kinds"].values())
+
+
+def test_tiny_pooled_compare_and_net_cpu() -> None:
+    from perf.tiny import GOAL_US, Turn, compare, pooled
+
+    gw = pooled(
+        [
+            Turn(latencies=[0.030] * 90, errors=10, wall_s=1.0, gateway_cpu_s=0.05),
+            Turn(latencies=[0.030] * 100, wall_s=1.0, gateway_cpu_s=0.05),
+        ],
+        True,
+    )
+    assert gw["requests"] == 200 and gw["errors"] == 10
+    assert gw["requests_per_s"] == pytest.approx(95.0)  # successful requests only
+    assert gw["rounds_requests_per_s"] == pytest.approx([90.0, 100.0])
+    assert gw["gateway_cpu_us_per_request"] == pytest.approx(500.0)
+    assert gw["gateway_cpu_ms_per_s"] == pytest.approx(50.0)
+    direct = pooled([Turn(latencies=[0.020] * 100, wall_s=1.0, gateway_cpu_s=0.01)], True)
+    out = compare(gw, direct)
+    assert out["requests_per_s_vs_direct"] == pytest.approx(0.95)
+    assert out["added_p50_ms"] == pytest.approx(10.0) and out["added_p99_ms"] == pytest.approx(10.0)
+    # 0.1 s of CPU over 2 s, less 10 ms/s idle: 80 ms over 200 requests
+    assert out["gateway_net_cpu_us_per_request"] == pytest.approx(400.0)
+    assert out["meets_goal"] is True and GOAL_US == 400.0
+    blind = compare(
+        pooled([Turn(latencies=[0.03], wall_s=1.0)], False), pooled([Turn(latencies=[0.02], wall_s=1.0)], False)
+    )
+    assert blind["gateway_cpu_us_per_request"] is None and blind["meets_goal"] is None
+    assert math.isnan(pooled([], True)["p50_ms"])
+
+
+def test_tiny_top_inclusive_counts_each_function_once_per_stack() -> None:
+    from perf.tiny import top_inclusive
+
+    raw = "main (a.py:1);run (a.py:5);run (a.py:5);leaf (b.py:2) 3\nmain (a.py:1);other (c.py:9) 1\nnot a sample line\n"
+    top = dict(top_inclusive(raw))
+    assert top["main (a.py:1)"] == pytest.approx(1.0)
+    assert top["run (a.py:5)"] == pytest.approx(0.75)  # recursion counted once
+    assert top["other (c.py:9)"] == pytest.approx(0.25)
+    assert top_inclusive(raw, 1) == [("main (a.py:1)", pytest.approx(1.0))]
+    assert top_inclusive("") == []

@@ -1,0 +1,455 @@
+"""Tiny requests: what the gateway costs per request, when the model costs nothing (issue 13).
+
+Against the ``synthetic`` model (no compute: one token after its configured TTFT, 20 ms in
+model_repository/synthetic/config.pbtxt, the smallest there is; it is a model parameter, not a request
+field), each turn is a closed loop of ``concurrency`` workers for ``--seconds``, each sending 1-token
+requests; the targets take turns round by round (who goes first alternates):
+
+- ``chat-stream``: ``POST /v1/chat/completions``, one short user message, ``max_tokens`` 1, ``stream``
+  true, the SSE read to ``[DONE]``;
+- ``chat``: the same, not streamed (the body read whole);
+- ``direct``: the same prompt's token ids (the gateway's ``POST /tokenize`` with the same messages, so the
+  chat template is included, asked once) sent straight to Triton's ``ModelStreamInfer`` on a bare grpc.aio
+  stub (as perf/bench.py does), ``request_output_len`` 1, read to the final response.
+
+Reported per target and concurrency: requests/s, latency p50/p90/p99, the gateway process's CPU µs per
+request (its CPU over the turn / requests; net: less what it burns idle, measured during the direct
+turns), and gateway/direct ratios of requests/s and the latency the gateway adds at p50/p99. The issue's
+goal: gateway CPU per request <= 400 µs.
+
+    python -m perf.tiny --launch [--rounds 3] [--concurrency 1,8] [--seconds 3] [--profile]
+    python -m perf.tiny --gateway http://127.0.0.1:8080 --triton 127.0.0.1:8001 [--gateway-pid PID]
+
+``--profile`` runs py-spy on the gateway during one extra chat-stream turn and prints the top functions by
+inclusive share. Writes perf/results/tiny.json and perf/results/tiny.png, and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import grpc
+import orjson
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from gateway.config import REPO_ROOT
+from perf import targets
+from perf.churn_sampler import listener_pid
+from perf.metrics import percentile
+from perf.sse import SSEParser
+from perf.stack import Stack, launch_stack, process_cpu_seconds, run_loop
+
+STREAM, CHAT, DIRECT = "chat-stream", "chat", "direct"
+TARGETS = (STREAM, CHAT, DIRECT)
+GATEWAY_TARGETS = (STREAM, CHAT)
+MESSAGES = [{"role": "user", "content": "Say hi."}]
+GOAL_US = 400.0  # issue 13: gateway CPU per request
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+# --- pure figures ---
+
+
+@dataclass
+class Turn:
+    """One target's turn at one concurrency in one round."""
+
+    latencies: list[float] = field(default_factory=list)  # s, successful requests only
+    errors: int = 0
+    wall_s: float = 0.0
+    gateway_cpu_s: float = 0.0
+    first_error: str = ""
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies) + self.errors
+
+
+def pooled(turns: list[Turn], have_pid: bool) -> dict[str, Any]:
+    """One target's figures over its turns at one concurrency."""
+    lat = [x for t in turns for x in t.latencies]
+    requests = sum(t.requests for t in turns)
+    wall = sum(t.wall_s for t in turns)
+    cpu = sum(t.gateway_cpu_s for t in turns)
+    return {
+        "requests": requests,
+        "errors": sum(t.errors for t in turns),
+        "first_error": next((t.first_error for t in turns if t.first_error), ""),
+        "wall_s": wall,
+        "requests_per_s": len(lat) / wall if wall > 0 else math.nan,
+        "rounds_requests_per_s": [len(t.latencies) / t.wall_s if t.wall_s > 0 else math.nan for t in turns],
+        "p50_ms": percentile(lat, 50) * 1000 if lat else math.nan,
+        "p90_ms": percentile(lat, 90) * 1000 if lat else math.nan,
+        "p99_ms": percentile(lat, 99) * 1000 if lat else math.nan,
+        "gateway_cpu_us_per_request": cpu / requests * 1e6 if have_pid and requests else None,
+        "gateway_cpu_ms_per_s": cpu / wall * 1000 if have_pid and wall > 0 else None,
+    }
+
+
+def compare(gw: dict[str, Any], direct: dict[str, Any]) -> dict[str, Any]:
+    """Adds to ``gw`` its ratio to direct, the latency it adds and its CPU per request net of idle
+    (what the gateway burned per second during the direct turns, times its own wall time)."""
+    out = dict(gw)
+    out["requests_per_s_vs_direct"] = (
+        gw["requests_per_s"] / direct["requests_per_s"] if direct["requests_per_s"] > 0 else math.nan
+    )
+    out["added_p50_ms"] = gw["p50_ms"] - direct["p50_ms"]
+    out["added_p99_ms"] = gw["p99_ms"] - direct["p99_ms"]
+    idle = direct["gateway_cpu_ms_per_s"]
+    if gw["gateway_cpu_us_per_request"] is not None and idle is not None and gw["requests"]:
+        net_s = gw["gateway_cpu_us_per_request"] / 1e6 * gw["requests"] - idle / 1000 * gw["wall_s"]
+        out["gateway_net_cpu_us_per_request"] = net_s / gw["requests"] * 1e6
+        out["meets_goal"] = out["gateway_net_cpu_us_per_request"] <= GOAL_US
+    else:
+        out["gateway_net_cpu_us_per_request"] = None
+        out["meets_goal"] = None
+    return out
+
+
+def top_inclusive(collapsed: str, n: int = 25) -> list[tuple[str, float]]:
+    """The ``n`` functions with the largest inclusive share of the samples in py-spy's raw (collapsed)
+    output: ``frame;frame;frame COUNT`` per line. A function counts once per stack, however deep its recursion."""
+    total = 0
+    counts: Counter[str] = Counter()
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        samples = int(count)
+        total += samples
+        for frame in {f.strip() for f in stack.split(";") if f.strip()}:
+            counts[frame] += samples
+    if not total:
+        return []
+    return [(frame, c / total) for frame, c in counts.most_common(n)]
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [
+        "",
+        f"1-token requests to '{result['config']['model']}' (synthetic: no compute, {result['ttft_ms']} ms TTFT), "
+        f"{result['config']['rounds']} interleaved rounds of {result['config']['seconds']:g}s",
+        f"{'conc':>4} {'target':<11} {'req/s':>8} {'vs dir':>6} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} "
+        f"{'+p50':>6} {'+p99':>6} {'gw CPU µs/req':>13} {'net':>6} {'goal':>5}",
+    ]
+    lines.append("-" * len(lines[-1]))
+    for row in result["results"]:
+        for target in TARGETS:
+            r = row[target]
+            goal = r.get("meets_goal")
+            lines.append(
+                f"{row['concurrency']:>4} {target:<11} {r['requests_per_s']:>8.1f} "
+                f"{_f(r.get('requests_per_s_vs_direct'), 3):>6} {r['p50_ms']:>7.2f} {r['p90_ms']:>7.2f} "
+                f"{r['p99_ms']:>7.2f} {_f(r.get('added_p50_ms'), 2):>6} {_f(r.get('added_p99_ms'), 2):>6} "
+                f"{_f(r['gateway_cpu_us_per_request'], 0) if target != DIRECT else '-':>13} "
+                f"{_f(r.get('gateway_net_cpu_us_per_request'), 0):>6} "
+                f"{'-' if goal is None else ('ok' if goal else 'MISS'):>5}"
+            )
+            if r["errors"]:
+                lines.append(f"     {r['errors']} failed request(s): {r['first_error']}")
+        idle = row[DIRECT]["gateway_cpu_ms_per_s"]
+        lines.append(f"     (the gateway idle, during the direct turns: {_f(idle, 2)} ms CPU per s)")
+    lines.append(
+        f"gw CPU: the gateway process's CPU per request; net: less its idle burn. "
+        f"Issue 13's goal: net gateway CPU per request <= {GOAL_US:.0f} µs."
+    )
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = result["results"]
+    concs = [r["concurrency"] for r in rows]
+    x = np.arange(len(concs))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    ax = axes[0]
+    width = 0.8 / len(GATEWAY_TARGETS)
+    for k, target in enumerate(GATEWAY_TARGETS):
+        gross = [r[target]["gateway_cpu_us_per_request"] or math.nan for r in rows]
+        net = [r[target]["gateway_net_cpu_us_per_request"] or math.nan for r in rows]
+        offset = (k - (len(GATEWAY_TARGETS) - 1) / 2) * width
+        ax.bar(x + offset, gross, width, alpha=0.35, color=f"C{k}", label=f"{target} (gross)")
+        ax.bar(x + offset, net, width * 0.6, color=f"C{k}", label=f"{target} (net of idle)")
+    ax.axhline(GOAL_US, color="tab:red", linestyle="--", label=f"goal {GOAL_US:.0f} µs (issue 13)")
+    ax.set(title="gateway CPU per request", ylabel="µs", xticks=x, xlabel="concurrency")
+    ax.set_xticklabels([str(c) for c in concs])
+    ax = axes[1]
+    width = 0.8 / (len(TARGETS) * 2)
+    for k, target in enumerate(TARGETS):
+        for j, stat in enumerate(("p50_ms", "p99_ms")):
+            offset = (2 * k + j - len(TARGETS) + 0.5) * width
+            ax.bar(
+                x + offset,
+                [r[target][stat] for r in rows],
+                width,
+                color=f"C{k}",
+                alpha=1.0 if j == 0 else 0.5,
+                label=f"{target} {stat[:3]}",
+            )
+    ax.set(title="latency", ylabel="ms", xticks=x, xlabel="concurrency")
+    ax.set_xticklabels([str(c) for c in concs])
+    for a in axes:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    fig.suptitle(f"1-token requests: gateway vs Triton direct ({result['ttft_ms']} ms synthetic TTFT)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# --- the targets ---
+
+
+class Clients:
+    def __init__(self, gateway: str, triton: str, model: str, timeout: float) -> None:
+        self.base = gateway.rstrip("/")
+        self.model = model
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=timeout)
+        )
+        self.channel = grpc.aio.insecure_channel(triton)
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        body = {"model": model, "messages": MESSAGES, "max_tokens": 1, "temperature": 0}
+        self.chat_body = orjson.dumps(body)
+        self.stream_body = orjson.dumps({**body, "stream": True})
+        self.request: service_pb2.ModelInferRequest | None = None
+        self.workload: targets.Workload | None = None
+
+    async def prepare(self, triton_model: str) -> list[int]:
+        body = orjson.dumps({"model": self.model, "messages": MESSAGES, "add_generation_prompt": True})
+        async with self.http.post(self.base + "/tokenize", data=body, headers=JSON_HEADERS) as resp:
+            raw = await resp.read()
+            if resp.status != 200:
+                raise SystemExit(f"/tokenize: HTTP {resp.status}: {raw[:300]!r}")
+        ids: list[int] = orjson.loads(raw)["tokens"]
+        self.workload = targets.Workload(MESSAGES, ids, ids, 1)
+        self.request = targets.direct_request(triton_model, self.workload)
+        return ids
+
+    async def close(self) -> None:
+        await self.http.close()
+        await self.channel.close()
+
+    async def chat_stream(self) -> None:
+        url = self.base + "/v1/chat/completions"
+        async with self.http.post(url, data=self.stream_body, headers=JSON_HEADERS) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"HTTP {resp.status}: {(await resp.read())[:200]!r}")
+            parser = SSEParser()
+            async for chunk in resp.content.iter_any():
+                for data in parser.feed(chunk):
+                    if data == b"[DONE]":
+                        return
+                    if data.startswith(b'{"error"'):
+                        raise RuntimeError(data[:200].decode(errors="replace"))
+            raise RuntimeError("the stream ended without [DONE]")
+
+    async def chat(self) -> None:
+        async with self.http.post(self.base + "/v1/chat/completions", data=self.chat_body, headers=JSON_HEADERS) as r:
+            raw = await r.read()
+            if r.status != 200 or b'"choices"' not in raw:
+                raise RuntimeError(f"HTTP {r.status}: {raw[:200]!r}")
+
+    async def direct(self) -> None:
+        assert self.request is not None and self.workload is not None
+        record = await targets.triton_direct(self.stub, self.request, self.workload)
+        if record.error or record.output_tokens != 1:
+            raise RuntimeError(f"direct: {record.error or f'{record.output_tokens} tokens'}")
+
+    def send(self, target: str) -> Callable[[], Awaitable[None]]:
+        return {STREAM: self.chat_stream, CHAT: self.chat, DIRECT: self.direct}[target]
+
+
+async def closed_loop(send: Callable[[], Awaitable[None]], concurrency: int, seconds: float, pid: int) -> Turn:
+    """``concurrency`` requests always in flight for ``seconds``; the wall time runs to the last answer."""
+    turn = Turn()
+    gw0 = process_cpu_seconds(pid)
+    start = time.monotonic()
+    deadline = start + seconds
+    last = start
+
+    async def worker() -> None:
+        nonlocal last
+        while time.monotonic() < deadline:
+            t0 = time.monotonic()
+            try:
+                await send()
+            except Exception as exc:
+                turn.errors += 1
+                turn.first_error = turn.first_error or f"{type(exc).__name__}: {exc}"[:300]
+            else:
+                turn.latencies.append(time.monotonic() - t0)
+            last = time.monotonic()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    turn.wall_s = last - start
+    turn.gateway_cpu_s = process_cpu_seconds(pid) - gw0
+    return turn
+
+
+async def profile(clients: Clients, concurrency: int, seconds: float, pid: int, out: Path) -> list[tuple[str, float]]:
+    """py-spy on the gateway during one more chat-stream turn; the top functions by inclusive share."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    raw = out / "tiny_profile.txt"
+    proc = await asyncio.create_subprocess_exec(
+        py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250", "--nonblocking",
+        "--duration", str(math.ceil(seconds) + 1), "--output", str(raw),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    await asyncio.sleep(0.5)  # py-spy attaching
+    await closed_loop(clients.send(STREAM), concurrency, seconds, pid)
+    _, err = await proc.communicate()
+    if proc.returncode != 0 or not raw.exists():
+        _say(f"py-spy failed ({proc.returncode}): {err.decode(errors='replace').strip()[-300:]}")
+        return []
+    return top_inclusive(raw.read_text())
+
+
+async def measure(args: argparse.Namespace, pid: int) -> dict[str, Any]:
+    clients = Clients(args.gateway, args.triton, args.model, args.request_timeout)
+    turns: dict[tuple[int, str], list[Turn]] = {}
+    top: list[tuple[str, float]] = []
+    try:
+        ids = await clients.prepare(args.triton_model)
+        _say(f"the prompt is {len(ids)} tokens with the chat template")
+        for target in TARGETS:  # warm-up, not counted
+            await closed_loop(clients.send(target), max(args.concurrency), 0.5, 0)
+        for rnd in range(args.rounds):
+            order = TARGETS if rnd % 2 == 0 else TARGETS[::-1]
+            for conc in args.concurrency:
+                for target in order:
+                    turn = await closed_loop(clients.send(target), conc, args.seconds, pid)
+                    turns.setdefault((conc, target), []).append(turn)
+                    cpu = f", gateway {turn.gateway_cpu_s / turn.requests * 1e6:.0f} µs/req" if turn.requests else ""
+                    _say(
+                        f"round {rnd + 1}/{args.rounds} concurrency {conc} {target:<11} "
+                        f"{len(turn.latencies) / turn.wall_s if turn.wall_s else 0:7.1f} req/s"
+                        f" p50 {percentile(turn.latencies, 50) * 1000 if turn.latencies else math.nan:.2f} ms{cpu}"
+                        + (f", {turn.errors} errors: {turn.first_error}" if turn.errors else "")
+                    )
+        if args.profile and pid:
+            conc = max(args.concurrency)
+            _say(f"profiling the gateway with py-spy: one chat-stream turn at concurrency {conc}")
+            top = await profile(clients, conc, args.seconds, pid, args.out)
+    finally:
+        await clients.close()
+    results = []
+    for conc in args.concurrency:
+        direct = pooled(turns[(conc, DIRECT)], bool(pid))
+        row: dict[str, Any] = {"concurrency": conc, DIRECT: direct}
+        for target in GATEWAY_TARGETS:
+            row[target] = compare(pooled(turns[(conc, target)], bool(pid)), direct)
+        results.append(row)
+    return {"prompt_tokens": len(ids), "results": results, "profile_top": top}
+
+
+def _ttft_ms() -> str:
+    config = (REPO_ROOT / "model_repository" / "synthetic" / "config.pbtxt").read_text()
+    for line in config.splitlines():
+        if '"ttft_ms"' in line:
+            return line.split('string_value: "')[1].split('"')[0]
+    return "?"
+
+
+# --- command line ---
+
+
+def _ints(text: str) -> list[int]:
+    values = [int(x) for x in text.split(",") if x.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, not {text!r}")
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m perf.tiny", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--launch", action="store_true", help="start `python -m gateway serve` on free ports")
+    parser.add_argument("--gateway", default="http://127.0.0.1:8080", help="a running gateway (without --launch)")
+    parser.add_argument("--triton", default="127.0.0.1:8001", help="its Triton's gRPC HOST:PORT (without --launch)")
+    parser.add_argument("--gateway-pid", type=int, default=0, help="default: who listens on the gateway's port")
+    parser.add_argument("--model", default="synthetic", help="model id at the gateway")
+    parser.add_argument("--triton-model", default="synthetic")
+    parser.add_argument("--concurrency", type=_ints, default=[1, 8], help="requests in flight (default 1,8)")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each target takes, interleaved")
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration of one turn (s)")
+    parser.add_argument("--profile", action="store_true", help="py-spy the gateway during one more chat-stream turn")
+    parser.add_argument("--request-timeout", type=float, default=60.0)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "perf" / "results")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.seconds <= 0:
+        parser.error("--rounds must be >= 1, --seconds > 0")
+    return args
+
+
+def _say(line: str) -> None:
+    print(f"[tiny] {line}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stack: Stack | None = None
+    cache: str | None = None
+    started = time.monotonic()
+    try:
+        if args.launch:
+            if "GATEWAY_CACHE_DIR" not in os.environ:  # its own Triton log and backend dir, beside other stacks
+                cache = tempfile.mkdtemp(prefix="tiny-cache-")
+                os.environ["GATEWAY_CACHE_DIR"] = cache
+            stack = launch_stack(log=args.out / "tiny_stack.log")
+            args.gateway, args.triton, args.gateway_pid = stack.gateway, stack.triton, stack.pid
+        pid = args.gateway_pid or listener_pid(urlsplit(args.gateway).port or 80) or 0
+        if not pid:
+            _say("the gateway's pid is unknown (pass --gateway-pid): no gateway CPU figures")
+        figures = run_loop(measure(args, pid))
+    finally:
+        if stack is not None:
+            stack.stop()
+        if cache is not None:
+            shutil.rmtree(cache, ignore_errors=True)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    result = {"config": config, "gateway_pid": pid, "cpus": os.cpu_count(), "ttft_ms": _ttft_ms(), **figures}
+    result["goal_gateway_cpu_us_per_request"] = GOAL_US
+    result["elapsed_s"] = time.monotonic() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = args.out / "tiny.json", args.out / "tiny.png"
+    json_path.write_text(json.dumps(result, indent=2))
+    plot(result, png_path)
+    print(format_table(result))
+    if result["profile_top"]:
+        print("\npy-spy, the gateway during one chat-stream turn: top functions by inclusive share")
+        for frame, share in result["profile_top"]:
+            print(f"  {share * 100:5.1f}%  {frame}")
+    print(f"\nwrote {json_path}, {png_path} ({result['elapsed_s']:.0f}s in all)")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
