@@ -32,15 +32,12 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import numpy as np
@@ -51,9 +48,8 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.grpc.aio import InferenceServerClient
 
 from gateway.config import EMBEDDING_MODEL_ID, EMBEDDING_TRITON_MODEL, REPO_ROOT
-from perf.churn_sampler import listener_pid
 from perf.metrics import percentile
-from perf.stack import Stack, launch_stack, process_cpu_seconds, run_loop
+from perf.stack import positive_ints, process_cpu_seconds, run_loop, stack_or_running
 
 GATEWAY, DIRECT = "gateway", "direct"
 PATHS = (GATEWAY, DIRECT)
@@ -565,13 +561,6 @@ def plot(result: dict[str, Any], path: Path) -> Path:
 # --- command line ---
 
 
-def _ints(text: str) -> list[int]:
-    values = [int(x) for x in text.split(",") if x.strip()]
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, not {text!r}")
-    return values
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m perf.embeddings", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -585,8 +574,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--tokenizer", type=Path, default=REPO_ROOT / "model_repository" / "minilm" / "weights" / "tokenizer.json"
     )
-    parser.add_argument("--batches", type=_ints, default=[1, 32, 256], help="inputs per request (default 1,32,256)")
-    parser.add_argument("--concurrency", type=_ints, default=[1, 4], help="requests in flight (default 1,4)")
+    parser.add_argument(
+        "--batches", type=positive_ints, default=[1, 32, 256], help="inputs per request (default 1,32,256)"
+    )
+    parser.add_argument("--concurrency", type=positive_ints, default=[1, 4], help="requests in flight (default 1,4)")
     parser.add_argument("--rounds", type=int, default=3, help="turns each path takes, interleaved")
     parser.add_argument("--seconds", type=float, default=2.0, help="least duration of one turn (s)")
     parser.add_argument("--tokens", type=int, default=64, help="tokens per input, special tokens included")
@@ -609,25 +600,13 @@ def _say(line: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tokenizer = Tokenizer.from_file(str(args.tokenizer))
-    stack: Stack | None = None
-    cache: str | None = None
     started = time.monotonic()
-    try:
-        if args.launch:
-            if "GATEWAY_CACHE_DIR" not in os.environ:  # its own Triton log and backend dir, beside other stacks
-                cache = tempfile.mkdtemp(prefix="embeddings-cache-")
-                os.environ["GATEWAY_CACHE_DIR"] = cache
-            stack = launch_stack(log=args.out / "embeddings_stack.log")
-            args.gateway, args.triton, args.gateway_pid = stack.gateway, stack.triton, stack.pid
-        pid = args.gateway_pid or listener_pid(urlsplit(args.gateway).port or 80) or 0
+    log = args.out / "embeddings_stack.log"
+    with stack_or_running(args.launch, args.gateway, args.triton, args.gateway_pid, log) as target:
+        args.gateway, args.triton, pid = target.gateway, target.triton, target.pid
         if not pid:
             _say("the gateway's pid is unknown (pass --gateway-pid): no gateway CPU figures")
         figures = run_loop(measure(args, tokenizer, pid))
-    finally:
-        if stack is not None:
-            stack.stop()
-        if cache is not None:
-            shutil.rmtree(cache, ignore_errors=True)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     result = {"config": config, "gateway_pid": pid, "cpus": os.cpu_count(), **figures}
     result["elapsed_s"] = time.monotonic() - started

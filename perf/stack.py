@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from gateway.config import REPO_ROOT
 
@@ -127,3 +132,46 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+def positive_ints(text: str) -> list[int]:
+    """An argparse type: ``1,8,32`` -> [1, 8, 32]."""
+    values = [int(x) for x in text.split(",") if x.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, not {text!r}")
+    return values
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The stack a benchmark measures: its gateway URL, its Triton's gRPC address, the gateway's pid (0: unknown)."""
+
+    gateway: str
+    triton: str
+    pid: int
+
+
+@contextmanager
+def stack_or_running(launch: bool, gateway: str, triton: str, gateway_pid: int, log: Path) -> Iterator[Target]:
+    """With ``launch``, a stack of its own on free ports (with its own cache dir: its Triton log and
+    backend dir apart from other stacks'), stopped and cleaned up afterwards; else the running one
+    given, its gateway's pid found from its port when not given."""
+    stack: Stack | None = None
+    cache: str | None = None
+    try:
+        if launch:
+            if "GATEWAY_CACHE_DIR" not in os.environ:
+                cache = tempfile.mkdtemp(prefix=f"{log.stem}-cache-")
+                os.environ["GATEWAY_CACHE_DIR"] = cache
+            stack = launch_stack(log=log)
+            gateway, triton, gateway_pid = stack.gateway, stack.triton, stack.pid
+        from perf.churn_sampler import listener_pid  # it imports this module's process helpers
+
+        pid = gateway_pid or listener_pid(urlsplit(gateway).port or 80) or 0
+        yield Target(gateway, triton, pid)
+    finally:
+        if stack is not None:
+            stack.stop()
+        if cache is not None:
+            os.environ.pop("GATEWAY_CACHE_DIR", None)
+            shutil.rmtree(cache, ignore_errors=True)

@@ -34,14 +34,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import grpc
@@ -50,10 +48,9 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from gateway.config import REPO_ROOT
 from perf import targets
-from perf.churn_sampler import listener_pid
 from perf.metrics import percentile
 from perf.sse import SSEParser
-from perf.stack import Stack, launch_stack, process_cpu_seconds, run_loop
+from perf.stack import positive_ints, process_cpu_seconds, run_loop, stack_or_running
 
 STREAM, CHAT, DIRECT = "chat-stream", "chat", "direct"
 TARGETS = (STREAM, CHAT, DIRECT)
@@ -379,13 +376,6 @@ def _ttft_ms() -> str:
 # --- command line ---
 
 
-def _ints(text: str) -> list[int]:
-    values = [int(x) for x in text.split(",") if x.strip()]
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, not {text!r}")
-    return values
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m perf.tiny", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -396,7 +386,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gateway-pid", type=int, default=0, help="default: who listens on the gateway's port")
     parser.add_argument("--model", default="synthetic", help="model id at the gateway")
     parser.add_argument("--triton-model", default="synthetic")
-    parser.add_argument("--concurrency", type=_ints, default=[1, 8], help="requests in flight (default 1,8)")
+    parser.add_argument("--concurrency", type=positive_ints, default=[1, 8], help="requests in flight (default 1,8)")
     parser.add_argument("--rounds", type=int, default=3, help="turns each target takes, interleaved")
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of one turn (s)")
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway during one more chat-stream turn")
@@ -414,25 +404,13 @@ def _say(line: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    stack: Stack | None = None
-    cache: str | None = None
     started = time.monotonic()
-    try:
-        if args.launch:
-            if "GATEWAY_CACHE_DIR" not in os.environ:  # its own Triton log and backend dir, beside other stacks
-                cache = tempfile.mkdtemp(prefix="tiny-cache-")
-                os.environ["GATEWAY_CACHE_DIR"] = cache
-            stack = launch_stack(log=args.out / "tiny_stack.log")
-            args.gateway, args.triton, args.gateway_pid = stack.gateway, stack.triton, stack.pid
-        pid = args.gateway_pid or listener_pid(urlsplit(args.gateway).port or 80) or 0
+    log = args.out / "tiny_stack.log"
+    with stack_or_running(args.launch, args.gateway, args.triton, args.gateway_pid, log) as target:
+        args.gateway, args.triton, pid = target.gateway, target.triton, target.pid
         if not pid:
             _say("the gateway's pid is unknown (pass --gateway-pid): no gateway CPU figures")
         figures = run_loop(measure(args, pid))
-    finally:
-        if stack is not None:
-            stack.stop()
-        if cache is not None:
-            shutil.rmtree(cache, ignore_errors=True)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     result = {"config": config, "gateway_pid": pid, "cpus": os.cpu_count(), "ttft_ms": _ttft_ms(), **figures}
     result["goal_gateway_cpu_us_per_request"] = GOAL_US

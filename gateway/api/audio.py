@@ -23,7 +23,7 @@ from gateway.api.context import CONFIG, JOB, LIMITER, REGISTRY, STARTED
 from gateway.api.form import Form, read_form
 from gateway.api.formats import sse_event
 from gateway.api.observe import CLIENT_GONE, stamp_headers
-from gateway.api.respond import SSE_HEADERS
+from gateway.api.respond import SSE_HEADERS, write_error
 from gateway.audio.formats import (
     CONTENT_TYPES,
     TextStream,
@@ -35,7 +35,7 @@ from gateway.audio.formats import (
 from gateway.audio.transcript import Segment
 from gateway.core.job import start_job
 from gateway.core.transcribe import TranscribeOptions, TranscriptionRun
-from gateway.core.transcription import TRANSCRIBE, checked_temperature, transcribing
+from gateway.core.transcription import TRANSCRIBE, transcribing
 from gateway.errors import GatewayError, InternalError, InvalidRequest, UnsupportedParameter
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,6 @@ async def _handle(request: web.Request, task: str) -> web.StreamResponse:
 async def _stream(request: web.Request, run: TranscriptionRun) -> web.StreamResponse:
     text = TextStream()
     segments = aiter(run)
-    assert isinstance(segments, AsyncGenerator)
     try:
         return await _write_stream(request, run, segments, text)
     finally:
@@ -137,12 +136,10 @@ async def _write_stream(
         return response
     except GatewayError as exc:
         log.warning("transcription stream failed after the first byte: %s", exc.message)
-        with contextlib.suppress(ConnectionError):
-            await response.write(sse_event(exc.body()))
+        await write_error(response, exc)
     except Exception as exc:
         log.exception("transcription stream failed after the first byte")
-        with contextlib.suppress(ConnectionError):
-            await response.write(sse_event(InternalError(f"internal error: {type(exc).__name__}").body()))
+        await write_error(response, InternalError(f"internal error: {type(exc).__name__}"))
     with contextlib.suppress(ConnectionError):
         await response.write_eof()
     return response
@@ -161,7 +158,6 @@ def _temperature(form: Form) -> float | None:
     if value is None or value == "":
         return None
     try:
-        temperature = float(value)
+        return float(value)  # its range is checked with the other options (core.transcription)
     except ValueError:
         raise InvalidRequest("Invalid type for 'temperature': expected a number", param="temperature") from None
-    return checked_temperature(temperature)

@@ -126,10 +126,10 @@ async def _stream(
         return response
     except GatewayError as exc:
         log.warning("stream failed after the first byte: %s", exc.message)
-        await _write_error(response, exc)
+        await write_error(response, exc)
     except Exception as exc:
         log.exception("stream failed after the first byte")
-        await _write_error(response, InternalError(f"internal error: {type(exc).__name__}"))
+        await write_error(response, InternalError(f"internal error: {type(exc).__name__}"))
     finally:
         await deltas.aclose()
     with contextlib.suppress(ConnectionError):
@@ -153,6 +153,7 @@ def _delta_bytes(fmt: ResponseFormat, delta: Delta, usage: Usage, counter: _Runn
     return counter.stamp(chunk)
 
 
-async def _write_error(response: web.StreamResponse, exc: GatewayError) -> None:
+async def write_error(response: web.StreamResponse, exc: GatewayError) -> None:
+    """An error in-band, once a stream has started: one ``data: {"error": ...}`` event."""
     with contextlib.suppress(ConnectionError):
         await response.write(sse_event(exc.body()))

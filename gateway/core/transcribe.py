@@ -28,7 +28,7 @@ language token stays the spoken one, and the result's language is English, the t
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,7 +102,7 @@ class TranscriptionRun:
         self.heard = 0.0
         self.segments: list[Segment] = []
 
-    def __aiter__(self) -> AsyncIterator[Segment]:
+    def __aiter__(self) -> AsyncGenerator[Segment, None]:
         if self._started:
             raise RuntimeError("a transcription runs once")
         self._started = True
@@ -123,7 +123,7 @@ class TranscriptionRun:
             temperature=self._options.temperature or 0.0,
         )
 
-    async def _run(self) -> AsyncIterator[Segment]:
+    async def _run(self) -> AsyncGenerator[Segment, None]:
         options = self._options
         windows = Windows(self._samples)
         timestamps = options.timestamps

@@ -28,21 +28,14 @@ TEMPERATURE_RANGE = (0.0, 1.0)
 _OUTPUT = ("TRANSCRIPTS",)
 
 
-def checked_temperature(temperature: float) -> float:
-    """A request's sampling temperature, in OpenAI's range for transcriptions (0 to 1)."""
-    low, high = TEMPERATURE_RANGE
-    if not low <= temperature <= high:
-        raise InvalidRequest(
-            f"Invalid value for 'temperature': must be between {low:g} and {high:g}", param="temperature"
-        )
-    return temperature
-
-
 def checked_options(options: TranscribeOptions) -> TranscribeOptions:
     """``options`` with the language as Whisper's code; raises :class:`InvalidRequest` for a language
     Whisper does not know (``param="language"``) or a temperature out of range."""
-    if options.temperature is not None:
-        checked_temperature(options.temperature)
+    low, high = TEMPERATURE_RANGE
+    if options.temperature is not None and not low <= options.temperature <= high:
+        raise InvalidRequest(
+            f"Invalid value for 'temperature': must be between {low:g} and {high:g}", param="temperature"
+        )
     return dataclasses.replace(options, language=normalize_language(options.language))
 
 

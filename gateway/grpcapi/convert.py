@@ -25,7 +25,6 @@ from gateway.core.limits import (
 )
 from gateway.core.plan import OutputShape, Prompt, checked_shape
 from gateway.core.transcribe import TranscribeOptions
-from gateway.core.transcription import checked_temperature
 from gateway.core.types import FinishReason, SamplingInput, TokenLogprob, Tool, ToolCall, ToolChoice, Usage
 from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.grpcapi.stubs import pb
@@ -264,7 +263,7 @@ def transcribe_options(request: pb.TranscribeRequest) -> TranscribeOptions:
     return TranscribeOptions(
         language=request.language or None,
         prompt=request.prompt or None,
-        temperature=checked_temperature(request.temperature) if request.HasField("temperature") else None,
+        temperature=request.temperature if request.HasField("temperature") else None,
         timestamps=True if request.timestamps else None,
     )
 
