@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEIGHTS := model_repository/.prepared
 
-.PHONY: install protos model debs run test test-unit test-e2e lint format clean bench bench-compare bench-churn bench-embeddings bench-tiny
+.PHONY: install protos model debs run test test-unit test-e2e lint format clean bench bench-compare bench-churn bench-embeddings bench-tiny bench-bursts bench-capacity
 
 install: $(STAMP)
 
@@ -85,6 +85,12 @@ bench-compare: model protos
 		--targets gateway-chat,gateway-completions,direct \
 		--compare "stock:GRPC_EXPERIMENTS=,GATEWAY_EVENT_LOOP=asyncio"
 
+# issue 13's added TTFT and throughput against direct, closed loop and bursts of 2 x the concurrency fired at
+# once (each burst awaited whole), interleaved in one run, with the goals table (about 3 minutes)
+bench-bursts: model protos
+	$(BIN)/python -m perf.bench --launch --concurrency 8,32 --mode closed,burst --rounds 3 \
+		--targets gateway-chat,direct
+
 # sustained mixed load on a launched stack (streams, stop strings, n=2, non-streaming, client disconnects,
 # both models); exits non-zero on any Triton restart, unexpected error or hang. CHURN_ARGS to change it.
 CHURN_ARGS ?= --duration 600 --concurrency 32
@@ -98,6 +104,12 @@ bench-embeddings: model protos
 # the gateway's cost per request: 1-token chat requests (streamed and not) against the same ids straight to Triton
 bench-tiny: model protos
 	$(BIN)/python -m perf.tiny --launch
+
+# streams per gateway core in front of a GPU: the synthetic upstream playing TensorRT-LLM (8B model, H100), gateways
+# with --workers 1 and 2 against Triton direct at 10-100 streams, interleaved (about 4 minutes); CAPACITY_ARGS
+CAPACITY_ARGS ?= --workers 1,2 --streams 10,25,50,100
+bench-capacity: model protos
+	$(BIN)/python -m perf.capacity --launch $(CAPACITY_ARGS)
 
 # the CPU model's structured outputs, tools and logprobs at 1 and 4 streams, and its engine against the
 # CTranslate2 one (0e0582f, from a git worktree under /tmp), interleaved in one run (about 5 minutes)

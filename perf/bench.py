@@ -1,7 +1,9 @@
 """Load generator: the gateway (chat, completions) against Triton direct, side by side in one run.
 
-Closed loop (``--concurrency 1,8,32,64``: that many requests always in flight) or open loop
-(``--rate 5,20``: Poisson arrivals, requests/s). At each load level the targets take turns for
+Closed loop (``--concurrency 1,8,32,64``: that many requests always in flight), bursts
+(``--concurrency 8,32 --mode burst``: 2 x the concurrency fired at the same instant, the next burst
+once all of them have finished; ``--mode closed,burst`` runs both), or open loop (``--rate 5,20``:
+Poisson arrivals, requests/s). At each load level the targets (and modes) take turns for
 ``--rounds`` rounds, so every gateway/direct comparison comes from the same minutes of the same
 machine. Warm-up requests are not counted. ``--processes N`` splits the load over N generator
 processes when one core cannot keep up; the generator's own CPU per token is always reported.
@@ -17,14 +19,16 @@ import asyncio
 import atexit
 import csv
 import json
+import math
 import multiprocessing
 import os
 import random
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import grpc
@@ -34,10 +38,15 @@ from gateway.config import REPO_ROOT
 from gateway.text.tokenizer import Tokenizer
 from perf import targets
 from perf.metrics import SLO, RequestRecord, summarize
-from perf.report import plot_all, print_table
+from perf.report import goal_checks, plot_all, print_table
 from perf.stack import Stack, launch_gateway, launch_stack, process_cpu_seconds, wake_cost_us
 
 TARGETS = ("gateway-chat", "gateway-completions", "gateway-grpc", "direct")
+# --mode: how the concurrency levels are loaded; the results' "mode" ("concurrency" for the closed loop, as
+# before bursts existed, so older JSON reads the same)
+MODES = {"closed": "concurrency", "burst": "burst"}
+BURST_FACTOR = 2  # a burst at concurrency C fires 2 x C requests at once (issue 13's measurement)
+T = TypeVar("T")
 FILLER = "The lighthouse keeper watched the grey sea roll in under a heavy sky, counting the ships. "
 
 
@@ -91,10 +100,28 @@ async def _clients(cfg: dict[str, Any], w: targets.Workload) -> dict[str, Any]:
     return _CLIENTS
 
 
+async def fire_bursts(one: Callable[[], Awaitable[T]], requests: int, size: int) -> list[T]:
+    """``requests`` calls of ``one`` in bursts of ``size`` started together; a burst starts once the
+    previous one has ended, whole (the last one is smaller when ``size`` does not divide ``requests``)."""
+    out: list[T] = []
+    while len(out) < requests:
+        n = min(max(1, size), requests - len(out))
+        out.extend(await asyncio.gather(*(one() for _ in range(n))))
+    return out
+
+
 async def _phase(
-    target: str, cfg: dict[str, Any], w: targets.Workload, requests: int, concurrency: int, rate: float
+    target: str,
+    cfg: dict[str, Any],
+    w: targets.Workload,
+    requests: int,
+    concurrency: int,
+    rate: float,
+    burst: int = 0,
 ) -> list[RequestRecord]:
     clients = await _clients(cfg, w)
+    if burst > 0:  # bursts: `burst` requests at the same instant, then wait for all of them
+        return await fire_bursts(lambda: _one(target, cfg, w, clients), requests, burst)
     if rate > 0:  # open loop: Poisson arrivals
         rng = random.Random(cfg["seed"])
         tasks = []
@@ -135,13 +162,30 @@ def _run_phase(job: dict[str, Any]) -> dict[str, Any]:
         atexit.register(_shutdown)
     cpu0 = time.process_time()
     records = _LOOP.run_until_complete(
-        _phase(job["target"], job["cfg"], job["workload"], job["requests"], job["concurrency"], job["rate"])
+        _phase(
+            job["target"],
+            job["cfg"],
+            job["workload"],
+            job["requests"],
+            job["concurrency"],
+            job["rate"],
+            job["burst"],
+        )
     )
     return {"records": records, "cpu_s": time.process_time() - cpu0}
 
 
 def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def burst_shares(requests: int, concurrency: int, parts: int) -> list[tuple[int, int, int]]:
+    """(requests, concurrency, burst size) per generator process, ``requests`` rounded up to whole bursts.
+    Each process fires its share of every burst (2 x its share of the concurrency), as many bursts as the
+    others, so together they fire 2 x ``concurrency`` at once."""
+    concurrency = max(1, concurrency)
+    bursts = math.ceil(requests / (BURST_FACTOR * concurrency))
+    return [(bursts * BURST_FACTOR * c, c, BURST_FACTOR * c) for c in _split(concurrency, parts) if c > 0]
 
 
 def run_level(
@@ -152,13 +196,15 @@ def run_level(
     requests: int,
     concurrency: int,
     rate: float,
+    burst: bool = False,
 ) -> tuple[list[RequestRecord], float, float]:
     parts = min(cfg["processes"], max(1, concurrency if rate == 0 else requests))
-    jobs = [
-        {"target": target, "cfg": cfg, "workload": w, "requests": n, "concurrency": c, "rate": rate / parts}
-        for n, c in zip(_split(requests, parts), _split(concurrency, parts), strict=True)
-        if n > 0
-    ]
+    base = {"target": target, "cfg": cfg, "workload": w, "rate": rate / parts}
+    if burst:
+        shares = burst_shares(requests, concurrency, parts)
+    else:
+        shares = [(n, c, 0) for n, c in zip(_split(requests, parts), _split(concurrency, parts), strict=True)]
+    jobs = [{**base, "requests": n, "concurrency": c, "burst": size} for n, c, size in shares if n > 0]
     start = time.monotonic()
     results = list(pool.map(_run_phase, jobs))
     window = time.monotonic() - start
@@ -178,9 +224,18 @@ def main() -> int:
     parser.add_argument("--tokenizer-dir", type=Path, default=REPO_ROOT / "model_repository" / "smollm2" / "weights")
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--concurrency", default="1,8,32,64", help="closed-loop levels")
+    parser.add_argument(
+        "--mode",
+        default="closed",
+        help="how --concurrency C loads: closed (C in flight), burst (2 x C fired at once, all awaited), "
+        "or both, comma-separated, interleaved",
+    )
     parser.add_argument("--rate", default="", help="open-loop request rates (req/s); replaces --concurrency")
     parser.add_argument(
-        "--requests", type=int, default=0, help="per target, level and round (default 4 x level, >= 16)"
+        "--requests",
+        type=int,
+        default=0,
+        help="per target, level, mode and round (default 4 x level, >= 16; bursts: rounded up to whole bursts)",
     )
     parser.add_argument("--rounds", type=int, default=2, help="turns each target takes per level, interleaved")
     parser.add_argument("--warmup", type=int, default=4, help="uncounted requests per target before each level")
@@ -203,6 +258,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.compare and not args.launch:
         parser.error("--compare needs --launch")
+    args.modes = parse_modes(args.mode, parser)
+    if args.rate and args.mode != "closed":
+        parser.error("--mode applies to --concurrency; --rate is the open loop")
     compare = [_parse_compare(spec, parser) for spec in args.compare]
 
     stacks: list[Stack] = []
@@ -222,6 +280,14 @@ def main() -> int:
     finally:
         for stack in reversed(stacks):
             stack.stop()
+
+
+def parse_modes(text: str, parser: argparse.ArgumentParser) -> list[str]:
+    """``closed,burst`` -> the results' mode names, ["concurrency", "burst"]."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names or any(m not in MODES for m in names) or len(set(names)) != len(names):
+        parser.error(f"--mode {text!r}: expected closed, burst or closed,burst")
+    return [MODES[m] for m in names]
 
 
 def _parse_compare(spec: str, parser: argparse.ArgumentParser) -> tuple[str, dict[str, str]]:
@@ -252,6 +318,7 @@ def _bench(args: argparse.Namespace) -> int:
         chosen.append("direct")
     open_loop = bool(args.rate)
     levels = [float(x) for x in args.rate.split(",")] if open_loop else [int(x) for x in args.concurrency.split(",")]
+    modes = ["rate"] if open_loop else args.modes
     all_records: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
     ctx = multiprocessing.get_context("spawn")
@@ -260,43 +327,52 @@ def _bench(args: argparse.Namespace) -> int:
             concurrency = 0 if open_loop else int(level)
             rate = float(level) if open_loop else 0.0
             requests = args.requests or max(16, 4 * int(level))
-            per_target: dict[str, list[RequestRecord]] = {t: [] for t in chosen}
-            windows = dict.fromkeys(chosen, 0.0)
-            cpu = {t: {"generator_s": 0.0, "gateway_s": 0.0} for t in chosen}
-            for target in chosen:  # warm-up, not counted
-                run_level(pool, target, cfg, w, args.warmup, min(concurrency or 1, args.warmup), rate)
+            cells = [(mode, t) for mode in modes for t in chosen]
+            per_cell: dict[tuple[str, str], list[RequestRecord]] = {c: [] for c in cells}
+            windows = dict.fromkeys(cells, 0.0)
+            cpu = {c: {"generator_s": 0.0, "gateway_s": 0.0} for c in cells}
+            # warm-up, not counted; at a concurrency level, with as many requests in flight as the level's
+            # peak, so that no measured request opens an HTTP connection
+            peak = concurrency * (BURST_FACTOR if "burst" in modes else 1)
+            for target in chosen if args.warmup > 0 else []:
+                if open_loop:
+                    run_level(pool, target, cfg, w, args.warmup, 1, rate)
+                else:
+                    run_level(pool, target, cfg, w, max(args.warmup, peak), peak, 0.0)
             for rnd in range(args.rounds):
-                for target in chosen:
+                for cell in cells:
+                    mode, target = cell
                     # the gateway that serves the target; for direct, what the idle default gateway burns
                     pid = args.gateways[target.partition("@")[2]]["pid"]
                     gw0 = process_cpu_seconds(pid)
-                    records, window, gen_cpu = run_level(pool, target, cfg, w, requests, concurrency, rate)
-                    cpu[target]["gateway_s"] += process_cpu_seconds(pid) - gw0
-                    cpu[target]["generator_s"] += gen_cpu
-                    per_target[target].extend(records)
-                    windows[target] += window
+                    records, window, gen_cpu = run_level(
+                        pool, target, cfg, w, requests, concurrency, rate, burst=mode == "burst"
+                    )
+                    cpu[cell]["gateway_s"] += process_cpu_seconds(pid) - gw0
+                    cpu[cell]["generator_s"] += gen_cpu
+                    per_cell[cell].extend(records)
+                    windows[cell] += window
                     ok = sum(r.ok for r in records)
                     print(
-                        f"[bench] {'rate' if open_loop else 'concurrency'} {level:g} round {rnd + 1}/{args.rounds} "
+                        f"[bench] {mode} {level:g} round {rnd + 1}/{args.rounds} "
                         f"{target:<20} {ok}/{len(records)} ok in {window:5.1f}s",
                         file=sys.stderr,
                         flush=True,
                     )
-            for target in chosen:
-                summary = summarize(per_target[target], windows[target], slo)
+            for cell in cells:
+                mode, target = cell
+                summary = summarize(per_cell[cell], windows[cell], slo)
                 tokens = max(1, summary["output_tokens"])
                 summary["cpu"] = {
-                    "generator_us_per_token": cpu[target]["generator_s"] / tokens * 1e6,
-                    "generator_cores": cpu[target]["generator_s"] / max(windows[target], 1e-9),
-                    "gateway_us_per_token": cpu[target]["gateway_s"] / tokens * 1e6 if args.gateway_pid else None,
-                    "gateway_tokens_per_core_s": tokens / cpu[target]["gateway_s"]
-                    if args.gateway_pid and cpu[target]["gateway_s"] > 0 and target != "direct"
+                    "generator_us_per_token": cpu[cell]["generator_s"] / tokens * 1e6,
+                    "generator_cores": cpu[cell]["generator_s"] / max(windows[cell], 1e-9),
+                    "gateway_us_per_token": cpu[cell]["gateway_s"] / tokens * 1e6 if args.gateway_pid else None,
+                    "gateway_tokens_per_core_s": tokens / cpu[cell]["gateway_s"]
+                    if args.gateway_pid and cpu[cell]["gateway_s"] > 0 and target != "direct"
                     else None,
                 }
-                results.append(
-                    {"level": level, "mode": "rate" if open_loop else "concurrency", "target": target, **summary}
-                )
-                all_records.extend({"level": level, **r.row()} for r in per_target[target])
+                results.append({"level": level, "mode": mode, "target": target, **summary})
+                all_records.extend({"level": level, "mode": mode, **r.row()} for r in per_cell[cell])
     _write(args, results, all_records, {"idle_wake_cpu_us": wake_us})
     return 0
 
@@ -308,8 +384,9 @@ def _write(
     stamp = time.strftime("%Y%m%dT%H%M%S")
     base = args.out / f"bench_{stamp}"
     config = {k: str(v) for k, v in vars(args).items()}
+    goals = goal_checks(results)
     Path(f"{base}.json").write_text(
-        json.dumps({"config": config, "machine": machine, "results": results}, indent=2, default=str)
+        json.dumps({"config": config, "machine": machine, "results": results, "goals": goals}, indent=2, default=str)
     )
     with open(f"{base}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["level"])

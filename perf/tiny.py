@@ -17,8 +17,13 @@ request (its CPU over the turn / requests; net: less what it burns idle, measure
 turns), and gateway/direct ratios of requests/s and the latency the gateway adds at p50/p99. The issue's
 goal: gateway CPU per request <= 400 µs.
 
-    python -m perf.tiny --launch [--rounds 3] [--concurrency 1,8] [--seconds 3] [--profile]
+    python -m perf.tiny --launch [--rounds 3] [--concurrency 1,8] [--seconds 3] [--profile] [--baseline REV]
     python -m perf.tiny --gateway http://127.0.0.1:8080 --triton 127.0.0.1:8001 [--gateway-pid PID]
+
+``--baseline REV`` is the before/after of a change in one run: two more gateways, this checkout's and
+revision REV's (a git worktree under the system's temp directory), in front of the same Triton, serving
+``synthetic`` alone; their chat targets take turns with direct, and the table adds the CPU per request of
+this checkout over REV's.
 
 ``--profile`` runs py-spy on the gateway during one extra chat-stream turn and prints the top functions by
 inclusive share. Writes perf/results/tiny.json and perf/results/tiny.png, and prints a table.
@@ -34,10 +39,12 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +57,14 @@ from gateway.config import REPO_ROOT
 from perf import targets
 from perf.metrics import percentile
 from perf.sse import SSEParser
-from perf.stack import positive_ints, process_cpu_seconds, run_loop, stack_or_running
+from perf.stack import (
+    Stack,
+    launch_gateway,
+    positive_ints,
+    process_cpu_seconds,
+    run_loop,
+    stack_or_running,
+)
 
 STREAM, CHAT, DIRECT = "chat-stream", "chat", "direct"
 TARGETS = (STREAM, CHAT, DIRECT)
@@ -69,8 +83,9 @@ class Turn:
     latencies: list[float] = field(default_factory=list)  # s, successful requests only
     errors: int = 0
     wall_s: float = 0.0
-    gateway_cpu_s: float = 0.0
+    gateway_cpu_s: float = 0.0  # the CPU of the target's gateway (for direct: the main gateway's idle burn)
     first_error: str = ""
+    cpu_s: dict[int, float] = field(default_factory=dict)  # every gateway's CPU over the turn, by pid
 
     @property
     def requests(self) -> int:
@@ -141,25 +156,26 @@ def _f(value: float | None, digits: int = 1) -> str:
 
 
 def format_table(result: dict[str, Any]) -> str:
+    baseline = result["config"].get("baseline")
     lines = [
         "",
         f"1-token requests to '{result['config']['model']}' (synthetic: no compute, {result['ttft_ms']} ms TTFT), "
         f"{result['config']['rounds']} interleaved rounds of {result['config']['seconds']:g}s",
-        f"{'conc':>4} {'target':<11} {'req/s':>8} {'vs dir':>6} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} "
-        f"{'+p50':>6} {'+p99':>6} {'gw CPU µs/req':>13} {'net':>6} {'goal':>5}",
+        f"{'conc':>4} {'target':<20} {'req/s':>8} {'vs dir':>6} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} "
+        f"{'+p50':>6} {'+p99':>6} {'gw CPU µs/req':>13} {'net':>6} {'goal':>5} {'vs base':>7}",
     ]
     lines.append("-" * len(lines[-1]))
     for row in result["results"]:
-        for target in TARGETS:
+        for target in result.get("targets", TARGETS):
             r = row[target]
             goal = r.get("meets_goal")
             lines.append(
-                f"{row['concurrency']:>4} {target:<11} {r['requests_per_s']:>8.1f} "
+                f"{row['concurrency']:>4} {target:<20} {r['requests_per_s']:>8.1f} "
                 f"{_f(r.get('requests_per_s_vs_direct'), 3):>6} {r['p50_ms']:>7.2f} {r['p90_ms']:>7.2f} "
                 f"{r['p99_ms']:>7.2f} {_f(r.get('added_p50_ms'), 2):>6} {_f(r.get('added_p99_ms'), 2):>6} "
                 f"{_f(r['gateway_cpu_us_per_request'], 0) if target != DIRECT else '-':>13} "
                 f"{_f(r.get('gateway_net_cpu_us_per_request'), 0):>6} "
-                f"{'-' if goal is None else ('ok' if goal else 'MISS'):>5}"
+                f"{'-' if goal is None else ('ok' if goal else 'MISS'):>5} {_f(r.get('cpu_vs_baseline'), 3):>7}"
             )
             if r["errors"]:
                 lines.append(f"     {r['errors']} failed request(s): {r['first_error']}")
@@ -168,6 +184,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(
         f"gw CPU: the gateway process's CPU per request; net: less its idle burn. "
         f"Issue 13's goal: net gateway CPU per request <= {GOAL_US:.0f} µs."
+        + (" vs base: net CPU per request over the baseline's (< 1: this checkout costs less)." if baseline else "")
     )
     return "\n".join(lines)
 
@@ -180,25 +197,27 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     import numpy as np
 
     rows = result["results"]
+    names = result.get("targets", TARGETS)
+    gateways = [n for n in names if n != DIRECT]
     concs = [r["concurrency"] for r in rows]
     x = np.arange(len(concs))
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     ax = axes[0]
-    width = 0.8 / len(GATEWAY_TARGETS)
-    for k, target in enumerate(GATEWAY_TARGETS):
+    width = 0.8 / len(gateways)
+    for k, target in enumerate(gateways):
         gross = [r[target]["gateway_cpu_us_per_request"] or math.nan for r in rows]
         net = [r[target]["gateway_net_cpu_us_per_request"] or math.nan for r in rows]
-        offset = (k - (len(GATEWAY_TARGETS) - 1) / 2) * width
+        offset = (k - (len(gateways) - 1) / 2) * width
         ax.bar(x + offset, gross, width, alpha=0.35, color=f"C{k}", label=f"{target} (gross)")
         ax.bar(x + offset, net, width * 0.6, color=f"C{k}", label=f"{target} (net of idle)")
     ax.axhline(GOAL_US, color="tab:red", linestyle="--", label=f"goal {GOAL_US:.0f} µs (issue 13)")
     ax.set(title="gateway CPU per request", ylabel="µs", xticks=x, xlabel="concurrency")
     ax.set_xticklabels([str(c) for c in concs])
     ax = axes[1]
-    width = 0.8 / (len(TARGETS) * 2)
-    for k, target in enumerate(TARGETS):
+    width = 0.8 / (len(names) * 2)
+    for k, target in enumerate(names):
         for j, stat in enumerate(("p50_ms", "p99_ms")):
-            offset = (2 * k + j - len(TARGETS) + 0.5) * width
+            offset = (2 * k + j - len(names) + 0.5) * width
             ax.bar(
                 x + offset,
                 [r[target][stat] for r in rows],
@@ -282,10 +301,14 @@ class Clients:
         return {STREAM: self.chat_stream, CHAT: self.chat, DIRECT: self.direct}[target]
 
 
-async def closed_loop(send: Callable[[], Awaitable[None]], concurrency: int, seconds: float, pid: int) -> Turn:
-    """``concurrency`` requests always in flight for ``seconds``; the wall time runs to the last answer."""
+async def closed_loop(
+    send: Callable[[], Awaitable[None]], concurrency: int, seconds: float, pid: int, others: tuple[int, ...] = ()
+) -> Turn:
+    """``concurrency`` requests always in flight for ``seconds``; the wall time runs to the last answer.
+    The CPU of gateway ``pid`` over the turn, and of every one of ``others`` too."""
     turn = Turn()
-    gw0 = process_cpu_seconds(pid)
+    pids = tuple(dict.fromkeys((pid, *others)))
+    cpu0 = {p: process_cpu_seconds(p) for p in pids}
     start = time.monotonic()
     deadline = start + seconds
     last = start
@@ -305,7 +328,8 @@ async def closed_loop(send: Callable[[], Awaitable[None]], concurrency: int, sec
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     turn.wall_s = last - start
-    turn.gateway_cpu_s = process_cpu_seconds(pid) - gw0
+    turn.cpu_s = {p: process_cpu_seconds(p) - cpu0[p] for p in pids if p}
+    turn.gateway_cpu_s = turn.cpu_s.get(pid, 0.0)
     return turn
 
 
@@ -314,7 +338,7 @@ async def profile(clients: Clients, concurrency: int, seconds: float, pid: int, 
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     raw = out / "tiny_profile.txt"
     proc = await asyncio.create_subprocess_exec(
-        py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250", "--nonblocking",
+        py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "500", "--nonblocking",
         "--duration", str(math.ceil(seconds) + 1), "--output", str(raw),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
@@ -327,24 +351,48 @@ async def profile(clients: Clients, concurrency: int, seconds: float, pid: int, 
     return top_inclusive(raw.read_text())
 
 
-async def measure(args: argparse.Namespace, pid: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Arm:
+    """One target of the run: what it sends, through which gateway (pid 0: none, or unknown)."""
+
+    name: str
+    kind: str  # STREAM, CHAT or DIRECT
+    clients: Clients
+    pid: int
+
+
+async def measure(args: argparse.Namespace, pid: int, baseline: tuple[str, str, int] | None = None) -> dict[str, Any]:
+    """Every arm's turns, interleaved round by round; ``baseline``: (revision, gateway URL, pid) of a
+    second gateway whose chat targets take their turns too."""
     clients = Clients(args.gateway, args.triton, args.model, args.request_timeout)
+    arms = [Arm(STREAM, STREAM, clients, pid), Arm(CHAT, CHAT, clients, pid), Arm(DIRECT, DIRECT, clients, 0)]
+    base_clients = None
+    if baseline is not None:
+        rev, url, base_pid = baseline
+        base_clients = Clients(url, args.triton, args.model, args.request_timeout)
+        arms += [
+            Arm(f"{STREAM}@{rev}", STREAM, base_clients, base_pid),
+            Arm(f"{CHAT}@{rev}", CHAT, base_clients, base_pid),
+        ]
+    pids = tuple(arm.pid for arm in arms if arm.pid)
     turns: dict[tuple[int, str], list[Turn]] = {}
     top: list[tuple[str, float]] = []
     try:
         ids = await clients.prepare(args.triton_model)
+        if base_clients is not None:
+            await base_clients.prepare(args.triton_model)
         _say(f"the prompt is {len(ids)} tokens with the chat template")
-        for target in TARGETS:  # warm-up, not counted
-            await closed_loop(clients.send(target), max(args.concurrency), 0.5, 0)
+        for arm in arms:  # warm-up, not counted
+            await closed_loop(arm.clients.send(arm.kind), max(args.concurrency), 0.5, 0)
         for rnd in range(args.rounds):
-            order = TARGETS if rnd % 2 == 0 else TARGETS[::-1]
+            order = arms if rnd % 2 == 0 else arms[::-1]
             for conc in args.concurrency:
-                for target in order:
-                    turn = await closed_loop(clients.send(target), conc, args.seconds, pid)
-                    turns.setdefault((conc, target), []).append(turn)
+                for arm in order:
+                    turn = await closed_loop(arm.clients.send(arm.kind), conc, args.seconds, arm.pid or pid, pids)
+                    turns.setdefault((conc, arm.name), []).append(turn)
                     cpu = f", gateway {turn.gateway_cpu_s / turn.requests * 1e6:.0f} µs/req" if turn.requests else ""
                     _say(
-                        f"round {rnd + 1}/{args.rounds} concurrency {conc} {target:<11} "
+                        f"round {rnd + 1}/{args.rounds} concurrency {conc} {arm.name:<11} "
                         f"{len(turn.latencies) / turn.wall_s if turn.wall_s else 0:7.1f} req/s"
                         f" p50 {percentile(turn.latencies, 50) * 1000 if turn.latencies else math.nan:.2f} ms{cpu}"
                         + (f", {turn.errors} errors: {turn.first_error}" if turn.errors else "")
@@ -355,14 +403,27 @@ async def measure(args: argparse.Namespace, pid: int) -> dict[str, Any]:
             top = await profile(clients, conc, args.seconds, pid, args.out)
     finally:
         await clients.close()
+        if base_clients is not None:
+            await base_clients.close()
     results = []
     for conc in args.concurrency:
-        direct = pooled(turns[(conc, DIRECT)], bool(pid))
-        row: dict[str, Any] = {"concurrency": conc, DIRECT: direct}
-        for target in GATEWAY_TARGETS:
-            row[target] = compare(pooled(turns[(conc, target)], bool(pid)), direct)
+        direct_turns = turns[(conc, DIRECT)]
+        row: dict[str, Any] = {"concurrency": conc, DIRECT: pooled(direct_turns, bool(pid))}
+        for arm in arms:
+            if arm.kind != DIRECT:  # its net CPU: less its own gateway's idle burn during the direct turns
+                idle = [replace(t, gateway_cpu_s=t.cpu_s.get(arm.pid, 0.0)) for t in direct_turns]
+                row[arm.name] = compare(pooled(turns[(conc, arm.name)], bool(arm.pid)), pooled(idle, bool(arm.pid)))
+        if baseline is not None:
+            for kind in GATEWAY_TARGETS:
+                row[kind]["cpu_vs_baseline"] = cpu_ratio(row[kind], row[f"{kind}@{baseline[0]}"])
         results.append(row)
-    return {"prompt_tokens": len(ids), "results": results, "profile_top": top}
+    return {"prompt_tokens": len(ids), "targets": [arm.name for arm in arms], "results": results, "profile_top": top}
+
+
+def cpu_ratio(new: dict[str, Any], old: dict[str, Any]) -> float | None:
+    """This checkout's net CPU per request over the baseline's (below 1: the change saves CPU)."""
+    a, b = new.get("gateway_net_cpu_us_per_request"), old.get("gateway_net_cpu_us_per_request")
+    return a / b if a is not None and b else None
 
 
 def _ttft_ms() -> str:
@@ -391,11 +452,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of one turn (s)")
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway during one more chat-stream turn")
     parser.add_argument("--request-timeout", type=float, default=60.0)
+    parser.add_argument(
+        "--baseline", default="", metavar="REV", help="also run revision REV's gateway, side by side (git worktree)"
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "perf" / "results")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.seconds <= 0:
         parser.error("--rounds must be >= 1, --seconds > 0")
     return args
+
+
+@contextmanager
+def side_by_side(args: argparse.Namespace, log: Path) -> Iterator[tuple[Stack, Stack]]:
+    """This checkout's gateway and revision ``args.baseline``'s, both in front of ``args.triton``."""
+    tree = baseline_tree(args.baseline)
+    env = {"PYTHONSAFEPATH": "1", "PYTHONPATH": str(tree)}
+    subprocess.run([sys.executable, "-m", "gateway.grpcapi.codegen"], cwd=tree, env={**os.environ, **env}, check=True)
+    main_gateway = launch_gateway(args.triton, args.model, args.triton_model, {}, log.with_name("tiny_main.log"))
+    try:
+        base = launch_gateway(args.triton, args.model, args.triton_model, env, log.with_name("tiny_baseline.log"))
+        try:
+            yield main_gateway, base
+        finally:
+            base.stop()
+    finally:
+        main_gateway.stop()
+
+
+def baseline_tree(rev: str) -> Path:
+    """A git worktree of ``rev`` (made once, kept for later runs)."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if commit.returncode != 0:
+        raise SystemExit(f"--baseline {rev!r}: not a revision of this repository")
+    tree = Path(tempfile.gettempdir()) / f"gateway-baseline-{commit.stdout.strip()[:12]}"
+    if not (tree / "gateway").is_dir():
+        _say(f"checking out {rev} in {tree}")
+        subprocess.run(["git", "worktree", "add", "--detach", "--force", str(tree), commit.stdout.strip()],
+                       cwd=REPO_ROOT, check=True, capture_output=True)  # fmt: skip
+    return tree
 
 
 def _say(line: str) -> None:
@@ -408,9 +508,14 @@ def main(argv: list[str] | None = None) -> int:
     log = args.out / "tiny_stack.log"
     with stack_or_running(args.launch, args.gateway, args.triton, args.gateway_pid, log) as target:
         args.gateway, args.triton, pid = target.gateway, target.triton, target.pid
-        if not pid:
-            _say("the gateway's pid is unknown (pass --gateway-pid): no gateway CPU figures")
-        figures = run_loop(measure(args, pid))
+        if args.baseline:
+            with side_by_side(args, log) as (main_gateway, base):
+                args.gateway, pid = main_gateway.gateway, main_gateway.pid
+                figures = run_loop(measure(args, pid, (args.baseline, base.gateway, base.pid)))
+        else:
+            if not pid:
+                _say("the gateway's pid is unknown (pass --gateway-pid): no gateway CPU figures")
+            figures = run_loop(measure(args, pid))
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     result = {"config": config, "gateway_pid": pid, "cpus": os.cpu_count(), "ttft_ms": _ttft_ms(), **figures}
     result["goal_gateway_cpu_us_per_request"] = GOAL_US

@@ -18,19 +18,23 @@ from collections.abc import Coroutine
 from typing import Any
 
 import grpc
-from tritonclient.grpc import service_pb2_grpc
+from tritonclient.grpc import service_pb2
 
 from gateway.core.types import GenerateRequest
 from gateway.engine.contract import ModelContract, build_stop_request
 
 log = logging.getLogger(__name__)
 
+# ModelStreamInfer made as a unary-stream call: one request written and half-closed, responses read
+StreamInfer = grpc.aio.UnaryStreamMultiCallable[service_pb2.ModelInferRequest, service_pb2.ModelStreamInferResponse]
+StreamCall = grpc.aio.UnaryStreamCall[service_pb2.ModelInferRequest, service_pb2.ModelStreamInferResponse]
+
 
 class Stopper:
     """The background work of ending calls on one Triton server: stop requests, calls read to their end."""
 
-    def __init__(self, stub: service_pb2_grpc.GRPCInferenceServiceStub, url: str, timeout: float) -> None:
-        self._stub = stub
+    def __init__(self, stream_infer: StreamInfer, url: str, timeout: float) -> None:
+        self._stream_infer = stream_infer
         self._url = url
         self._timeout = timeout
         self._tasks: set[asyncio.Task[None]] = set()
@@ -42,12 +46,10 @@ class Stopper:
 
     async def send_stop(self, contract: ModelContract, request_id: str) -> None:
         """One stop request, on a call of its own, read to its end."""
-        call = self._stub.ModelStreamInfer()
+        call = self._stream_infer(build_stop_request(contract, request_id))
         try:
             async with asyncio.timeout(self._timeout):
-                await call.write(build_stop_request(contract, request_id))
-                await call.done_writing()
-                while (response := await call.read()) is not grpc.aio.EOF:
+                async for response in call:
                     if response.error_message:
                         log.info("stop of %s on %s: %s", request_id, self._url, response.error_message)
         except TimeoutError:
@@ -73,7 +75,7 @@ class LiveCall:
     def __init__(
         self,
         stopper: Stopper,
-        call: grpc.aio.StreamStreamCall,  # type: ignore[type-arg]
+        call: StreamCall,
         contract: ModelContract,
         request: GenerateRequest,
     ) -> None:

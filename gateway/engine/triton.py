@@ -1,9 +1,12 @@
-"""Triton over gRPC (KServe v2): one bidirectional stream per generated sequence.
+"""Triton over gRPC (KServe v2): one ``ModelStreamInfer`` call per generated sequence.
 
-A stream per request because cancelling a gRPC stream cancels everything on it: a shared stream
-could not cancel one request. A call is read to its end and cancelled only when the model must be
-stopped (see :meth:`TritonClient.generate`). grpc errors are translated into gateway errors here,
-where they enter.
+A call per request because cancelling a gRPC stream cancels everything on it: a shared stream
+could not cancel one request. The gateway writes one request per call and half-closes at once, so it
+makes the call as gRPC's unary-stream kind (the bytes on the wire are the same as a bidirectional
+stream's): the call's start, the request and the half-close go out as one batch of gRPC operations
+instead of three, a large share of a short request's CPU (perf/tiny.py). A call is read to its end
+and cancelled only when the model must be stopped (see :meth:`TritonClient.generate`). grpc errors
+are translated into gateway errors here, where they enter.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator
+from typing import cast
 
 import grpc
 import numpy as np
@@ -52,6 +56,7 @@ _CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 250),
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
+_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 _UNAVAILABLE_MARKERS = ("unknown model", "is not ready", "not found", "unavailable")
 _INTERRUPTED = (
     grpc.StatusCode.INTERNAL,
@@ -97,7 +102,12 @@ class TritonClient:
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self._contracts: dict[str, ModelContract] = {}
         self._configs: dict[str, model_config_pb2.ModelConfig] = {}
-        self._stopper = Stopper(self._stub, url, timeout)
+        self._stream_infer = self._channel.unary_stream(
+            _STREAM_INFER,
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+        )
+        self._stopper = Stopper(self._stream_infer, url, timeout)
 
     async def close(self) -> None:
         await self._stopper.close()
@@ -178,22 +188,21 @@ class TritonClient:
         infer = build_request(
             contract, request.request_id, request.prompt_ids, sampling, end_id, pad_id, request.vocab_size
         )
-        call = self._stub.ModelStreamInfer()
+        call = self._stream_infer(infer)
         live = LiveCall(self._stopper, call, contract, request)
         deadline = StreamDeadline(request.first_token_timeout, request.idle_timeout, call.cancel)
         request.halt.on_halt(live.halt)
         final = False
         try:
-            await call.write(infer)
-            await call.done_writing()
             while True:
                 deadline.waiting()
-                response = await call.read()
+                read = await call.read()
                 deadline.answered()
                 if not live.has_answered:
                     live.answered()
-                if response is grpc.aio.EOF:
+                if read is grpc.aio.EOF:
                     return
+                response = cast(service_pb2.ModelStreamInferResponse, read)
                 if response.error_message:
                     raise upstream_message_error(response.error_message)
                 if final:

@@ -20,6 +20,7 @@ from tokenizers import Tokenizer as _RustTokenizer
 from tokenizers.decoders import DecodeStream
 
 from gateway.errors import InvalidRequest
+from gateway.text.pieces import PieceEncoder
 from gateway.text.tool_prompt import template_supports_tools
 
 # Prompts up to this many characters are templated and tokenized inline (tens of µs); larger ones on
@@ -72,6 +73,8 @@ class Tokenizer:
         self._pieces: dict[int, tuple[str, bytes]] = {}
         self._frame: tuple[int, int] | None = None
         self._byte_level = _has_byte_level(self._tok)
+        self._prompts = PieceEncoder(self._tok)
+        self._vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
         self.supports_tools = template_supports_tools(template or "")  # the template renders `tools` itself
         self._template = None
         if template:
@@ -84,7 +87,7 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return int(self._tok.get_vocab_size(with_added_tokens=True))
+        return self._vocab_size
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; special tokens written in the text are parsed as such."""
@@ -141,10 +144,10 @@ class Tokenizer:
         return chars // self.max_token_chars
 
     def encode_unlocked(self, text: str) -> list[int]:
-        """:meth:`encode` for a worker thread: the batch entry point drops the GIL while it works
-        (``encode`` itself holds it throughout, which would stall the event loop all the same)."""
-        ids: list[int] = self._tok.encode_batch_fast([text], add_special_tokens=False)[0].ids
-        return ids
+        """:meth:`encode` for a worker thread: the library's batch entry point drops the GIL while it works
+        (``encode`` itself holds it throughout, which would stall the event loop all the same). Pieces of
+        the text seen before are not tokenized again (:mod:`.pieces`)."""
+        return self._prompts.encode(text, drop_gil=True)
 
     async def encode_async(self, text: str) -> list[int]:
         """:meth:`encode`, on a worker thread when the text is large."""
@@ -156,9 +159,10 @@ class Tokenizer:
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, prefill: str = ""
     ) -> list[int]:
         """The prompt ids of ``messages`` (and ``tools``, for templates that render them), followed by
-        ``prefill`` (the start of the answer), off the event loop when they are large."""
+        ``prefill`` (the start of the answer), off the event loop when they are large. Pieces of the prompt
+        seen before (system prompts, tools, earlier turns) are not tokenized again (:mod:`.pieces`)."""
         if content_chars(messages) <= INLINE_CHARS and len(messages) <= 256:
-            return self.encode(self.apply_chat_template(messages, tools) + prefill)
+            return self._prompts.encode(self.apply_chat_template(messages, tools) + prefill)
         return await asyncio.get_running_loop().run_in_executor(
             _POOL, lambda: self.encode_unlocked(self.apply_chat_template(messages, tools) + prefill)
         )

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from perf.bench import _parse_compare
+from perf.bench import _parse_compare, burst_shares, fire_bursts, parse_modes
 from perf.metrics import SLO, RequestRecord, distribution, percentile, summarize
-from perf.report import gateway_vs_direct, variants_vs_default
+from perf.report import gateway_vs_direct, goal_checks, plot_all, print_table, variants_vs_default
 from perf.sse import SSEParser
 
 STREAM = (
@@ -139,6 +141,153 @@ def test_parse_compare() -> None:
     for bad in ("stock", ":A=1", "a@b:A=1", "stock:novalue"):
         with pytest.raises(SystemExit):
             _parse_compare(bad, parser)
+
+
+async def test_fire_bursts_starts_each_burst_together_after_the_last_one_ended() -> None:
+    events: list[tuple[str, int, float]] = []  # (start|end, in flight, loop time)
+    in_flight = 0
+    loop = asyncio.get_running_loop()
+
+    async def one() -> int:
+        nonlocal in_flight
+        in_flight += 1
+        events.append(("start", in_flight, loop.time()))
+        await asyncio.sleep(0.01 * in_flight)  # the requests of one burst end at different times
+        in_flight -= 1
+        events.append(("end", in_flight, loop.time()))
+        return len(events)
+
+    out = await fire_bursts(one, requests=10, size=4)
+    assert len(out) == 10
+    kinds = "".join("s" if kind == "start" else "e" for kind, _, _ in events)
+    assert kinds == "sssseeeesssseeeessee"  # bursts of 4, 4 and the last 2, never overlapping
+    assert max(n for kind, n, _ in events if kind == "start") == 4
+    starts = [t for kind, _, t in events if kind == "start"]
+    assert max(starts[:4]) - min(starts[:4]) < 0.005  # one burst: started at the same instant
+    assert await fire_bursts(one, requests=0, size=4) == []
+
+
+@pytest.mark.parametrize(
+    ("requests", "concurrency", "parts", "expected"),
+    [
+        (32, 8, 1, [(32, 8, 16)]),  # 2 bursts of 2 x 8
+        (20, 8, 1, [(32, 8, 16)]),  # rounded up to whole bursts
+        (128, 32, 2, [(64, 16, 32), (64, 16, 32)]),  # each process fires half of each burst
+        (10, 3, 2, [(8, 2, 4), (4, 1, 2)]),  # 2 bursts of 6, split 4 + 2
+        (16, 1, 2, [(16, 1, 2)]),  # more processes than streams: one process
+    ],
+)
+def test_burst_shares(requests: int, concurrency: int, parts: int, expected: list[tuple[int, int, int]]) -> None:
+    shares = burst_shares(requests, concurrency, parts)
+    assert shares == expected
+    assert sum(size for _, _, size in shares) == 2 * concurrency  # together: 2 x the concurrency at once
+    assert len({n // size for n, _, size in shares}) == 1  # the same number of bursts in every process
+
+
+def test_parse_modes() -> None:
+    parser = argparse.ArgumentParser()
+    assert parse_modes("closed", parser) == ["concurrency"]  # the results' name for the closed loop, as before
+    assert parse_modes("burst", parser) == ["burst"]
+    assert parse_modes("closed, burst", parser) == ["concurrency", "burst"]
+    for bad in ("", "open", "closed,closed", "bursts"):
+        with pytest.raises(SystemExit):
+            parse_modes(bad, parser)
+
+
+def _level_result(mode: str, level: float, target: str, ttft_p50: float, ttft_p99: float, tps: float) -> dict[str, Any]:
+    def dist(p50: float, p99: float) -> dict[str, float]:
+        return {"p50": p50, "p90": p99, "p99": p99, "max": p99, "mean": p50}
+
+    return {
+        "level": level,
+        "mode": mode,
+        "target": target,
+        "requests": 32,
+        "completed": 32,
+        "ttft_ms": dist(ttft_p50, ttft_p99),
+        "itl_ms": dist(5.0, 6.0),
+        "tpot_ms": dist(5.0, 5.5),
+        "output_tokens_per_s": tps,
+        "requests_per_s": 10.0,
+        "goodput_requests_per_s": 10.0,
+        "cpu": {"generator_us_per_token": 100.0, "gateway_us_per_token": 150.0},
+    }
+
+
+GOAL_RESULTS = [
+    # closed loop: at 8 streams +1.5 ms p50 (goal 2) and x0.96: pass; at 32 +6 ms p50 (goal 5): miss
+    _level_result("concurrency", 8, "gateway-chat", 31.5, 40.0, 960.0),
+    _level_result("concurrency", 8, "direct", 30.0, 35.0, 1000.0),
+    _level_result("concurrency", 32, "gateway-chat", 46.0, 59.0, 1000.0),
+    _level_result("concurrency", 32, "direct", 40.0, 50.0, 1000.0),
+    # bursts: at 8 +2.5 ms p50: miss; at 32 +4 ms p50, +12 ms p99 (goal 10): miss; at 1 and 64 only the ratio
+    _level_result("burst", 8, "gateway-chat", 32.5, 40.0, 1000.0),
+    _level_result("burst", 8, "direct", 30.0, 35.0, 1000.0),
+    _level_result("burst", 32, "gateway-chat", 44.0, 62.0, 990.0),
+    _level_result("burst", 32, "direct", 40.0, 50.0, 1000.0),
+    _level_result("burst", 1, "gateway-chat", 25.0, 30.0, 940.0),
+    _level_result("burst", 1, "direct", 20.0, 21.0, 1000.0),
+    _level_result("burst", 128, "gateway-chat", 90.0, 99.0, 500.0),  # past 64: no goal at all
+    _level_result("burst", 128, "direct", 40.0, 50.0, 1000.0),
+    # the open loop's levels are rates: no goals
+    _level_result("rate", 8, "gateway-chat", 50.0, 60.0, 500.0),
+    _level_result("rate", 8, "direct", 30.0, 35.0, 1000.0),
+]
+
+
+def test_goal_checks_per_mode_and_level() -> None:
+    checks = {(g["mode"], g["level"], g["target"]): g for g in goal_checks(GOAL_RESULTS)}
+    assert set(checks) == {
+        ("concurrency", 8, "gateway-chat"),
+        ("concurrency", 32, "gateway-chat"),
+        ("burst", 8, "gateway-chat"),
+        ("burst", 32, "gateway-chat"),
+        ("burst", 1, "gateway-chat"),
+        ("burst", 128, "gateway-chat"),
+    }
+
+    def verdicts(key: tuple[str, int, str]) -> tuple[bool | None, ...]:
+        g = checks[key]
+        return tuple(g[k] for k in ("added_ttft_p50_ms_met", "added_ttft_p99_ms_met", "throughput_ratio_met", "met"))
+
+    closed8 = checks[("concurrency", 8, "gateway-chat")]
+    assert closed8["added_ttft_p50_ms"] == pytest.approx(1.5) and closed8["added_ttft_p50_ms_goal"] == 2.0
+    assert closed8["added_ttft_p99_ms_goal"] is None and closed8["throughput_ratio"] == pytest.approx(0.96)
+    assert verdicts(("concurrency", 8, "gateway-chat")) == (True, None, True, True)
+    assert verdicts(("concurrency", 32, "gateway-chat")) == (False, True, True, False)
+    assert verdicts(("burst", 8, "gateway-chat")) == (False, None, True, False)
+    assert verdicts(("burst", 32, "gateway-chat")) == (True, False, True, False)
+    assert checks[("burst", 32, "gateway-chat")]["added_ttft_p99_ms_goal"] == 10.0
+    assert verdicts(("burst", 1, "gateway-chat")) == (None, None, False, False)  # x0.94
+    assert verdicts(("burst", 128, "gateway-chat")) == (None, None, None, None)
+    nan = _level_result("burst", 8, "gateway-chat", math.nan, math.nan, 0.0)
+    assert goal_checks([nan, GOAL_RESULTS[5]])[0]["met"] is False  # no figure is not a pass
+
+
+def test_print_table_per_mode_with_goals(capsys: pytest.CaptureFixture[str]) -> None:
+    print_table(GOAL_RESULTS, idle_wake_us=50.0)
+    out = capsys.readouterr().out
+    sections = [line for line in out.splitlines() if line.startswith("===")]
+    assert sections == ["=== closed loop ===", "=== bursts of 2 x concurrency ===", "=== open loop (req/s) ==="]
+    goals = out[out.index("issue 13 goals") :].splitlines()
+    rows = {tuple(line.split()[:3]): line.split() for line in goals if line.startswith(("closed", "burst"))}
+    closed8 = "closed 8 gateway-chat 1.50 <= 2 PASS 5.00 - - 0.960 >= 0.95 PASS PASS"
+    assert rows[("closed", "8", "gateway-chat")] == closed8.split()
+    assert rows[("burst", "32", "gateway-chat")][-1] == "MISS"
+    assert rows[("burst", "32", "gateway-chat")][7:11] == ["12.00", "<=", "10", "MISS"]
+    assert not any(line.startswith("open") for line in goals)
+
+
+def test_plot_all_with_two_modes(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    rows = [
+        {"mode": r["mode"], "target": r["target"], "ttft_ms": r["ttft_ms"]["p50"]}
+        for r in GOAL_RESULTS
+        if r["mode"] != "rate"
+    ]
+    results = [r for r in GOAL_RESULTS if r["mode"] != "rate"]
+    assert plot_all(results, rows, tmp_path / "bench") == [tmp_path / "bench.png"]
+    assert (tmp_path / "bench.png").stat().st_size > 0
 
 
 def test_direct_request_matches_the_workload() -> None:

@@ -7,6 +7,16 @@ exactly ``request_output_len`` tokens long (as with ``ignore_eos``): output leng
 unless it ends earlier on one of its ``stop_words_list`` sequences, as TensorRT-LLM does (the stop
 sequence is the last thing it sends), or is stopped: a request with the same id and ``stop`` true
 ends it at its next token (TensorRT-LLM's in-band stop), as does a cancellation.
+
+Timing, from the config's parameters (milliseconds, as text):
+- ``ttft_ms`` (20) + ``ttft_per_stream_ms`` (0) x N: a request's first token, N being the streams
+  already running when it arrives (prefill waiting behind a busy engine; with the default 0, TTFT
+  is constant);
+- ``token_delay_ms`` (5): every further token after the one before;
+- ``cancel_check_ms`` (20): how often a stream asks whether its call was cancelled.
+The repository's config keeps the cheap defaults. perf/capacity.py writes one that plays
+TensorRT-LLM serving an 8B model on an H100: 10 ms + 1.1 ms per stream (~120 ms at 100 streams),
+10 ms per token (100 tokens/s per stream).
 """
 
 from __future__ import annotations
@@ -50,12 +60,14 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self._ttft = float(params.get("ttft_ms", "20")) / 1000
+        self._ttft_per_stream = float(params.get("ttft_per_stream_ms", "0")) / 1000
         self._delay = float(params.get("token_delay_ms", "5")) / 1000
         self._cancel_check = float(params.get("cancel_check_ms", "20")) / 1000
         self._heap: list[tuple[float, int, _Stream]] = []
         self._seq = 0
         self._cond = threading.Condition()
         self._live: set[str] = set()  # ids of the streams running, and those of them asked to stop
+        self._running = 0  # streams running (ids may repeat or be empty: not len(self._live))
         self._stopped: set[str] = set()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="synthetic", daemon=True)
@@ -81,9 +93,11 @@ class TritonPythonModel:
                 streaming = bool(_scalar(request, "streaming", False))
                 stream = _Stream(request.request_id(), sender, count, streaming, _stop_words(request))
                 stream.last_check = now
+                ttft = self._ttft + self._ttft_per_stream * self._running
                 self._live.add(stream.request_id)
+                self._running += 1
                 self._seq += 1
-                heapq.heappush(self._heap, (now + self._ttft, self._seq, stream))
+                heapq.heappush(self._heap, (now + ttft, self._seq, stream))
             self._cond.notify()
 
     def _loop(self) -> None:
@@ -125,6 +139,7 @@ class TritonPythonModel:
         with self._cond:
             self._live.discard(stream.request_id)
             self._stopped.discard(stream.request_id)
+            self._running -= 1
         if stopped_by is not None:
             done = stream.position
             pb_utils.Logger.log_info(f"request {stream.request_id!r} cancelled after {done} tokens {stopped_by}")
