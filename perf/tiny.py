@@ -378,9 +378,7 @@ async def measure(args: argparse.Namespace, pid: int, baseline: tuple[str, str, 
     turns: dict[tuple[int, str], list[Turn]] = {}
     top: list[tuple[str, float]] = []
     try:
-        ids = await clients.prepare(args.triton_model)
-        if base_clients is not None:
-            await base_clients.prepare(args.triton_model)
+        ids = await clients.prepare(args.triton_model)  # the baseline's chat targets need no ids
         _say(f"the prompt is {len(ids)} tokens with the chat template")
         for arm in arms:  # warm-up, not counted
             await closed_loop(arm.clients.send(arm.kind), max(args.concurrency), 0.5, 0)

@@ -13,7 +13,7 @@ import orjson
 from aiohttp import web
 
 from gateway.api.context import JOB, PLAN, REQUEST_ID, STARTED
-from gateway.observability.metrics import DISCONNECTS, REQUEST_DURATION, REQUESTS, render
+from gateway.observability.metrics import DISCONNECTS, REQUEST_DURATION, REQUESTS, child, render
 
 access_log = logging.getLogger("gateway.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -62,8 +62,8 @@ def _account(request: web.Request, status: int) -> None:
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     plan = request.get(PLAN) or request.get(JOB)
     model = plan.model.id if plan is not None else ""
-    REQUESTS.labels(route, model, str(status)).inc()
-    REQUEST_DURATION.labels(route, model).observe(now - request[STARTED])
+    child(REQUESTS, route, model, str(status)).inc()
+    child(REQUEST_DURATION, route, model).observe(now - request[STARTED])
     if not access_log.isEnabledFor(logging.INFO):
         return
     line: dict[str, object] = {

@@ -101,6 +101,7 @@ async def _stream(
     except BaseException:
         await deltas.aclose()
         raise
+    tail = b""  # what follows the last delta: [DONE] (and the usage) once every delta went out
     response = web.StreamResponse(headers=SSE_HEADERS)
     response.enable_chunked_encoding()
     stamp_headers(request, response)
@@ -116,7 +117,6 @@ async def _stream(
         async for delta in deltas:
             await response.write(_delta_bytes(fmt, delta, usage, counter))
         tail = fmt.usage(usage) + SSE_DONE if include_usage else SSE_DONE
-        await response.write(tail)
     except ConnectionError:
         plan = request[PLAN]
         if not plan.halt.halted:  # else the handler's cancellation has counted it already
@@ -133,7 +133,7 @@ async def _stream(
     finally:
         await deltas.aclose()
     with contextlib.suppress(ConnectionError):
-        await response.write_eof()
+        await response.write_eof(tail)  # the last events and the end of the body in one write
     return response
 
 

@@ -34,7 +34,7 @@ from gateway.core.types import (
     Usage,
 )
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from gateway.observability.metrics import IN_FLIGHT, TOKENS, UPSTREAM_ERRORS, ChoiceObserver
+from gateway.observability.metrics import IN_FLIGHT, TOKENS, UPSTREAM_ERRORS, ChoiceObserver, child
 from gateway.text.stop import StopTail
 from gateway.text.stream_state import StreamState
 from gateway.text.toolcalls import ToolCallParser, make_parser
@@ -175,7 +175,7 @@ async def _read_to_end(tokens: AsyncGenerator[Tokens, None]) -> None:
 
 async def generate(plan: Plan) -> AsyncGenerator[Delta, None]:
     """Deltas of every choice of the plan, interleaved as they arrive; counted in the metrics."""
-    in_flight = IN_FLIGHT.labels(plan.model.id)
+    in_flight = child(IN_FLIGHT, plan.model.id)
     in_flight.inc()
     LIFECYCLE.begin()
     try:
@@ -188,8 +188,8 @@ async def generate(plan: Plan) -> AsyncGenerator[Delta, None]:
         stats = plan.stats
         if plan.grant is not None:
             await plan.grant.release(stats.prompt_tokens + stats.completion_tokens)
-        TOKENS.labels(plan.model.id, plan.project, "input_tokens").inc(stats.prompt_tokens)
-        TOKENS.labels(plan.model.id, plan.project, "output_tokens").inc(stats.completion_tokens)
+        child(TOKENS, plan.model.id, plan.project, "input_tokens").inc(stats.prompt_tokens)
+        child(TOKENS, plan.model.id, plan.project, "output_tokens").inc(stats.completion_tokens)
 
 
 async def _generate(plan: Plan) -> AsyncGenerator[Delta, None]:

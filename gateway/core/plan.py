@@ -18,7 +18,7 @@ from gateway.core.sampling import resolve_sampling
 from gateway.core.types import Choice, Guide, RequestStats, SamplingInput, SamplingParams, Tool, ToolChoice
 from gateway.errors import ContextLengthExceeded, InvalidRequest, UnsupportedParameter
 from gateway.limits.ratelimit import Grant, RateLimiter
-from gateway.observability.metrics import OVERHEAD
+from gateway.observability.metrics import OVERHEAD, child
 from gateway.text.guides import response_format_guide, tool_guide
 from gateway.text.tokenizer import content_chars
 from gateway.text.tool_prompt import prepare_messages
@@ -234,5 +234,5 @@ async def _planned(plan: Plan, principal: Principal, limiter: RateLimiter | None
         plan.grant = await limiter.acquire(principal, plan.model.id, reserve)
     plan.stats.prompt_tokens = plan.prompt_tokens
     plan.stats.dispatched = time.monotonic()
-    OVERHEAD.labels(plan.model.id).observe(plan.stats.dispatched - plan.stats.started)
+    child(OVERHEAD, plan.model.id).observe(plan.stats.dispatched - plan.stats.started)
     return plan

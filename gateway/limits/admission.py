@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from gateway.core.types import RequestStats
 from gateway.errors import Overloaded
-from gateway.observability.metrics import QUEUE_WAIT
+from gateway.observability.metrics import QUEUE_WAIT, child
 
 
 class Admission:
@@ -35,7 +35,7 @@ class Admission:
         if self._in_flight >= self._max:
             await self._wait()
         waited = time.monotonic() - started
-        QUEUE_WAIT.labels(self._model).observe(waited)
+        child(QUEUE_WAIT, self._model).observe(waited)
         if stats is not None:
             stats.queue_wait = waited
         self._in_flight += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -81,14 +82,29 @@ UPSTREAM_RETRIES = Counter(
 DISCONNECTS = Counter("gateway_client_disconnects_total", "Clients gone before their response ended", ["model"])
 
 
+M = TypeVar("M", Counter, Gauge, Histogram)
+_CHILDREN: dict[tuple[Counter | Gauge | Histogram, tuple[str, ...]], Counter | Gauge | Histogram] = {}
+
+
+def child(metric: M, *values: str) -> M:
+    """``metric.labels(*values)``, resolved once and then kept: a request's handful of label lookups
+    cost a dict hit each instead of prometheus-client's validation, lock and tuple building. (Label
+    values are bounded as the metric's own children are: routes, models, projects, statuses.)"""
+    key = (metric, values)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(*values)
+    return found  # type: ignore[return-value]
+
+
 class ChoiceObserver:
     """TTFT and inter-token gaps of one choice."""
 
     __slots__ = ("_itl", "_last", "_started", "_ttft")
 
     def __init__(self, model: str, started: float) -> None:
-        self._ttft = TTFT.labels(model)
-        self._itl = ITL.labels(model)
+        self._ttft = child(TTFT, model)
+        self._itl = child(ITL, model)
         self._started = started
         self._last = 0.0
 

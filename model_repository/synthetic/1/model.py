@@ -6,7 +6,9 @@ fixed list of ordinary word ids, so the gateway detokenizes realistic text. Ever
 exactly ``request_output_len`` tokens long (as with ``ignore_eos``): output lengths are exact,
 unless it ends earlier on one of its ``stop_words_list`` sequences, as TensorRT-LLM does (the stop
 sequence is the last thing it sends), or is stopped: a request with the same id and ``stop`` true
-ends it at its next token (TensorRT-LLM's in-band stop), as does a cancellation.
+ends it at its next token (TensorRT-LLM's in-band stop), as does a cancellation. The last token
+goes out with the final flag in one response, as TensorRT-LLM's backend sends it (a stopped stream
+ends with an empty final response).
 
 Timing, from the config's parameters (milliseconds, as text):
 - ``ttft_ms`` (20) + ``ttft_per_stream_ms`` (0) x N: a request's first token, N being the streams
@@ -124,18 +126,19 @@ class TritonPythonModel:
         token = _WORDS[stream.position % len(_WORDS)]
         stream.position += 1
         stream.left -= 1
+        more = stream.left > 0 and not (stream.stops and stream.stopped())
         if stream.streaming:
-            stream.sender.send(_response([token]))
-        else:
-            stream.tokens.append(token)
-        if stream.left > 0 and not (stream.stops and stream.stopped()):
-            return True
-        if not stream.streaming:
-            stream.sender.send(_response(stream.tokens))
-        return self._end(stream, None)
+            if more:
+                stream.sender.send(_response([token]))
+                return True
+            return self._end(stream, None, _response([token]))
+        stream.tokens.append(token)
+        return more or self._end(stream, None, _response(stream.tokens))
 
-    def _end(self, stream: _Stream, stopped_by: str | None) -> bool:
-        """The final response; a line in the log when the request was stopped or cancelled (tests rely on it)."""
+    def _end(self, stream: _Stream, stopped_by: str | None, last: Any = None) -> bool:
+        """The final response, carrying the ``last`` tokens as TensorRT-LLM's last response does (or
+        nothing: a stopped stream); a line in the log when the request was stopped or cancelled (tests
+        rely on it)."""
         with self._cond:
             self._live.discard(stream.request_id)
             self._stopped.discard(stream.request_id)
@@ -143,7 +146,7 @@ class TritonPythonModel:
         if stopped_by is not None:
             done = stream.position
             pb_utils.Logger.log_info(f"request {stream.request_id!r} cancelled after {done} tokens {stopped_by}")
-        stream.sender.send(flags=_FINAL)
+        stream.sender.send(last, flags=_FINAL)
         return False
 
     def finalize(self) -> None:
