@@ -1,7 +1,8 @@
 """Command line: ``serve``, ``prepare-model`` and ``keys create``.
 
 Settings resolve as: a CLI flag, then its environment variable, then ``--config FILE``, then the
-default. Flags below default to None so that "not given" falls through to the file.
+default. Flags below default to None so that "not given" falls through to the file. A bare
+``gateway`` prints the help; flags without a command run ``serve``, as before there were commands.
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _progress(message: str) -> None:
+    """A start-up line on stderr; --quiet (or a log level above INFO) leaves them out."""
+    if log.isEnabledFor(logging.INFO):
+        _say(message)
+
+
+def _say(message: str) -> None:
+    """An error, or a line shown however quiet the console."""
     print(f"[gateway] {message}", file=sys.stderr, flush=True)
 
 
@@ -70,12 +78,96 @@ def _env_int(name: str) -> int | None:
     return int(value) if value else None
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description="OpenAI-compatible gateway for NVIDIA Triton")
-    parser.add_argument("--log-level", default=env("GATEWAY_LOG_LEVEL", "INFO"))
-    sub = parser.add_subparsers(dest="command")
+COMMANDS = ("serve", "prepare-model", "keys")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# the environment variables each command reads, and the flag (or what) each sets; a flag given wins
+ENVIRONMENT: dict[str, tuple[tuple[str, str], ...]] = {
+    "every command": (("GATEWAY_LOG_LEVEL", "--log-level"),),
+    "serve": (
+        ("GATEWAY_CONFIG", "--config"),
+        ("GATEWAY_KEYS_FILE", "--keys-file"),
+        ("GATEWAY_HOST", "--host"),
+        ("GATEWAY_PORT", "--port"),
+        ("GATEWAY_GRPC_HOST", "--grpc-host"),
+        ("GATEWAY_GRPC_PORT", "--grpc-port"),
+        ("GATEWAY_WORKERS", "--workers"),
+        ("GATEWAY_MAX_BODY_BYTES", "--max-body-bytes"),
+        ("GATEWAY_CORS_ORIGINS", "--cors-origins"),
+        ("GATEWAY_ACCESS_LOG_PROBES", "--access-log-probes"),
+        ("TRITON_URL", "--triton-url"),
+        ("TRITON_MODEL", "--triton-model"),
+        ("GATEWAY_MODEL_ID", "--model-id"),
+        ("GATEWAY_TOKENIZER_DIR", "--tokenizer-dir"),
+        ("GATEWAY_DEFAULT_MAX_TOKENS", "--default-max-tokens"),
+        ("GATEWAY_MODEL_REPOSITORY", "--model-repository"),
+        ("GATEWAY_CACHE_DIR", "--cache-dir"),
+        ("TRITONSERVER", "--tritonserver"),
+        ("TRITON_HTTP_PORT", "--triton-http-port"),
+        ("TRITON_GRPC_PORT", "--triton-grpc-port"),
+        ("TRITON_METRICS_PORT", "--triton-metrics-port"),
+        ("TRITON_MAX_RESTARTS", "--triton-max-restarts"),
+        ("TRITON_RESTART_WINDOW", "--triton-restart-window"),
+        ("TRITON_LIVENESS_INTERVAL", "--triton-liveness-interval"),
+        ("TRITON_LIVENESS_FAILURES", "--triton-liveness-failures"),
+        ("GATEWAY_EVENT_LOOP", "uvloop (default) or asyncio"),
+        ("GRPC_EXPERIMENTS", "grpc core experiments (default: -event_engine_client)"),
+    ),
+    "prepare-model, keys": (),
+}
 
-    serve = sub.add_parser("serve", help="start the gateway (and, by default, an embedded CPU Triton)")
+
+def _environment(*commands: str) -> str:
+    """The help's list of environment variables: those of ``commands`` (default: all)."""
+    lines = ["environment (a flag given wins over its variable, which wins over the --config file):"]
+    for command, variables in ENVIRONMENT.items():
+        if commands and command not in commands:
+            continue
+        lines.append(f"  {command}:" + ("" if variables else " only GATEWAY_LOG_LEVEL"))
+        lines += [f"    {name:<28}{what}" for name, what in variables]
+    return "\n".join(lines)
+
+
+def _common() -> argparse.ArgumentParser:
+    """The console options, taken before or after the command (``gateway -q serve``, ``gateway serve -q``)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=argparse.SUPPRESS,
+        help="console log level, the access log's included (default: GATEWAY_LOG_LEVEL, else INFO)",
+    )
+    common.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="warnings and errors only: no start-up lines, no access log (as --log-level WARNING)",
+    )
+    return common
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="OpenAI-compatible gateway for NVIDIA Triton.\n\n`gateway COMMAND --help` lists a command's"
+        " flags. Flags without a command run serve\n(`gateway --port 9000` is `gateway serve --port 9000`).",
+        epilog=_environment(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve",
+        help="start the gateway (and, by default, an embedded CPU Triton)",
+        description="Start the gateway: REST on --port, its gRPC API on --grpc-port, and an embedded CPU\n"
+        "Triton on the --triton-*-port ports unless --triton-url or the --config file names Triton servers.",
+        epilog=_environment("every command", "serve"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
     serve.add_argument("--config", type=Path, default=os.environ.get("GATEWAY_CONFIG"), help="a TOML file")
     serve.add_argument(
         "--keys-file", type=Path, default=os.environ.get("GATEWAY_KEYS_FILE"), help="a TOML file of [[keys]]"
@@ -89,6 +181,19 @@ def _parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=int(env("GATEWAY_WORKERS", "1")), help="gateway processes sharing the ports"
     )
     serve.add_argument("--max-body-bytes", type=int, default=_env_int("GATEWAY_MAX_BODY_BYTES"))
+    serve.add_argument(
+        "--cors-origins",
+        default=os.environ.get("GATEWAY_CORS_ORIGINS") or None,
+        help="origins whose pages may call the API from a browser, comma-separated (https://app.example.com),"
+        " or * for any; default: none, CORS off",
+    )
+    serve.add_argument(
+        "--access-log-probes",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("GATEWAY_ACCESS_LOG_PROBES") or None,
+        help="log /health, /ready and /metrics requests in the access log (default: yes;"
+        " --no-access-log-probes leaves those scrapes out)",
+    )
     serve.add_argument(
         "--triton-url",
         default=env("TRITON_URL", ""),
@@ -137,14 +242,16 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     prep = sub.add_parser(
-        "prepare-model", help="prepare the embedded CPU models (SmolLM2 from its GGUF, MiniLM, Whisper base)"
+        "prepare-model",
+        help="prepare the embedded CPU models (SmolLM2 from its GGUF, MiniLM, Whisper base)",
+        parents=[common],
     )
     prep.add_argument("--gguf", type=Path, default=None, help="the SmolLM2 GGUF (default: the package's)")
     prep.add_argument("--model-repository", type=Path, default=REPO_ROOT / "model_repository")
 
-    keys = sub.add_parser("keys", help="API keys")
+    keys = sub.add_parser("keys", help="API keys: `keys create` makes one", parents=[common])
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    create = keys_sub.add_parser("create", help="create a key, print it once, store only its digest")
+    create = keys_sub.add_parser("create", help="create a key, print it once, store only its digest", parents=[common])
     create.add_argument("--project", required=True, help="the project the key belongs to")
     create.add_argument("--name", default="", help="a label for logs and metrics")
     create.add_argument("--config", type=Path, help="append the key's record to this TOML file")
@@ -159,6 +266,8 @@ def _load(args: argparse.Namespace) -> tuple[GatewayConfig, TritonServer | None]
         "grpc_port": args.grpc_port,
         "max_body_bytes": args.max_body_bytes,
         "keys_file": args.keys_file,
+        "cors_origins": [o.strip() for o in args.cors_origins.split(",") if o.strip()] if args.cors_origins else None,
+        "access_log_probes": args.access_log_probes,
     }
     config = load_config(args.config, overrides)
     if args.no_grpc:
@@ -276,10 +385,10 @@ def _stop_triton(triton: TritonServer | None, supervisor: TritonSupervisor | Non
 def _serve(args: argparse.Namespace) -> int:
     """0: stopped by a signal; 1: Triton failed to start or kept failing; 2: bad settings; 130: Ctrl-C at start-up."""
     if args.triton_max_restarts < 0 or args.triton_restart_window <= 0:
-        _progress("error: --triton-max-restarts must be 0 or more and --triton-restart-window more than 0")
+        _say("error: --triton-max-restarts must be 0 or more and --triton-restart-window more than 0")
         return 2
     if args.triton_liveness_interval < 0 or args.triton_liveness_failures < 1:
-        _progress("error: --triton-liveness-interval must be 0 or more and --triton-liveness-failures 1 or more")
+        _say("error: --triton-liveness-interval must be 0 or more and --triton-liveness-failures 1 or more")
         return 2
     # Ctrl-C stops start-up as it stops serving (which takes SIGINT itself), even when started with SIGINT
     # ignored, as a non-interactive shell starts a background job (`gateway serve &`): Python keeps that
@@ -290,7 +399,7 @@ def _serve(args: argparse.Namespace) -> int:
         try:
             config, triton = _load(args)
         except ConfigError as exc:
-            _progress(f"invalid configuration: {exc}")
+            _say(f"invalid configuration: {exc}")
             return 2
         problem = first_conflict(_port_claims(config, triton))
         if problem is None:
@@ -298,7 +407,7 @@ def _serve(args: argparse.Namespace) -> int:
                 prepare_default_models(args.model_repository)
             problem = _missing_tokenizer(config)
         if problem is not None:
-            _progress(f"error: {problem}")
+            _say(f"error: {problem}")
             return 2
         from gateway.api.app import create_app
         from gateway.api.run import run, serve
@@ -322,12 +431,12 @@ def _serve(args: argparse.Namespace) -> int:
         _progress(f"auth: {len(config.keys)} API key(s)" if config.keys else "auth: off (no API keys configured)")
         if args.workers > 1:
             _progress(f"{args.workers} worker processes")
-            code = supervise(config, args.workers, args.log_level.upper())
+            code = supervise(config, args.workers, args.log_level)
         else:
             run(serve(create_app(config)))
             code = 0
     except TritonLaunchError as exc:
-        _progress(f"error: {exc}")
+        _say(f"error: {exc}")
         code = 1
     except KeyboardInterrupt:  # before serving began: a signal handler takes SIGINT from there on
         code = 130
@@ -336,7 +445,7 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         _stop_triton(triton, supervisor)
     if supervisor is not None and supervisor.gave_up is not None:
-        _progress(
+        _say(
             f"error: {supervisor.gave_up} (--triton-max-restarts / TRITON_MAX_RESTARTS"
             " in --triton-restart-window / TRITON_RESTART_WINDOW)"
         )
@@ -366,12 +475,34 @@ def _create_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_command(raw: list[str]) -> list[str]:
+    """``raw`` with ``serve`` where flags begin without a command (``gateway --port 9000``, as before commands)."""
+    i = 0
+    while i < len(raw) and (raw[i] in ("--log-level", "-q", "--quiet") or raw[i].startswith("--log-level=")):
+        i += 2 if raw[i] == "--log-level" else 1
+    if i < len(raw) and (raw[i] in COMMANDS or raw[i] in ("-h", "--help") or not raw[i].startswith("-")):
+        return raw  # a command, the help, or a word argparse will refuse as a command
+    return [*raw[:i], "serve", *raw[i:]]
+
+
+def _log_level(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    if getattr(args, "quiet", False):
+        return "WARNING"
+    level = str(getattr(args, "log_level", None) or env("GATEWAY_LOG_LEVEL", "INFO")).upper()
+    if level not in LOG_LEVELS:
+        parser.error(f"GATEWAY_LOG_LEVEL={level}: choose from {', '.join(LOG_LEVELS)}")
+    return level
+
+
 def main(argv: list[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
-    if not any(cmd in raw for cmd in ("serve", "prepare-model", "keys")):
-        raw.insert(0, "serve")
-    args = _parser().parse_args(raw)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = _parser()
+    if not raw:  # a bare `gateway` says what it can do rather than start a server
+        parser.print_help()
+        return 0
+    args = parser.parse_args(_with_command(raw))
+    args.log_level = _log_level(parser, args)  # what the console shows, in --workers' processes too
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "prepare-model":
         prepare_default_models(args.model_repository, args.gguf)
         return 0

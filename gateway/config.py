@@ -8,11 +8,12 @@ A file that declares ``[[models]]`` serves those and launches nothing.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
@@ -150,6 +151,9 @@ class KeyConfig(BaseModel):
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="this key's own limits")
 
 
+_ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[^/?#\s]+$")  # an Origin header's form: no path, no query
+
+
 class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -191,6 +195,25 @@ class GatewayConfig(BaseModel):
     keys_file: Path | None = Field(
         default=None, description="a TOML file whose [[keys]] are added to these (e.g. a mounted Kubernetes Secret)"
     )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description='origins (scheme://host[:port]) whose pages may call the API from a browser, or ["*"] for'
+        " any; empty: CORS off (no CORS headers at all). Credentials are never allowed: keys go in Authorization",
+    )
+    access_log_probes: bool = Field(
+        default=True, description="false: /health, /ready and /metrics requests are left out of the access log"
+    )
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        normalised = [o.strip().rstrip("/").lower() for o in origins]
+        for origin in normalised:
+            if origin != "*" and not _ORIGIN.match(origin):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path) or *")
+        if "*" in normalised and len(normalised) > 1:
+            raise ValueError("* allows every origin: list it alone")
+        return normalised
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import shutil
@@ -64,7 +63,15 @@ from perf import targets
 from perf.bench import workload
 from perf.churn_sampler import descendants, find_child, process_table
 from perf.metrics import RequestRecord, summarize
-from perf.stack import Stack, launch_gateway, positive_ints, process_cpu_seconds, run_loop, stack_or_running
+from perf.stack import (
+    Stack,
+    launch_gateway,
+    positive_ints,
+    process_cpu_seconds,
+    run_loop,
+    save_results,
+    stack_or_running,
+)
 
 DIRECT = "direct"
 SYNTHETIC = "synthetic"
@@ -580,15 +587,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
     figures = run(args)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    upstream = _upstream(args) if args.launch else {}
-    result = {"config": config, "cpus": os.cpu_count(), "upstream": upstream, **figures}
-    result["elapsed_s"] = time.monotonic() - started
-    json_path, png_path = args.out / "capacity.json", args.out / "capacity.png"
-    json_path.write_text(json.dumps(result, indent=2))
-    plot(result, png_path)
-    print(format_table(result))
-    print(f"\nwrote {json_path}, {png_path} ({result['elapsed_s']:.0f}s in all)")
+    figures["upstream"] = _upstream(args) if args.launch else {}
+    _, wrote = save_results(args, "capacity", figures, started, plot, format_table)
+    print(wrote)
     return 0
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import random
@@ -49,7 +48,7 @@ from tritonclient.grpc.aio import InferenceServerClient
 
 from gateway.config import EMBEDDING_MODEL_ID, EMBEDDING_TRITON_MODEL, REPO_ROOT
 from perf.metrics import percentile
-from perf.stack import positive_ints, process_cpu_seconds, run_loop, stack_or_running
+from perf.stack import positive_ints, process_cpu_seconds, run_loop, save_results, stack_or_running
 
 GATEWAY, DIRECT = "gateway", "direct"
 PATHS = (GATEWAY, DIRECT)
@@ -607,15 +606,8 @@ def main(argv: list[str] | None = None) -> int:
         if not pid:
             _say("the gateway's pid is unknown (pass --gateway-pid): no gateway CPU figures")
         figures = run_loop(measure(args, tokenizer, pid))
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    result = {"config": config, "gateway_pid": pid, "cpus": os.cpu_count(), **figures}
-    result["elapsed_s"] = time.monotonic() - started
-    args.out.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = args.out / "embeddings.json", args.out / "embeddings.png"
-    json_path.write_text(json.dumps(result, indent=2))
-    plot(result, png_path)
-    print(format_table(result))
-    print(f"\nwrote {json_path}, {png_path} ({result['elapsed_s']:.0f}s in all)")
+    _, wrote = save_results(args, "embeddings", {"gateway_pid": pid, **figures}, started, plot, format_table)
+    print(wrote)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -14,7 +15,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,3 +176,24 @@ def stack_or_running(launch: bool, gateway: str, triton: str, gateway_pid: int, 
         if cache is not None:
             os.environ.pop("GATEWAY_CACHE_DIR", None)
             shutil.rmtree(cache, ignore_errors=True)
+
+
+def save_results(
+    args: argparse.Namespace,
+    stem: str,
+    result: dict[str, Any],
+    started: float,
+    plot: Callable[[dict[str, Any], Path], Path],
+    table: Callable[[dict[str, Any]], str],
+) -> tuple[dict[str, Any], str]:
+    """A benchmark's ending: its arguments, the machine's CPU count and the elapsed time added to
+    ``result``, written to ``<args.out>/<stem>.json`` and plotted to ``<stem>.png``, the table printed.
+    Returns the result and the line that names the files."""
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    result = {"config": config, "cpus": os.cpu_count(), **result, "elapsed_s": time.monotonic() - started}
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = args.out / f"{stem}.json", args.out / f"{stem}.png"
+    json_path.write_text(json.dumps(result, indent=2))
+    plot(result, png_path)
+    print(table(result))
+    return result, f"\nwrote {json_path}, {png_path} ({result['elapsed_s']:.0f}s in all)"

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import shutil
@@ -63,6 +62,7 @@ from perf.stack import (
     positive_ints,
     process_cpu_seconds,
     run_loop,
+    save_results,
     stack_or_running,
 )
 
@@ -86,6 +86,7 @@ class Turn:
     gateway_cpu_s: float = 0.0  # the CPU of the target's gateway (for direct: the main gateway's idle burn)
     first_error: str = ""
     cpu_s: dict[int, float] = field(default_factory=dict)  # every gateway's CPU over the turn, by pid
+    client_cpu_s: float = 0.0  # this process's: for direct, what a bare grpc.aio client costs
 
     @property
     def requests(self) -> int:
@@ -110,6 +111,7 @@ def pooled(turns: list[Turn], have_pid: bool) -> dict[str, Any]:
         "p99_ms": percentile(lat, 99) * 1000 if lat else math.nan,
         "gateway_cpu_us_per_request": cpu / requests * 1e6 if have_pid and requests else None,
         "gateway_cpu_ms_per_s": cpu / wall * 1000 if have_pid and wall > 0 else None,
+        "client_cpu_us_per_request": sum(t.client_cpu_s for t in turns) / requests * 1e6 if requests else None,
     }
 
 
@@ -180,7 +182,11 @@ def format_table(result: dict[str, Any]) -> str:
             if r["errors"]:
                 lines.append(f"     {r['errors']} failed request(s): {r['first_error']}")
         idle = row[DIRECT]["gateway_cpu_ms_per_s"]
-        lines.append(f"     (the gateway idle, during the direct turns: {_f(idle, 2)} ms CPU per s)")
+        floor = row[DIRECT].get("client_cpu_us_per_request")
+        lines.append(
+            f"     (the gateway idle, during the direct turns: {_f(idle, 2)} ms CPU per s; the direct client, a bare "
+            f"grpc.aio stub, {_f(floor, 0)} µs CPU per request: the floor of the gateway's Triton side)"
+        )
     lines.append(
         f"gw CPU: the gateway process's CPU per request; net: less its idle burn. "
         f"Issue 13's goal: net gateway CPU per request <= {GOAL_US:.0f} µs."
@@ -309,6 +315,7 @@ async def closed_loop(
     turn = Turn()
     pids = tuple(dict.fromkeys((pid, *others)))
     cpu0 = {p: process_cpu_seconds(p) for p in pids}
+    client0 = time.process_time()
     start = time.monotonic()
     deadline = start + seconds
     last = start
@@ -328,6 +335,7 @@ async def closed_loop(
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     turn.wall_s = last - start
+    turn.client_cpu_s = time.process_time() - client0
     turn.cpu_s = {p: process_cpu_seconds(p) - cpu0[p] for p in pids if p}
     turn.gateway_cpu_s = turn.cpu_s.get(pid, 0.0)
     return turn
@@ -514,20 +522,13 @@ def main(argv: list[str] | None = None) -> int:
             if not pid:
                 _say("the gateway's pid is unknown (pass --gateway-pid): no gateway CPU figures")
             figures = run_loop(measure(args, pid))
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    result = {"config": config, "gateway_pid": pid, "cpus": os.cpu_count(), "ttft_ms": _ttft_ms(), **figures}
-    result["goal_gateway_cpu_us_per_request"] = GOAL_US
-    result["elapsed_s"] = time.monotonic() - started
-    args.out.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = args.out / "tiny.json", args.out / "tiny.png"
-    json_path.write_text(json.dumps(result, indent=2))
-    plot(result, png_path)
-    print(format_table(result))
+    figures |= {"gateway_pid": pid, "ttft_ms": _ttft_ms(), "goal_gateway_cpu_us_per_request": GOAL_US}
+    result, wrote = save_results(args, "tiny", figures, started, plot, format_table)
     if result["profile_top"]:
         print("\npy-spy, the gateway during one chat-stream turn: top functions by inclusive share")
         for frame, share in result["profile_top"]:
             print(f"  {share * 100:5.1f}%  {frame}")
-    print(f"\nwrote {json_path}, {png_path} ({result['elapsed_s']:.0f}s in all)")
+    print(wrote)
     return 0
 
 

@@ -12,13 +12,16 @@ from gateway.api.body import expect_later
 from gateway.api.chat import chat_completions
 from gateway.api.completions import completions
 from gateway.api.context import CONFIG, GRPC, KEYS, LIMITER, REGISTRY
+from gateway.api.cors import Cors
 from gateway.api.embeddings import create_embeddings
 from gateway.api.errors import error_middleware
 from gateway.api.health import health, ready
 from gateway.api.models import get_model, list_models
 from gateway.api.observe import metrics, observe_middleware
 from gateway.api.rerank import rerank, score
+from gateway.api.responses import create_response
 from gateway.api.tokenize import detokenize, tokenize
+from gateway.api.version import server_versions, version
 from gateway.auth.keys import KeyStore
 from gateway.config import GatewayConfig
 from gateway.core.models import ModelRegistry
@@ -93,18 +96,23 @@ async def _grpc_api(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(config: GatewayConfig, engine_for: EngineFactory | None = None) -> web.Application:
     """The gateway app; ``engine_for`` replaces Triton (one engine per URL) in tests."""
+    cors = Cors(config.cors_origins)  # no origins: no middleware, no hook, no CORS headers
     # client_max_size is a backstop; read_json enforces the limit with an OpenAI error first
     app = web.Application(
-        middlewares=[observe_middleware, error_middleware, auth_middleware], client_max_size=config.max_body_bytes + 1
+        middlewares=[observe_middleware, error_middleware, *cors.middlewares, auth_middleware],
+        client_max_size=config.max_body_bytes + 1,
     )
+    cors.install(app)
     app[CONFIG] = config
     app[KEYS] = KeyStore(config)
     app.cleanup_ctx.append(_limiter)
     app.cleanup_ctx.append(_engines(engine_for))
     app.cleanup_ctx.append(_grpc_api)
+    app.cleanup_ctx.append(server_versions)
     for base in ("/v1", "/{project_id}/v1"):  # the project-scoped path must match the key's project
         # Expect: 100-continue is answered by read_json, after auth and the size check
         app.router.add_post(f"{base}/chat/completions", chat_completions, expect_handler=expect_later)
+        app.router.add_post(f"{base}/responses", create_response, expect_handler=expect_later)
         app.router.add_post(f"{base}/completions", completions, expect_handler=expect_later)
         app.router.add_post(f"{base}/embeddings", create_embeddings, expect_handler=expect_later)
         app.router.add_post(f"{base}/audio/transcriptions", transcriptions, expect_handler=expect_later)
@@ -127,4 +135,6 @@ def create_app(config: GatewayConfig, engine_for: EngineFactory | None = None) -
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/version", version)
+    app.router.add_get("/v1/version", version)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -68,8 +69,10 @@ async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
     return body
 
 
-def parse(model: type[M], body: dict[str, Any]) -> M:
-    for key, allowed in UNSUPPORTED_PARAMS.items():
+def parse(model: type[M], body: dict[str, Any], unsupported: Mapping[str, tuple[Any, ...]] = UNSUPPORTED_PARAMS) -> M:
+    """``body`` validated as ``model``; a parameter of ``unsupported`` with a value it does not allow is
+    refused first (chat and completions share OpenAI's table; the Responses API checks its own)."""
+    for key, allowed in unsupported.items():
         if key in body and body[key] not in allowed and key in model.model_fields:
             raise UnsupportedParameter(f"'{key}' is not supported by this gateway", param=key)
     try:

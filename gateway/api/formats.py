@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.core.types import ChoiceOutput, Delta, FinishReason, TokenLogprob, ToolCall, Usage
+from gateway.errors import GatewayError
 
 _FINISH = {
     None: b"null",
@@ -49,6 +50,8 @@ class ResponseFormat(Protocol):
     def finish(self, index: int, reason: FinishReason) -> bytes: ...
     def rich(self, delta: Delta) -> bytes: ...
     def usage(self, usage: Usage) -> bytes: ...
+    def closing(self, usage: Usage, include_usage: bool) -> bytes: ...
+    def failure(self, error: GatewayError) -> bytes: ...
     def whole(self, outputs: list[ChoiceOutput], usage: Usage) -> dict[str, Any]: ...
 
 
@@ -95,6 +98,14 @@ class _Format:
                 "usage": usage.as_dict(),
             }
         )
+
+    def closing(self, usage: Usage, include_usage: bool) -> bytes:
+        """What ends a stream once every delta went out: the usage chunk when asked, then [DONE]."""
+        return self.usage(usage) + SSE_DONE if include_usage else SSE_DONE
+
+    def failure(self, error: GatewayError) -> bytes:
+        """An error in-band, once the stream has started: one ``data: {"error": ...}`` event."""
+        return sse_event(error.body())
 
     def _whole(self, obj: str, choices: list[dict[str, Any]], usage: Usage) -> dict[str, Any]:
         return {

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from gateway.api.context import JOB, PLAN, REQUEST_ID, STARTED
+from gateway.api.context import CONFIG, JOB, PLAN, REQUEST_ID, STARTED
 from gateway.observability.metrics import DISCONNECTS, REQUEST_DURATION, REQUESTS, child, render
 
 access_log = logging.getLogger("gateway.access")
@@ -20,6 +20,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CLIENT_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable, no spaces, bounded
 CLIENT_CLOSED = 499  # nginx's "client closed request": the client left before its response ended
 CLIENT_GONE = web.RequestKey("client_gone", bool)  # set by a stream whose client left mid-way
+PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})  # scrapes: out of the access log with access_log_probes off
 
 
 def request_id_of(request: web.Request) -> str:
@@ -65,6 +66,8 @@ def _account(request: web.Request, status: int) -> None:
     child(REQUESTS, route, model, str(status)).inc()
     child(REQUEST_DURATION, route, model).observe(now - request[STARTED])
     if not access_log.isEnabledFor(logging.INFO):
+        return
+    if request.path in PROBE_PATHS and not request.app[CONFIG].access_log_probes:
         return
     line: dict[str, object] = {
         "request_id": request[REQUEST_ID],

@@ -1,6 +1,6 @@
 """The REST transport for generation: one JSON body, or an OpenAI SSE stream.
 
-Both chat and completions end here, differing only in their :class:`ResponseFormat`.
+Chat, completions and responses end here, differing only in their :class:`ResponseFormat`.
 A stream's headers are sent only once the first delta exists, so a request that fails before
 any token (Triton down, model not ready) still gets a proper status; after the first byte an
 error becomes an in-band ``data: {"error": ...}`` event and the stream ends.
@@ -12,14 +12,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator
+from typing import Protocol
 
 import orjson
 from aiohttp import web
 
 from gateway.api.context import PLAN
-from gateway.api.formats import SSE_DONE, ResponseFormat, sse_event
+from gateway.api.formats import ResponseFormat, sse_event
 from gateway.api.observe import CLIENT_GONE, stamp_headers
-from gateway.api.schema import SamplingFields
 from gateway.core.generate import collect, generate
 from gateway.core.halt import guarded
 from gateway.core.plan import Plan
@@ -37,7 +37,18 @@ SSE_HEADERS = {
 }
 
 
-async def respond(request: web.Request, fmt: ResponseFormat, plan: Plan, body: SamplingFields) -> web.StreamResponse:
+class StreamAsk(Protocol):
+    """What a request body says about its response's stream (chat, completions, responses)."""
+
+    @property
+    def stream(self) -> bool: ...
+    @property
+    def include_usage(self) -> bool: ...
+    @property
+    def continuous_usage(self) -> bool: ...
+
+
+async def respond(request: web.Request, fmt: ResponseFormat, plan: Plan, body: StreamAsk) -> web.StreamResponse:
     """The response to ``body``: whole or streamed, with the usage at the end (``include_usage``) or on
     every chunk (``continuous_usage_stats``) as its ``stream_options`` ask."""
     try:
@@ -116,7 +127,7 @@ async def _stream(
             await response.write(opening)
         async for delta in deltas:
             await response.write(_delta_bytes(fmt, delta, usage, counter))
-        tail = fmt.usage(usage) + SSE_DONE if include_usage else SSE_DONE
+        tail = fmt.closing(usage, include_usage)
     except ConnectionError:
         plan = request[PLAN]
         if not plan.halt.halted:  # else the handler's cancellation has counted it already
@@ -126,10 +137,10 @@ async def _stream(
         return response
     except GatewayError as exc:
         log.warning("stream failed after the first byte: %s", exc.message)
-        await write_error(response, exc)
+        await write_error(response, exc, fmt)
     except Exception as exc:
         log.exception("stream failed after the first byte")
-        await write_error(response, InternalError(f"internal error: {type(exc).__name__}"))
+        await write_error(response, InternalError(f"internal error: {type(exc).__name__}"), fmt)
     finally:
         await deltas.aclose()
     with contextlib.suppress(ConnectionError):
@@ -145,15 +156,16 @@ def _delta_bytes(fmt: ResponseFormat, delta: Delta, usage: Usage, counter: _Runn
     elif delta.finish_reason is None:
         chunk = fmt.delta(delta.index, delta.text)
     else:
-        finish = fmt.finish(delta.index, delta.finish_reason)
-        chunk = fmt.delta(delta.index, delta.text) + finish if delta.text else finish
+        text = fmt.delta(delta.index, delta.text) if delta.text else b""  # before the finish: a format may count
+        chunk = text + fmt.finish(delta.index, delta.finish_reason)
     if counter is None:
         return chunk
     counter.count(delta)
     return counter.stamp(chunk)
 
 
-async def write_error(response: web.StreamResponse, exc: GatewayError) -> None:
-    """An error in-band, once a stream has started: one ``data: {"error": ...}`` event."""
+async def write_error(response: web.StreamResponse, exc: GatewayError, fmt: ResponseFormat | None = None) -> None:
+    """An error in-band, once a stream has started: one ``data: {"error": ...}`` event, or the
+    format's own error events (the Responses API's)."""
     with contextlib.suppress(ConnectionError):
-        await response.write(sse_event(exc.body()))
+        await response.write(sse_event(exc.body()) if fmt is None else fmt.failure(exc))

@@ -53,6 +53,7 @@ class OutputShape:
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
     parallel_tool_calls: bool = True
+    format_param: str = "response_format"  # the request's name for ``response_format`` (in errors)
 
     @property
     def calls_tools(self) -> bool:
@@ -60,7 +61,11 @@ class OutputShape:
 
 
 def checked_shape(
-    response_format: dict[str, Any] | None, tools: tuple[Tool, ...], choice: ToolChoice | None, parallel: bool
+    response_format: dict[str, Any] | None,
+    tools: tuple[Tool, ...],
+    choice: ToolChoice | None,
+    parallel: bool,
+    format_param: str = "response_format",
 ) -> OutputShape:
     """The shape a request asked for, with OpenAI's rules across its fields checked (REST and gRPC
     alike). ``choice`` None: ``auto`` when there are tools, ``none`` when there are none."""
@@ -74,7 +79,7 @@ def checked_shape(
         raise InvalidRequest(
             f"'tool_choice' names a function that is not in 'tools': {choice.name!r}", param="tool_choice"
         )
-    return OutputShape(response_format, tools, choice, parallel)
+    return OutputShape(response_format, tools, choice, parallel, format_param)
 
 
 def new_id(prefix: str) -> str:
@@ -100,14 +105,15 @@ async def plan_chat(
     limiter: RateLimiter | None = None,
     started: float | None = None,
     shape: OutputShape | None = None,
+    prompt_param: str = "messages",
 ) -> Plan:
     stats = RequestStats(started or time.monotonic())
     model = registry.get(model_id, principal, GENERATE)
     tokenizer = model.tokenizer
-    _check_length(model, content_chars(messages), "messages")
+    _check_length(model, content_chars(messages), prompt_param)
     contract = await model.contract()
     shape = shape or OutputShape()
-    guide = _response_guide(shape.response_format)
+    guide = _response_guide(shape.response_format, shape.format_param)
     tool_format: str | None = None
     tools: list[dict[str, Any]] | None = None
     with_tools = any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
@@ -119,7 +125,7 @@ async def plan_chat(
             tools = [_tool_dict(t) for t in shape.tools]
     if shape.calls_tools:
         if guide is not None:
-            raise InvalidRequest("'response_format' cannot be combined with 'tools'", param="response_format")
+            raise InvalidRequest(f"'{shape.format_param}' cannot be combined with 'tools'", param=shape.format_param)
         guide = _tool_guide(model, contract.guided_decoding_backend, shape, tool_format or "generic")
     else:
         tool_format = None  # tools in the history, none to call now: the output is text
@@ -131,9 +137,9 @@ async def plan_chat(
         given,
         prompt_tokens=len(prompt_ids),
         default_max_tokens=model.config.default_max_tokens,
-        prompt_param="messages",
+        prompt_param=prompt_param,
         guide=guide,
-        guide_param="tool_choice" if shape.calls_tools else "response_format",
+        guide_param="tool_choice" if shape.calls_tools else shape.format_param,
     )
     choices = _choices([prompt_ids], n, given.seed)
     plan = Plan(model, new_id("chatcmpl"), choices, sampling, len(prompt_ids), stats, principal.project)
@@ -141,13 +147,13 @@ async def plan_chat(
     return await _planned(plan, principal, limiter)
 
 
-def _response_guide(response_format: dict[str, Any] | None) -> Guide | None:
+def _response_guide(response_format: dict[str, Any] | None, param: str = "response_format") -> Guide | None:
     if response_format is None:
         return None
     try:
         return response_format_guide(response_format)  # the schema is checked to compile (400 if not)
     except ValueError as exc:
-        raise InvalidRequest(f"Invalid 'response_format': {exc}", param="response_format") from None
+        raise InvalidRequest(f"Invalid '{param}': {exc}", param=param) from None
 
 
 def _tool_guide(model: ServedModel, backend: str | None, shape: OutputShape, tool_format: str) -> Guide | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -12,6 +13,15 @@ from tritonclient.grpc import model_config_pb2
 from gateway.core.types import GenerateRequest, Tokens
 from gateway.engine.contract import ModelContract
 from gateway.engine.tensors import Tensors
+
+
+@dataclass(frozen=True, slots=True)
+class ServerMetadata:
+    """What a server says it is (Triton's ServerMetadata): its name, version and protocol extensions."""
+
+    name: str
+    version: str
+    extensions: tuple[str, ...]
 
 
 class Engine(Protocol):
@@ -40,5 +50,9 @@ class Engine(Protocol):
         ...
 
     async def model_ready(self, model: str) -> bool: ...
+
+    async def server_metadata(self, timeout_s: float) -> ServerMetadata:
+        """The server's name and version, within ``timeout_s`` seconds; raises a GatewayError otherwise."""
+        ...
 
     async def close(self) -> None: ...

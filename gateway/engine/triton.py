@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from gateway.core.types import GenerateRequest, Tokens
+from gateway.engine.base import ServerMetadata
 from gateway.engine.contract import (
     ContractError,
     ModelContract,
@@ -123,6 +124,14 @@ class TritonClient:
         except grpc.aio.AioRpcError:
             return False
         return bool(resp.ready)
+
+    async def server_metadata(self, timeout_s: float) -> ServerMetadata:
+        """Triton's name, version and extensions (one ServerMetadata call, not cached here)."""
+        try:
+            resp = await self._stub.ServerMetadata(service_pb2.ServerMetadataRequest(), timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise translate_rpc_error(exc, self.url) from None
+        return ServerMetadata(resp.name, resp.version, tuple(resp.extensions))
 
     async def model_config(self, model: str) -> model_config_pb2.ModelConfig:
         """The model's config, read once over gRPC and then cached."""

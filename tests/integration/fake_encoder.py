@@ -17,6 +17,7 @@ from tritonclient.grpc import model_config_pb2
 
 from gateway.config import ModelConfig, Task
 from gateway.core.types import GenerateRequest, Tokens
+from gateway.engine.base import ServerMetadata
 from gateway.engine.contract import ModelContract
 from gateway.engine.tensors import Tensors
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
@@ -145,6 +146,11 @@ class FakeEncoders:
 
     async def model_ready(self, model: str) -> bool:
         return not self.unavailable
+
+    async def server_metadata(self, timeout_s: float) -> ServerMetadata:
+        if self.unavailable:
+            raise UpstreamUnavailable(f"Triton at {self.url} is unavailable: connection refused")
+        return ServerMetadata("triton", "2.0.0-fake", ())
 
     async def close(self) -> None:
         pass

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncGenerator
 
 from gateway.core.types import GenerateRequest, Tokens
+from gateway.engine.base import ServerMetadata
 from gateway.engine.contract import ModelContract
 from gateway.errors import GatewayError, UpstreamError, UpstreamUnavailable
 
@@ -57,6 +58,11 @@ class FakeEngine:
 
     async def model_ready(self, model: str) -> bool:
         return not self.unavailable
+
+    async def server_metadata(self, timeout_s: float) -> ServerMetadata:
+        if self.unavailable:
+            raise UpstreamUnavailable(f"Triton at {self.url} is unavailable")
+        return ServerMetadata("triton", "2.0.0-fake", ("classification", "sequence", "statistics"))
 
     async def close(self) -> None:
         pass

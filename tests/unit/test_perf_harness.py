@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -460,7 +462,8 @@ def test_tiny_pooled_compare_and_net_cpu() -> None:
     assert gw["rounds_requests_per_s"] == pytest.approx([90.0, 100.0])
     assert gw["gateway_cpu_us_per_request"] == pytest.approx(500.0)
     assert gw["gateway_cpu_ms_per_s"] == pytest.approx(50.0)
-    direct = pooled([Turn(latencies=[0.020] * 100, wall_s=1.0, gateway_cpu_s=0.01)], True)
+    direct = pooled([Turn(latencies=[0.020] * 100, wall_s=1.0, gateway_cpu_s=0.01, client_cpu_s=0.08)], True)
+    assert direct["client_cpu_us_per_request"] == pytest.approx(800.0)  # the bare client's own cost
     out = compare(gw, direct)
     assert out["requests_per_s_vs_direct"] == pytest.approx(0.95)
     assert out["added_p50_ms"] == pytest.approx(10.0) and out["added_p99_ms"] == pytest.approx(10.0)
@@ -474,6 +477,14 @@ def test_tiny_pooled_compare_and_net_cpu() -> None:
     assert math.isnan(pooled([], True)["p50_ms"])
 
 
+def test_tiny_cpu_against_a_baseline() -> None:
+    from perf.tiny import cpu_ratio
+
+    assert cpu_ratio({"gateway_net_cpu_us_per_request": 1500.0}, {"gateway_net_cpu_us_per_request": 2000.0}) == 0.75
+    assert cpu_ratio({"gateway_net_cpu_us_per_request": None}, {"gateway_net_cpu_us_per_request": 2000.0}) is None
+    assert cpu_ratio({"gateway_net_cpu_us_per_request": 1500.0}, {}) is None
+
+
 def test_tiny_top_inclusive_counts_each_function_once_per_stack() -> None:
     from perf.tiny import top_inclusive
 
@@ -484,3 +495,19 @@ def test_tiny_top_inclusive_counts_each_function_once_per_stack() -> None:
     assert top["other (c.py:9)"] == pytest.approx(0.25)
     assert top_inclusive(raw, 1) == [("main (a.py:1)", pytest.approx(1.0))]
     assert top_inclusive("") == []
+
+
+def test_save_results_writes_json_plot_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from perf.stack import save_results
+
+    def plot(result: dict[str, Any], path: Path) -> Path:
+        path.write_bytes(b"png")
+        return path
+
+    args = argparse.Namespace(out=tmp_path / "results", rounds=2)
+    result, wrote = save_results(args, "x", {"figure": 1.5}, time.monotonic(), plot, lambda r: f"table {r['figure']}")
+    saved = json.loads((tmp_path / "results" / "x.json").read_text())
+    assert saved == result and saved["figure"] == 1.5 and saved["config"]["out"] == str(tmp_path / "results")
+    assert saved["config"]["rounds"] == 2 and saved["elapsed_s"] >= 0 and saved["cpus"]
+    assert (tmp_path / "results" / "x.png").read_bytes() == b"png"
+    assert "table 1.5" in capsys.readouterr().out and str(tmp_path / "results" / "x.json") in wrote
