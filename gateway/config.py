@@ -189,6 +189,10 @@ class GatewayConfig(BaseModel):
         default=None,
         description="redis://host:port/db for limit state shared by several machines (wins over limits_db)",
     )
+    data_dir: Path = Field(
+        default_factory=lambda: Path(os.environ.get("GATEWAY_DATA_DIR") or REPO_ROOT / ".data"),
+        description="durable state: the usage ledger, uploaded files, batches (GATEWAY_DATA_DIR; a volume in Docker)",
+    )
     models: list[ModelConfig] = Field(default_factory=list, description="empty: the embedded CPU models")
     projects: list[ProjectConfig] = Field(default_factory=list)
     keys: list[KeyConfig] = Field(default_factory=list, description="none: auth is off")
