@@ -3,12 +3,13 @@
 A closed loop of ``--concurrency`` workers sends requests back to back for ``--duration`` seconds,
 each one of a kind drawn from ``--mix``: 1-token streams, long streams, stop-string streams, n=2,
 non-streaming requests and streams the client drops after 1-3 SSE events, mostly on the
-``synthetic`` model and a small share on the real CPU model; and a small share of the other APIs:
-embeddings (1-64 texts, rarely 300), rerank (5-20 documents), large embeddings requests the client
-drops right after sending, invalid embeddings requests (each must get a 400) and transcriptions of a
-short wav spoken by ``espeak-ng`` at start-up. Every outcome is classified (see
-``perf/churn_outcome.py``). Every few seconds the gateway's RSS and open fds and the tritonserver
-pid are sampled; at the end /health, /ready and a plain request per model are checked.
+``synthetic`` model and a small share on the real CPU model; the same over the Responses API (whole,
+streamed, dropped after 1-3 events, and a required function call on the real model); and a small
+share of the other APIs: embeddings (1-64 texts, rarely 300), rerank (5-20 documents), large
+embeddings requests the client drops right after sending, invalid embeddings requests (each must get
+a 400) and transcriptions of a short wav spoken by ``espeak-ng`` at start-up. Every outcome is
+classified (see ``perf/churn_outcome.py``). Every few seconds the gateway's RSS and open fds and the
+tritonserver pid are sampled; at the end /health, /ready and a plain request per model are checked.
 
 Exits 1 when Triton restarted or went away, or any request failed, hung or broke unexpectedly.
 

@@ -18,12 +18,10 @@ from perf.churn_outcome import (
     Record,
     embeddings_outcome,
     error_code,
-    finish_outcome,
-    finish_reason_of,
-    has_content,
     nonstream_outcome,
     rejected_outcome,
     rerank_outcome,
+    stream_reader,
     transcript_outcome,
 )
 from perf.sse import SSEParser
@@ -42,7 +40,8 @@ COUNTERS = ("gateway_client_disconnects_total", "gateway_upstream_errors_total")
 async def one_request(
     session: aiohttp.ClientSession, url: str, name: str, kind: Kind, body: bytes, cut_after: int, t0: float
 ) -> Record:
-    """One request; ``cut_after`` > 0: close the connection after that many SSE events."""
+    """One request of a chat or Responses kind; ``cut_after`` > 0: close the connection after that
+    many SSE events."""
     start = time.monotonic()
     ttft = 0.0
     outcome = ""
@@ -54,31 +53,24 @@ async def one_request(
                 outcome = nonstream_outcome(kind, await resp.read())
             else:
                 parser = SSEParser()
+                reader = stream_reader(kind)
                 events = 0
-                reasons: list[str] = []
-                done = False
                 async for chunk in resp.content.iter_any():
                     for data in parser.feed(chunk):
                         events += 1
-                        if data == b"[DONE]":
-                            done = True
+                        outcome = reader.event(data)
+                        if outcome:
                             break
-                        if data.startswith(b'{"error"'):
-                            outcome = "sse_error:" + error_code(data)
-                            break
-                        if not ttft and has_content(data):
+                        if not ttft and reader.text:
                             ttft = time.monotonic() - start
-                        reason = finish_reason_of(data)
-                        if reason is not None:
-                            reasons.append(reason)
                         if cut_after and events >= cut_after:
                             outcome = "disconnect"
                             resp.close()  # drops the connection: the gateway sees the client gone
                             break
-                    if done or outcome:
+                    if outcome:
                         break
                 if not outcome:
-                    outcome = finish_outcome(kind, reasons) if done else "truncated"
+                    outcome = reader.end()
     except TimeoutError:
         outcome = "hung"
     except (aiohttp.ClientError, OSError) as exc:
@@ -87,7 +79,8 @@ async def one_request(
 
 
 def api_outcome(kind: Kind, body: dict[str, Any] | None, status: int, raw: bytes) -> str:
-    """The outcome of a non-chat kind's answer: the status it must get, then the body's shape."""
+    """The outcome of an embeddings, rerank or transcriptions answer: the status it must get, then the
+    body's shape."""
     if status != kind.status:
         return "bad_status:200" if status == 200 else f"http_{status}:{error_code(raw)}"
     if kind.status != 200:
@@ -108,8 +101,9 @@ async def api_request(
     speech: bytes | None = None,
     close_after: float = 0.0,
 ) -> Record:
-    """One request of a non-chat kind: JSON ``body`` (embeddings, rerank) or the ``speech`` file
-    (transcriptions); a ``disconnect`` kind closes its connection ``close_after`` seconds after sending."""
+    """One request of an embeddings, rerank or transcriptions kind: JSON ``body`` (embeddings, rerank)
+    or the ``speech`` file (transcriptions); a ``disconnect`` kind closes its connection ``close_after``
+    seconds after sending."""
     start = time.monotonic()
     url = base + PATHS[kind.api]
     try:

@@ -16,7 +16,18 @@ import aiohttp
 import orjson
 
 from perf.churn_http import COUNTERS, api_request, final_checks, one_request, read_metrics
-from perf.churn_mix import CHAT, EMBEDDING, KINDS, REAL, TRANSCRIPTION, TRANSCRIPTIONS, Mix, api_body, request_body
+from perf.churn_mix import (
+    EMBEDDING,
+    GENERATE,
+    KINDS,
+    PATHS,
+    REAL,
+    TRANSCRIPTION,
+    TRANSCRIPTIONS,
+    Mix,
+    api_body,
+    request_body,
+)
 from perf.churn_outcome import Record, unexpected
 from perf.churn_report import progress_line
 from perf.churn_sampler import Sampler
@@ -28,14 +39,13 @@ class Load:
     def __init__(self, args: argparse.Namespace, base: str, speech: bytes | None = None) -> None:
         self.args = args
         self.base = base
-        self.chat = base + "/v1/chat/completions"
         self.models = {REAL: args.real_model, EMBEDDING: args.embed_model, TRANSCRIPTION: args.transcribe_model}
         self.bodies = {
             name: orjson.dumps(
                 request_body(kind, self.models.get(kind.model, args.synthetic_model), args.real_max_tokens)
             )
             for name, kind in KINDS.items()
-            if kind.api == CHAT
+            if kind.api in GENERATE
         }
         self.speech = speech  # the wav the transcribe kind sends
         self.mix = Mix(args.weights)
@@ -54,8 +64,9 @@ class Load:
             name = self.mix.pick(rng)
             kind = KINDS[name]
             cut = rng.randint(1, 3) if kind.disconnect else 0
-            if kind.api == CHAT:
-                record = await one_request(session, self.chat, name, kind, self.bodies[name], cut, self.t0)
+            if kind.api in GENERATE:
+                url = self.base + PATHS[kind.api]
+                record = await one_request(session, url, name, kind, self.bodies[name], cut, self.t0)
             else:
                 record = await self.api(session, rng, name, cut)
             self.records.append(record)
@@ -67,9 +78,9 @@ class Load:
                     await asyncio.sleep(self.args.error_backoff)
 
     async def api(self, session: aiohttp.ClientSession, rng: random.Random, name: str, cut: int) -> Record:
-        """One request of a non-chat kind, its body drawn now; a disconnect kind closes its connection
-        0, 20 or 200 ms after sending (``cut`` 1-3): before the gateway has read it, while it tokenizes,
-        or while Triton computes."""
+        """One request of an embeddings, rerank or transcriptions kind, its body drawn now; a disconnect
+        kind closes its connection 0, 20 or 200 ms after sending (``cut`` 1-3): before the gateway has
+        read it, while it tokenizes, or while Triton computes."""
         kind = KINDS[name]
         model = self.models[kind.model]
         body = {"model": model} if kind.api == TRANSCRIPTIONS else api_body(kind, model, rng)

@@ -1,5 +1,5 @@
 """The churn benchmark's request mix: the kinds of request, their weights (``--mix``), the weighted
-pick, the chat completion body of each chat kind, and the bodies of the other APIs' kinds (embeddings,
+pick, the body of each chat and Responses kind, and the bodies of the other APIs' kinds (embeddings,
 rerank, transcriptions), drawn afresh for each request."""
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ EMBEDDING = "embedding"  # the embedding model (--embed-model)
 TRANSCRIPTION = "transcription"  # the speech-to-text model (--transcribe-model)
 
 # the API a kind speaks, and its path
-CHAT, EMBEDDINGS, RERANK, TRANSCRIPTIONS = "chat", "embeddings", "rerank", "transcriptions"
+CHAT, RESPONSES, EMBEDDINGS, RERANK, TRANSCRIPTIONS = "chat", "responses", "embeddings", "rerank", "transcriptions"
 PATHS = {
     CHAT: "/v1/chat/completions",
+    RESPONSES: "/v1/responses",
     EMBEDDINGS: "/v1/embeddings",
     RERANK: "/v1/rerank",
     TRANSCRIPTIONS: "/v1/audio/transcriptions",
 }
+GENERATE = (CHAT, RESPONSES)  # the generate path's APIs: one body per kind, built once, streamed or not
 EMBED_DIM = 384  # all-MiniLM-L6-v2's vectors
 
 
@@ -36,9 +38,10 @@ class Kind:
     max_tokens: int
     n: int = 1
     stop: tuple[str, ...] = ()
-    # chat: the client closes the connection after 1-3 SSE events; other APIs: right after sending the request
+    # chat, responses: the client closes the connection after 1-3 SSE events; other APIs: right after sending
     disconnect: bool = False
-    expect: tuple[str, ...] = ()  # finish reasons this kind may end with; empty: any
+    # finish reasons this kind may end with (responses: incomplete, completed or function_call); empty: any
+    expect: tuple[str, ...] = ()
     real_tokens: bool = False  # max_tokens comes from --real-max-tokens
     shape: str = ""  # more fields of the body, from SHAPES: structured outputs, tools, logprobs
     api: str = CHAT  # a key of PATHS
@@ -47,7 +50,7 @@ class Kind:
 
 
 # The synthetic model's text cycles through " the quick brown fox jumps over the lazy dog ." and every
-# stream is exactly max_tokens long, so its finish reasons are known in advance.
+# stream is exactly max_tokens long, so its finish reasons are known in advance (a response: incomplete).
 KINDS: dict[str, Kind] = {
     k.name: k
     for k in (
@@ -66,6 +69,18 @@ KINDS: dict[str, Kind] = {
         Kind("real_tools_stream", REAL, True, 48, expect=("tool_calls", "length"), shape="tools"),
         Kind("real_logprobs", REAL, True, 8, expect=("stop", "length"), shape="logprobs"),
         Kind("real_json_disconnect", REAL, True, 48, disconnect=True, shape="json_schema"),
+        Kind("responses", SYNTHETIC, False, 32, expect=("incomplete",), api=RESPONSES),
+        Kind("responses_stream", SYNTHETIC, True, 64, expect=("incomplete",), api=RESPONSES),
+        Kind("responses_disconnect", SYNTHETIC, True, 256, disconnect=True, api=RESPONSES),
+        Kind(
+            "real_responses_tools",
+            REAL,
+            False,
+            48,
+            expect=("function_call", "incomplete"),
+            shape="tools",
+            api=RESPONSES,
+        ),
         Kind("embed", EMBEDDING, False, 0, api=EMBEDDINGS, inputs=(1, 64)),
         Kind("embed_big", EMBEDDING, False, 0, api=EMBEDDINGS, inputs=(300, 300)),  # two Triton batches
         Kind("rerank", EMBEDDING, False, 0, api=RERANK, inputs=(5, 20)),
@@ -85,11 +100,19 @@ SHAPES: dict[str, dict[str, Any]] = {
     },
     "logprobs": {"logprobs": True, "top_logprobs": 3},
 }
+# the Responses API's shapes: its function tools are flat ({"type": "function", "name", "parameters"})
+RESPONSES_SHAPES: dict[str, dict[str, Any]] = {
+    "tools": {
+        **SHAPES["tools"],
+        "tools": [{"type": "function", **tool["function"]} for tool in SHAPES["tools"]["tools"]],
+    },
+}
 
 DEFAULT_MIX = (
     "one_token=20,long_stream=12,stop=15,n2=8,n2_nonstream=4,nonstream=15,disconnect=15,"
     "real_stream=2,real_nonstream=1,real_disconnect=1,real_json=1,real_tools=1,real_tools_stream=1,"
     "real_logprobs=1,real_json_disconnect=1,"
+    "responses=3,responses_stream=4,responses_disconnect=2,real_responses_tools=0.5,"
     "embed=1.5,embed_big=0.1,rerank=1,embed_disconnect=0.2,embed_bad=1,transcribe=0.2"
 )
 
@@ -150,11 +173,22 @@ class Mix:
 
 
 def request_body(kind: Kind, model_id: str, real_max_tokens: int) -> dict[str, Any]:
-    """The chat completion body of one request of ``kind``."""
+    """The body of one request of a chat or Responses kind: a chat completion, or a response."""
+    max_tokens = real_max_tokens if kind.real_tokens else kind.max_tokens
+    prompt = PROMPTS[kind.model]
+    if kind.api == RESPONSES:
+        return {
+            "model": model_id,
+            "input": prompt,
+            "max_output_tokens": max_tokens,
+            "temperature": 0,
+            "stream": kind.stream,
+            **RESPONSES_SHAPES.get(kind.shape, {}),
+        }
     body: dict[str, Any] = {
         "model": model_id,
-        "messages": [{"role": "user", "content": PROMPTS[kind.model]}],
-        "max_tokens": real_max_tokens if kind.real_tokens else kind.max_tokens,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
         "temperature": 0,
         "stream": kind.stream,
     }

@@ -42,13 +42,14 @@ def _ms(d: dict[str, float], key: str) -> str:
 def format_summary(result: dict[str, Any]) -> str:
     """The one-screen summary printed at the end."""
     s, res = result["summary"], result["resources"]
+    width = max([16, *map(len, s["kinds"])])  # the kind column fits the longest name
     lines = [
         "",
         f"churn: {s['requests']} requests in {s['window_s']:.0f}s = {s['requests_per_s']:.1f} req/s "
         f"(ok {s['ok_per_s']:.1f}/s), concurrency {result['config']['concurrency']}",
         "classes: " + ", ".join(f"{c} {v}" for c, v in s["classes"].items()),
         "",
-        f"{'kind':<16} {'req':>6} {'ok':>6} {'disc':>5} {'other':>5} {'e2e p50':>8} {'p99':>7} {'max':>7} "
+        f"{'kind':<{width}} {'req':>6} {'ok':>6} {'disc':>5} {'other':>5} {'e2e p50':>8} {'p99':>7} {'max':>7} "
         f"{'TTFT p50':>8} {'p99':>7}",
     ]
     lines.append("-" * len(lines[-1]))
@@ -56,7 +57,7 @@ def format_summary(result: dict[str, Any]) -> str:
         ok = sum(c for o, c in k["outcomes"].items() if o.startswith("ok:"))
         disc = k["outcomes"].get("disconnect", 0)
         lines.append(
-            f"{name:<16} {k['requests']:>6} {ok:>6} {disc:>5} {k['requests'] - ok - disc:>5} "
+            f"{name:<{width}} {k['requests']:>6} {ok:>6} {disc:>5} {k['requests'] - ok - disc:>5} "
             f"{_ms(k['e2e_ms'], 'p50'):>8} {_ms(k['e2e_ms'], 'p99'):>7} {_ms(k['e2e_ms'], 'max'):>7} "
             f"{_ms(k['ttft_ms'], 'p50'):>8} {_ms(k['ttft_ms'], 'p99'):>7}"
         )

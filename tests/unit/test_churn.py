@@ -6,12 +6,17 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 import pytest
 
+from gateway.api.responses_events import ResponseEvents
+from gateway.api.responses_schema import ResponsesRequest
 from gateway.api.retrieval_schema import EmbeddingRequest, RerankRequest
+from gateway.core.types import ChoiceOutput, Delta, FinishReason, ToolCallDelta, Usage
+from gateway.errors import UpstreamUnavailable
 from perf import churn
 from perf.churn import parse_args
 from perf.churn_http import api_outcome, parse_metric
@@ -20,8 +25,11 @@ from perf.churn_mix import (
     CHAT,
     DEFAULT_MIX,
     EMBED_DIM,
+    GENERATE,
     KINDS,
     PATHS,
+    RESPONSES,
+    SHAPES,
     Mix,
     api_body,
     parse_mix,
@@ -38,12 +46,15 @@ from perf.churn_outcome import (
     outcome_class,
     rejected_outcome,
     rerank_outcome,
+    response_outcome,
+    stream_reader,
     transcript_outcome,
     unexpected,
 )
 from perf.churn_report import format_summary, progress_line
 from perf.churn_sampler import Sample
 from perf.churn_summary import failures, resources, summarize, timeline, triton_changes
+from perf.sse import SSEParser
 
 # --- arguments ---
 
@@ -109,7 +120,10 @@ def test_default_mix_covers_every_kind_mostly_synthetic() -> None:
     assert math.isclose(sum(shares.values()), 1.0)
     real = sum(share for name, share in shares.items() if KINDS[name].model == "real")
     assert 0 < real <= 0.1
-    other = {name: share for name, share in shares.items() if KINDS[name].api != CHAT}  # modest, and rare if costly
+    responses = {name: share for name, share in shares.items() if KINDS[name].api == RESPONSES}
+    assert set(responses) == {"responses", "responses_stream", "responses_disconnect", "real_responses_tools"}
+    assert 0 < sum(responses.values()) <= 0.1 and responses["real_responses_tools"] <= 0.005
+    other = {name: share for name, share in shares.items() if KINDS[name].api not in GENERATE}  # modest, rare if costly
     assert set(other) == {"embed", "embed_big", "rerank", "embed_disconnect", "embed_bad", "transcribe"}
     assert 0 < sum(other.values()) <= 0.06
     assert all(other[name] <= 0.005 for name in ("embed_big", "embed_disconnect", "transcribe"))
@@ -143,7 +157,26 @@ def test_request_bodies() -> None:
     real = request_body(KINDS["real_stream"], "smollm2-135m-instruct", 5)
     assert real["model"] == "smollm2-135m-instruct" and real["max_tokens"] == 5
     assert request_body(KINDS["long_stream"], "synthetic", 5)["max_tokens"] == 256
-    assert all(KINDS[k].disconnect for k in ("disconnect", "real_disconnect"))
+    assert all(KINDS[k].disconnect for k in ("disconnect", "real_disconnect", "responses_disconnect"))
+
+
+def test_responses_bodies_are_valid_requests() -> None:
+    whole = request_body(KINDS["responses"], "synthetic", 8)
+    assert whole == {
+        "model": "synthetic",
+        "input": "Say something.",
+        "max_output_tokens": 32,
+        "temperature": 0,
+        "stream": False,
+    }
+    assert request_body(KINDS["responses_stream"], "synthetic", 8)["stream"] is True
+    tools = request_body(KINDS["real_responses_tools"], "smollm2-135m-instruct", 8)
+    city = SHAPES["tools"]["tools"][0]["function"]["parameters"]  # chat's tool, in the flat shape
+    assert tools["tools"] == [{"type": "function", "name": "get_weather", "parameters": city}]
+    assert (tools["tool_choice"], tools["parallel_tool_calls"], tools["max_output_tokens"]) == ("required", False, 48)
+    for kind in KINDS.values():
+        if kind.api == RESPONSES:
+            ResponsesRequest.model_validate(request_body(kind, "m", 8))  # what the gateway accepts
 
 
 # --- the other APIs' bodies ---
@@ -348,6 +381,132 @@ def test_nonstream_outcomes() -> None:
     assert nonstream_outcome(kind, orjson.dumps({"choices": [{"finish_reason": "length"}]})) == "incomplete"
     assert nonstream_outcome(kind, b"not json") == "bad_body"
     assert nonstream_outcome(kind, b'{"object":"x"}') == "bad_body"
+
+
+# --- reading the Responses API's answers (written by the gateway's own ResponseEvents) ---
+
+WORDS = (" the", " quick", " brown", " fox")
+
+
+def _writer(max_output_tokens: int) -> ResponseEvents:
+    return ResponseEvents("resp_0123", 1, "synthetic", {"max_output_tokens": max_output_tokens})
+
+
+def _whole(
+    text: str = "".join(WORDS), reason: FinishReason = FinishReason.LENGTH, calls: tuple[tuple[str, str], ...] = ()
+) -> dict[str, Any]:
+    """A Response object as the gateway writes it: ``text``, then ``calls`` (name, arguments), 4 tokens."""
+    output = ChoiceOutput()
+    pieces = [ToolCallDelta(i, f"call_{i}", name, arguments) for i, (name, arguments) in enumerate(calls)]
+    output.add(Delta(0, text, reason, tool_calls=pieces or None))
+    return _writer(4).whole([output], Usage(9, 4))
+
+
+def _stream(words: tuple[str, ...] = WORDS, reason: FinishReason = FinishReason.LENGTH) -> list[dict[str, Any]]:
+    """A response's events as the gateway streams them (one token per word)."""
+    writer = _writer(len(words))
+    raw = writer.opening(0) + b"".join(writer.delta(0, word) for word in words) + writer.finish(0, reason)
+    raw += writer.closing(Usage(9, len(words)), True)
+    return [orjson.loads(data) for data in SSEParser().feed(raw)]
+
+
+def _read(name: str, events: Sequence[dict[str, Any] | bytes]) -> str:
+    """The outcome of a stream of ``events`` (dicts or raw payloads), as one_request reads it."""
+    reader = stream_reader(KINDS[name])
+    for event in events:
+        outcome = reader.event(event if isinstance(event, bytes) else orjson.dumps(event))
+        if outcome:
+            return outcome
+    return reader.end()
+
+
+def test_whole_response_outcomes() -> None:
+    assert nonstream_outcome(KINDS["responses"], orjson.dumps(_whole())) == "ok:incomplete"
+    assert nonstream_outcome(KINDS["responses"], b"not json") == "bad_body:json"
+    error = {"error": {"message": "m", "type": "server_error", "code": "upstream_error"}}
+    assert nonstream_outcome(KINDS["responses"], orjson.dumps(error)) == "bad_body:json"
+    kind = KINDS["responses"]
+    assert response_outcome(kind, _whole(reason=FinishReason.STOP)) == "bad_finish:completed"  # synthetic: cut
+    assert response_outcome(KINDS["responses_disconnect"], _whole(reason=FinishReason.STOP)) == "ok:completed"
+    assert response_outcome(kind, {**_whole(), "incomplete_details": None}) == "bad_body:incomplete_details"
+    assert response_outcome(kind, {**_whole(), "max_output_tokens": 32}) == "bad_body:usage"  # not cut at its limit
+    assert response_outcome(kind, {**_whole(), "usage": None}) == "bad_body:usage"
+    assert response_outcome(kind, {**_whole(), "output": []}) == "bad_body:output"
+    odd = _whole()
+    odd["output"].append({"type": "reasoning", "summary": []})
+    assert response_outcome(kind, odd) == "bad_body:output"
+    assert response_outcome(kind, _whole(text="")) == "bad_body:text"  # the synthetic model always says something
+    assert response_outcome(kind, {**_whole(), "object": "chat.completion"}) == "bad_body:json"
+
+
+def test_function_call_response_outcomes() -> None:
+    kind = KINDS["real_responses_tools"]
+    paris = ("get_weather", '{"city": "Paris"}')
+    called = _whole("", FinishReason.TOOL_CALLS, (paris,))
+    assert [item["type"] for item in called["output"]] == ["function_call"]
+    assert response_outcome(kind, called) == "ok:function_call"
+    assert response_outcome(kind, _whole("", FinishReason.LENGTH, (("get_weather", '{"ci'),))) == "ok:incomplete"
+    assert response_outcome(kind, _whole("", FinishReason.LENGTH)) == "ok:incomplete"  # cut before the call
+    assert response_outcome(kind, _whole("Paris", FinishReason.STOP)) == "bad_finish:completed"  # required: no call
+    assert response_outcome(kind, _whole("", FinishReason.TOOL_CALLS, (("get_time", "{}"),))) == "bad_body:call"
+    assert response_outcome(kind, _whole("", FinishReason.TOOL_CALLS, (("get_weather", "Paris"),))) == "bad_body:call"
+    for outcome in ("ok:function_call", "ok:incomplete"):
+        assert not unexpected(outcome)
+
+
+def test_responses_stream_outcomes() -> None:
+    events = _stream()
+    assert [e["type"] for e in events[:4]] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert events[-1]["type"] == "response.incomplete"
+    assert _read("responses_stream", events) == "ok:incomplete"
+    assert _read("responses_disconnect", _stream(reason=FinishReason.STOP)) == "ok:completed"
+    assert _read("responses_stream", _stream(reason=FinishReason.STOP)) == "bad_finish:completed"
+    assert _read("responses_stream", events[1:]) == "bad_event:first"
+    assert _read("responses_stream", events[:5] + events[6:]) == "bad_event:sequence"  # a delta lost
+    assert _read("responses_stream", events[:-1]) == "truncated"  # no closing event
+    assert _read("responses_stream", [*events, events[-1]]) == "bad_event:after_end"
+    assert _read("responses_stream", [b"not json"]) == "bad_event:json"
+    empty = [dict(e) for e in events]
+    empty[5]["delta"] = ""
+    assert _read("responses_stream", empty) == "bad_event:delta"
+    changed = [dict(e) for e in events]
+    changed[5]["delta"] = " cat"
+    assert _read("responses_stream", changed) == "bad_event:text"  # the deltas are not the response's text
+    mislabelled = [*events[:-1], {**events[-1], "type": "response.completed"}]
+    assert _read("responses_stream", mislabelled) == "bad_event:status"
+    broken = dict(events[-1])
+    broken["response"] = {**broken["response"], "incomplete_details": None}
+    assert _read("responses_stream", [*events[:-1], broken]) == "bad_body:incomplete_details"
+
+
+def test_responses_stream_errors_and_text() -> None:
+    writer = _writer(64)
+    raw = writer.opening(0) + writer.delta(0, " the") + writer.failure(UpstreamUnavailable("Triton went away"))
+    events = SSEParser().feed(raw)
+    assert _read("responses_stream", events) == "sse_error:upstream_unavailable"  # the error event, first
+    failed = orjson.loads(events[-1]) | {"sequence_number": len(events) - 2}
+    assert failed["type"] == "response.failed" and failed["response"]["status"] == "failed"
+    assert _read("responses_stream", [*events[:-2], failed]) == "bad_event:failed"  # no error event before it
+    reader = stream_reader(KINDS["responses_stream"])
+    for data in SSEParser().feed(_writer(64).opening(0)):
+        assert reader.event(data) == "" and not reader.text  # no TTFT before the first delta
+    assert reader.event(orjson.dumps(_stream()[4] | {"sequence_number": 2})) == "" and reader.text
+
+
+def test_chat_stream_reader() -> None:
+    assert _read("one_token", [OPENING, CHUNK, FINISH.replace(b'"index":1', b'"index":0'), b"[DONE]"]) == "ok:length"
+    assert _read("n2", [CHUNK, FINISH, b"[DONE]"]) == "incomplete"
+    assert _read("one_token", [CHUNK, FINISH]) == "truncated"
+    error = b'{"error":{"message":"m","type":"server_error","code":"upstream_error"}}'
+    assert _read("one_token", [CHUNK, error]) == "sse_error:upstream_error"
+    reader = stream_reader(KINDS["one_token"])
+    assert reader.event(OPENING) == "" and not reader.text
+    assert reader.event(CHUNK) == "" and reader.text
 
 
 def test_outcome_classes_and_gate() -> None:
