@@ -35,7 +35,8 @@ RUN /opt/venv/bin/python -m gateway.grpcapi.codegen --force \
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 gateway \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin gateway
+        --shell /usr/sbin/nologin gateway \
+    && mkdir /data && chown 10001:10001 /data
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -43,7 +44,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     GATEWAY_HOST=0.0.0.0 \
     GATEWAY_PORT=8080 \
     GATEWAY_GRPC_HOST=0.0.0.0 \
-    GATEWAY_GRPC_PORT=50051
+    GATEWAY_GRPC_PORT=50051 \
+    GATEWAY_DATA_DIR=/data
+# durable state: the usage ledger, uploaded files and batches (mount a volume here)
+VOLUME ["/data"]
 USER 10001:10001
 EXPOSE 8080 50051
 # SIGTERM drains: /ready turns 503 at once, in-flight requests get drain_timeout seconds (default 30)

@@ -75,6 +75,12 @@ test-e2e: model protos debs
 test: model protos debs lint
 	$(BIN)/pytest -q
 
+# the OpenAPI fuzz at full size: 1,000 generated cases per JSON operation and 200 negative ones, with the
+# cases and statuses of each operation (the suite runs a fifth of it); about 4 minutes on 2 cores
+.PHONY: fuzz
+fuzz: model protos
+	GATEWAY_FUZZ_SCALE=5 $(BIN)/pytest tests/integration/test_openapi_fuzz.py -q -s
+
 # the standard comparison: synthetic upstream, closed-loop sweep, gateway against Triton direct
 bench: model protos
 	$(BIN)/python -m perf.bench --launch --concurrency 1,8,32,64 --rounds 2
@@ -117,6 +123,13 @@ FEATURES_ARGS ?= --rounds 3 --compare-ref 0e0582f
 .PHONY: bench-features
 bench-features: model protos
 	$(BIN)/python -m perf.features --launch $(FEATURES_ARGS)
+
+# interactive TTFT p50/p99 on the synthetic model without and with a large batch running, interleaved in one
+# run (goal: within 10%); 30 s turns: about 1,000 requests a phase, enough for a p99 (about 3.5 minutes)
+BATCH_ARGS ?= --rounds 3 --concurrency 2 --seconds 30
+.PHONY: bench-batch
+bench-batch: model protos
+	$(BIN)/python -m perf.batch_interference --launch $(BATCH_ARGS)
 
 clean:
 	rm -rf $(VENV) model_repository/*/weights gateway/_generated .pytest_cache .mypy_cache .ruff_cache

@@ -101,6 +101,7 @@ ENVIRONMENT: dict[str, tuple[tuple[str, str], ...]] = {
         ("GATEWAY_DEFAULT_MAX_TOKENS", "--default-max-tokens"),
         ("GATEWAY_MODEL_REPOSITORY", "--model-repository"),
         ("GATEWAY_CACHE_DIR", "--cache-dir"),
+        ("GATEWAY_DATA_DIR", "durable state: usage ledger, files, batches (config data_dir)"),
         ("TRITONSERVER", "--tritonserver"),
         ("TRITON_HTTP_PORT", "--triton-http-port"),
         ("TRITON_GRPC_PORT", "--triton-grpc-port"),

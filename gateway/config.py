@@ -97,11 +97,23 @@ class ModelConfig(BaseModel):
     )
     max_queue: int = Field(default=0, ge=0, description="requests that may wait for a slot; more get 503")
     queue_timeout: float = Field(default=5.0, gt=0, description="seconds a request may wait for a slot")
+    batch_high_water: int | None = Field(
+        default=None,
+        ge=1,
+        description="batch lines start only while fewer requests (interactive and batch) are in flight and no"
+        " interactive request waits; default: max_in_flight less a quarter (at least 1), or 4 without a cap",
+    )
     first_token_timeout: float = Field(
         default=60.0, gt=0, description="seconds Triton may take to a request's first response; then 504"
     )
     idle_timeout: float = Field(
         default=30.0, gt=0, description="seconds a stream may then go without a response from Triton; then 504"
+    )
+    price_input_per_1k: float = Field(
+        default=0.0, ge=0, description="price of 1,000 input (prompt) tokens in GET /v1/usage; batch lines: half"
+    )
+    price_output_per_1k: float = Field(
+        default=0.0, ge=0, description="price of 1,000 output (completion) tokens in GET /v1/usage; batch lines: half"
     )
 
     @model_validator(mode="after")
@@ -149,6 +161,7 @@ class KeyConfig(BaseModel):
     name: str = Field(default="", description="a label for logs and metrics")
     models: list[str] | None = Field(default=None, description="models this key may use (unset: the project's)")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="this key's own limits")
+    admin: bool = Field(default=False, description="may read every project's usage (GET /v1/usage); else a normal key")
 
 
 _ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[^/?#\s]+$")  # an Origin header's form: no path, no query
@@ -193,6 +206,13 @@ class GatewayConfig(BaseModel):
         default_factory=lambda: Path(os.environ.get("GATEWAY_DATA_DIR") or REPO_ROOT / ".data"),
         description="durable state: the usage ledger, uploaded files, batches (GATEWAY_DATA_DIR; a volume in Docker)",
     )
+    usage_db: Path | None = Field(
+        default=None, description="the usage ledger's SQLite file (default: data_dir/usage.sqlite), shared by --workers"
+    )
+    max_file_bytes: int = Field(
+        default=200 * 1024 * 1024, ge=1024, description="larger uploads to /v1/files get 413 (streamed to disk)"
+    )
+    batch_concurrency: int = Field(default=4, ge=1, description="lines of a batch each gateway process runs at once")
     models: list[ModelConfig] = Field(default_factory=list, description="empty: the embedded CPU models")
     projects: list[ProjectConfig] = Field(default_factory=list)
     keys: list[KeyConfig] = Field(default_factory=list, description="none: auth is off")

@@ -95,6 +95,12 @@ class RouteNotFound(GatewayError):
     kind = ErrorKind(404, "invalid_request_error", "not_found", "UNIMPLEMENTED")
 
 
+class ObjectNotFound(GatewayError):
+    """A file or batch that does not exist, or belongs to another project (the same answer)."""
+
+    kind = ErrorKind(404, "invalid_request_error", "not_found", "NOT_FOUND")
+
+
 class MethodNotAllowed(GatewayError):
     kind = ErrorKind(405, "invalid_request_error", "method_not_allowed", "UNIMPLEMENTED")
 
@@ -169,6 +175,7 @@ ERROR_TABLE: dict[type[GatewayError], ErrorKind] = {
         Forbidden,
         ModelNotFound,
         RouteNotFound,
+        ObjectNotFound,
         MethodNotAllowed,
         PayloadTooLarge,
         UnsupportedMediaType,

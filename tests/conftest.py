@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +23,12 @@ from gateway.text.tokenizer import Tokenizer
 REPO = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = REPO / "model_repository"
 WEIGHTS = MODEL_REPOSITORY / "smollm2" / "weights"
+
+# the durable state (usage ledger, files, batches) of every app and gateway the tests start: never the
+# checkout's .data/ (set on import, before any test module builds a config; gateways started inherit it)
+DATA_DIR = Path(tempfile.mkdtemp(prefix="gateway-tests-data-"))
+os.environ["GATEWAY_DATA_DIR"] = str(DATA_DIR)
+atexit.register(shutil.rmtree, DATA_DIR, ignore_errors=True)  # however the session ends
 
 
 async def until(predicate: Callable[[], bool], within: float, what: str) -> float:

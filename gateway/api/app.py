@@ -8,19 +8,24 @@ from aiohttp import web
 
 from gateway.api.audio import transcriptions, translations
 from gateway.api.auth import auth_middleware
+from gateway.api.batches import batch_context, cancel_batch, create_batch, get_batch, list_batches
 from gateway.api.body import expect_later
 from gateway.api.chat import chat_completions
 from gateway.api.completions import completions
-from gateway.api.context import CONFIG, GRPC, KEYS, LIMITER, REGISTRY
+from gateway.api.context import CONFIG, GRPC, KEYS, LEDGER, LIMITER, REGISTRY
 from gateway.api.cors import Cors
+from gateway.api.docs import docs, openapi_json
 from gateway.api.embeddings import create_embeddings
 from gateway.api.errors import error_middleware
+from gateway.api.files import create_file, delete_file, file_content, get_file, list_files
 from gateway.api.health import health, ready
 from gateway.api.models import get_model, list_models
 from gateway.api.observe import metrics, observe_middleware
+from gateway.api.openapi import publish
 from gateway.api.rerank import rerank, score
 from gateway.api.responses import create_response
 from gateway.api.tokenize import detokenize, tokenize
+from gateway.api.usage import get_usage, ledger_context
 from gateway.api.version import server_versions, version
 from gateway.auth.keys import KeyStore
 from gateway.config import GatewayConfig
@@ -87,6 +92,7 @@ async def _grpc_api(app: web.Application) -> AsyncIterator[None]:
         config.grpc_port,
         max_audio_bytes=config.max_audio_bytes,
         max_audio_seconds=config.max_audio_seconds,
+        ledger=app[LEDGER],
     )
     await server.start()
     app[GRPC] = server
@@ -105,10 +111,12 @@ def create_app(config: GatewayConfig, engine_for: EngineFactory | None = None) -
     cors.install(app)
     app[CONFIG] = config
     app[KEYS] = KeyStore(config)
+    app.cleanup_ctx.append(ledger_context)  # first in, last out: every other part's requests are recorded
     app.cleanup_ctx.append(_limiter)
     app.cleanup_ctx.append(_engines(engine_for))
     app.cleanup_ctx.append(_grpc_api)
     app.cleanup_ctx.append(server_versions)
+    app.cleanup_ctx.append(batch_context)  # after the models: its runner stops before them
     for base in ("/v1", "/{project_id}/v1"):  # the project-scoped path must match the key's project
         # Expect: 100-continue is answered by read_json, after auth and the size check
         app.router.add_post(f"{base}/chat/completions", chat_completions, expect_handler=expect_later)
@@ -122,7 +130,17 @@ def create_app(config: GatewayConfig, engine_for: EngineFactory | None = None) -
         app.router.add_post(f"{base}/tokenize", tokenize, expect_handler=expect_later)
         app.router.add_post(f"{base}/detokenize", detokenize, expect_handler=expect_later)
         app.router.add_get(f"{base}/models", list_models)
+        app.router.add_get(f"{base}/usage", get_usage)
         app.router.add_get(f"{base}/models/{{model_id}}", get_model)
+        app.router.add_post(f"{base}/files", create_file, expect_handler=expect_later)
+        app.router.add_get(f"{base}/files", list_files)
+        app.router.add_get(f"{base}/files/{{file_id}}", get_file)
+        app.router.add_delete(f"{base}/files/{{file_id}}", delete_file)
+        app.router.add_get(f"{base}/files/{{file_id}}/content", file_content)
+        app.router.add_post(f"{base}/batches", create_batch, expect_handler=expect_later)
+        app.router.add_get(f"{base}/batches", list_batches)
+        app.router.add_get(f"{base}/batches/{{batch_id}}", get_batch)
+        app.router.add_post(f"{base}/batches/{{batch_id}}/cancel", cancel_batch)
     # vLLM's unversioned routes, which its tools call
     for path, handler in (
         ("/tokenize", tokenize),
@@ -137,4 +155,7 @@ def create_app(config: GatewayConfig, engine_for: EngineFactory | None = None) -
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/version", version)
     app.router.add_get("/v1/version", version)
+    app.router.add_get("/openapi.json", openapi_json)  # built from the finished router at startup
+    app.router.add_get("/docs", docs)
+    app.on_startup.append(publish)
     return app

@@ -11,7 +11,8 @@ from gateway.auth.keys import Principal
 from gateway.core.lifecycle import LIFECYCLE
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+# probes, and the API's description (it names no model or key; a browser opening /docs sends no key)
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/openapi.json", "/docs"})
 
 
 @web.middleware

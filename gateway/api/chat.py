@@ -12,27 +12,44 @@ from gateway.api.context import CONFIG, LIMITER, PLAN, REGISTRY, STARTED, now
 from gateway.api.formats import ChatFormat
 from gateway.api.respond import respond
 from gateway.api.schema import ChatCompletionRequest, ChatMessage, NamedToolChoice
-from gateway.core.plan import OutputShape, checked_shape, plan_chat
+from gateway.auth.keys import Principal
+from gateway.core.models import ModelRegistry
+from gateway.core.plan import OutputShape, Plan, checked_shape, plan_chat
 from gateway.core.types import Tool, ToolChoice
 from gateway.errors import InvalidRequest
+from gateway.limits.ratelimit import RateLimiter
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = parse(ChatCompletionRequest, await read_json(request, request.app[CONFIG].max_body_bytes))
-    plan = await plan_chat(
-        principal_of(request),
-        request.app[REGISTRY],
+    app = request.app
+    plan = request[PLAN] = await chat_plan(body, principal_of(request), app[REGISTRY], app[LIMITER], request[STARTED])
+    return await respond(request, chat_format(plan), plan, body)
+
+
+async def chat_plan(
+    body: ChatCompletionRequest,
+    principal: Principal,
+    registry: ModelRegistry,
+    limiter: RateLimiter | None,
+    started: float,
+) -> Plan:
+    """The plan of a chat request: the REST route's, and a batch line's (no limiter)."""
+    return await plan_chat(
+        principal,
+        registry,
         body.model,
         [message_dict(m) for m in body.messages],
         body.n,
         sampling_input(body),
-        limiter=request.app[LIMITER],
-        started=request[STARTED],
+        limiter=limiter,
+        started=started,
         shape=output_shape(body),
     )
-    request[PLAN] = plan
-    fmt = ChatFormat(plan.request_id, now(), plan.model.id, plan.model.tokenizer.piece)
-    return await respond(request, fmt, plan, body)
+
+
+def chat_format(plan: Plan) -> ChatFormat:
+    return ChatFormat(plan.request_id, now(), plan.model.id, plan.model.tokenizer.piece)
 
 
 def message_dict(message: ChatMessage) -> dict[str, Any]:

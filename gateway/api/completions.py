@@ -10,8 +10,11 @@ from gateway.api.context import CONFIG, LIMITER, PLAN, REGISTRY, STARTED, now
 from gateway.api.formats import CompletionFormat
 from gateway.api.respond import respond
 from gateway.api.schema import CompletionRequest, Prompt
+from gateway.auth.keys import Principal
+from gateway.core.models import ModelRegistry
+from gateway.core.plan import Plan, plan_completion
 from gateway.core.plan import Prompt as PlanPrompt
-from gateway.core.plan import plan_completion
+from gateway.limits.ratelimit import RateLimiter
 
 
 def _prompts(prompt: Prompt) -> list[PlanPrompt]:
@@ -25,18 +28,34 @@ def _prompts(prompt: Prompt) -> list[PlanPrompt]:
 
 async def completions(request: web.Request) -> web.StreamResponse:
     body = parse(CompletionRequest, await read_json(request, request.app[CONFIG].max_body_bytes))
-    plan = await plan_completion(
-        principal_of(request),
-        request.app[REGISTRY],
+    app = request.app
+    plan = request[PLAN] = await completion_plan(
+        body, principal_of(request), app[REGISTRY], app[LIMITER], request[STARTED]
+    )
+    return await respond(request, completion_format(plan), plan, body)
+
+
+async def completion_plan(
+    body: CompletionRequest,
+    principal: Principal,
+    registry: ModelRegistry,
+    limiter: RateLimiter | None,
+    started: float,
+) -> Plan:
+    """The plan of a completions request: the REST route's, and a batch line's (no limiter)."""
+    return await plan_completion(
+        principal,
+        registry,
         body.model,
         _prompts(body.prompt),
         body.n,
         body.echo,
         sampling_input(body),
-        limiter=request.app[LIMITER],
-        started=request[STARTED],
+        limiter=limiter,
+        started=started,
         response_format=body.response_format_dict,
     )
-    request[PLAN] = plan
-    fmt = CompletionFormat(plan.request_id, now(), plan.model.id, plan.echo, plan.model.tokenizer.piece)
-    return await respond(request, fmt, plan, body)
+
+
+def completion_format(plan: Plan) -> CompletionFormat:
+    return CompletionFormat(plan.request_id, now(), plan.model.id, plan.echo, plan.model.tokenizer.piece)

@@ -13,8 +13,10 @@ from gateway.core.job import Job
 from gateway.core.models import ModelRegistry
 from gateway.core.plan import Plan
 from gateway.limits.ratelimit import RateLimiter
+from gateway.usage.ledger import Ledger
 
 if TYPE_CHECKING:  # importing the server builds the gRPC stubs: only when the API is on
+    from gateway.batches.state import Batches
     from gateway.grpcapi.server import GrpcServer
 
 CONFIG = web.AppKey("config", GatewayConfig)
@@ -27,6 +29,8 @@ STARTED = web.RequestKey("started", float)  # time.monotonic() at arrival
 PLAN = web.RequestKey("plan", Plan)  # set once the request is planned
 JOB = web.RequestKey("job", Job)  # a request to an encoder or transcription model, once its model is known
 LIMITER = web.AppKey("limiter", RateLimiter)
+LEDGER = web.AppKey("ledger", Ledger)  # the usage ledger: one record per request
+BATCHES: web.AppKey[Batches] = web.AppKey("batches")  # files, batches and the batch runner's wake-up
 
 
 def now() -> int:

@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from gateway.api.context import CONFIG, JOB, PLAN, REQUEST_ID, STARTED
+from gateway.api.usage import record_request
 from gateway.observability.metrics import DISCONNECTS, REQUEST_DURATION, REQUESTS, child, render
 
 access_log = logging.getLogger("gateway.access")
@@ -65,6 +66,7 @@ def _account(request: web.Request, status: int) -> None:
     model = plan.model.id if plan is not None else ""
     child(REQUESTS, route, model, str(status)).inc()
     child(REQUEST_DURATION, route, model).observe(now - request[STARTED])
+    record_request(request, route, status, plan)  # the usage ledger
     if not access_log.isEnabledFor(logging.INFO):
         return
     if request.path in PROBE_PATHS and not request.app[CONFIG].access_log_probes:

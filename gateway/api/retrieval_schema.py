@@ -4,17 +4,26 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from gateway.api.schema import COMBINATION_ERROR, ChatMessage, WireModel
 from gateway.core.limits import MAX_DOCUMENTS, MAX_EMBEDDING_INPUTS
 
+_TEXT: dict[str, JsonValue] = {"type": "string", "minLength": 1}
+_IDS: dict[str, JsonValue] = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
+_INPUT_FORMS: list[JsonValue] = [  # what _inputs takes, for the OpenAPI document
+    _TEXT,
+    {"type": "array", "items": _TEXT, "minItems": 1, "maxItems": MAX_EMBEDDING_INPUTS},
+    _IDS,
+    {"type": "array", "items": _IDS, "minItems": 1, "maxItems": MAX_EMBEDDING_INPUTS},
+]
+
 
 class EmbeddingRequest(WireModel):
     model: str
     # OpenAI's four forms: a string, strings, token ids, lists of token ids (checked by _inputs)
-    input: Any
+    input: Any = Field(json_schema_extra={"anyOf": _INPUT_FORMS})
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None

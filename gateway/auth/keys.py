@@ -27,6 +27,7 @@ class Principal:
     models: frozenset[str] | None  # None: any model
     key_limits: LimitsConfig
     project_limits: LimitsConfig
+    admin: bool = False  # may read every project's usage
 
     def may_use(self, model_id: str) -> bool:
         return self.models is None or model_id in self.models
@@ -64,8 +65,17 @@ class KeyStore:
                 None if allowed is None else frozenset(allowed),
                 key.limits,
                 project.limits,
+                key.admin,
             )
             self._keys[key.id] = (key, principal)
+
+    def principal(self, key_id: str) -> Principal | None:
+        """The caller a key id stood for (work done later on its behalf, e.g. a batch); None once the
+        key is gone. Auth off: the anonymous caller."""
+        if not self._keys:
+            return ANONYMOUS
+        found = self._keys.get(key_id)
+        return found[1] if found else None
 
     def authenticate(self, authorization: str | None) -> Principal:
         """The caller of an ``Authorization: Bearer ...`` header; 401 when missing or wrong."""

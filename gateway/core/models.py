@@ -86,7 +86,7 @@ class ModelRegistry:
         for cfg in configs:
             tokenizer = Tokenizer(cfg.tokenizer_dir)
             context = cfg.context_length or tokenizer.model_max_length or 2048
-            admission = Admission(cfg.id, cfg.max_in_flight, cfg.max_queue, cfg.queue_timeout)
+            admission = Admission(cfg.id, cfg.max_in_flight, cfg.max_queue, cfg.queue_timeout, cfg.batch_high_water)
             engines = [engine_for(url) for url in cfg.upstreams]
             group = UpstreamGroup(
                 cfg.id,

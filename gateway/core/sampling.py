@@ -86,7 +86,8 @@ def resolve_sampling(
         max_tokens=max_tokens,
         temperature=1.0 if given.temperature is None else given.temperature,
         top_p=1.0 if given.top_p is None else given.top_p,
-        top_k=given.top_k if given.top_k is not None and given.top_k > 0 else 0,
+        # past the vocabulary it restricts nothing; and runtime_top_k is an INT32 tensor (gRPC's top_k a uint32)
+        top_k=min(given.top_k, vocab) if given.top_k is not None and given.top_k > 0 else 0,
         seed=given.seed,
         min_tokens=given.min_tokens,
         ignore_eos=given.ignore_eos,

@@ -136,6 +136,7 @@ class RequestStats:
     queue_wait: float = 0.0  # seconds waiting for an upstream slot (admission)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    batch: bool = False  # a batch line: admitted behind interactive requests (gateway.limits.admission)
 
 
 class TokenLogprob(NamedTuple):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ from grpc_status import rpc_status
 
 from gateway.errors import GatewayError, InternalError, MalformedRequest
 from gateway.observability.metrics import REQUESTS
+from gateway.usage.records import CLIENT_CLOSED
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +76,15 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) ->
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
-def _count(route: str, request: object, exc: Exception | None) -> None:
-    status = "OK" if exc is None else _translate(exc).kind.grpc_status
-    REQUESTS.labels(route, getattr(request, "model", ""), status).inc()
+def _count(service: Any, route: str, request: object, exc: Exception | asyncio.CancelledError | None) -> None:
+    """The call in the request metrics (a cancelled one is not: it has no status) and in the usage ledger
+    (``service.account``), with the HTTP status of its outcome: 200, the error's, 499 when cancelled."""
+    if isinstance(exc, asyncio.CancelledError):
+        service.account(route, CLIENT_CLOSED)
+        return
+    kind = None if exc is None else _translate(exc).kind
+    REQUESTS.labels(route, getattr(request, "model", ""), "OK" if kind is None else kind.grpc_status).inc()
+    service.account(route, 200 if kind is None else kind.http_status)
 
 
 def unary(
@@ -89,11 +97,14 @@ def unary(
         try:
             _well_formed(request)
             response = await method(self, request, context)
+        except asyncio.CancelledError as exc:  # the client went away, or its deadline passed
+            _count(self, route, request, exc)
+            raise
         except Exception as exc:  # the one translation point for unary calls
-            _count(route, request, exc)
+            _count(self, route, request, exc)
             await _abort(context, exc)
             raise  # unreachable: abort raises
-        _count(route, request, None)
+        _count(self, route, request, None)
         return response
 
     return wrapper
@@ -110,10 +121,13 @@ def streaming(
         try:
             _well_formed(request)
             await method(self, request, context)
+        except asyncio.CancelledError as exc:  # the client went away, or its deadline passed
+            _count(self, route, request, exc)
+            raise
         except Exception as exc:  # the one translation point for streaming calls
-            _count(route, request, exc)
+            _count(self, route, request, exc)
             await _abort(context, exc)
             return
-        _count(route, request, None)
+        _count(self, route, request, None)
 
     return wrapper

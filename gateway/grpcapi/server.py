@@ -23,6 +23,7 @@ from gateway.grpcapi.service import LLMGatewayService
 from gateway.grpcapi.stubs import SERVICE_NAME
 from gateway.grpcapi.wire import add_service
 from gateway.limits.ratelimit import RateLimiter
+from gateway.usage.ledger import Ledger
 from gateway.workers import ports_shared
 
 log = logging.getLogger(__name__)
@@ -59,14 +60,20 @@ class GrpcServer:
         *,
         max_audio_bytes: int = _AUDIO_BYTES,
         max_audio_seconds: float = _AUDIO_SECONDS,
+        ledger: Ledger | None = None,
     ) -> None:
         """``max_audio_bytes`` and ``max_audio_seconds``: the gateway config's limits on Transcribe's
-        audio, as REST's (their defaults are the config's)."""
+        audio, as REST's (their defaults are the config's); ``ledger``: where each call is recorded."""
         self._registry = registry
         self._interval = interval
         self._server = grpc.aio.server(options=server_options(max_audio_bytes))
         service = LLMGatewayService(
-            registry, keys, limiter, max_audio_bytes=max_audio_bytes, max_audio_seconds=max_audio_seconds
+            registry,
+            keys,
+            limiter,
+            max_audio_bytes=max_audio_bytes,
+            max_audio_seconds=max_audio_seconds,
+            ledger=ledger,
         )
         add_service(service, self._server)
         self._health = HealthServicer()

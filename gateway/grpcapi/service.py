@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from contextvars import ContextVar
 from typing import Any
 
 from gateway.auth.keys import KeyStore, Principal
 from gateway.core.embed import EMBED, embeddings
 from gateway.core.generate import collect, generate
 from gateway.core.halt import guarded
-from gateway.core.job import start_job
+from gateway.core.job import Job, start_job
 from gateway.core.lifecycle import LIFECYCLE
 from gateway.core.models import TASKS, ModelRegistry
 from gateway.core.plan import Plan, plan_chat, plan_completion
@@ -24,8 +25,15 @@ from gateway.grpcapi import convert
 from gateway.grpcapi.errors import streaming, unary
 from gateway.grpcapi.stubs import pb, pb_grpc
 from gateway.limits.ratelimit import RateLimiter
+from gateway.usage.account import account
+from gateway.usage.ledger import Ledger
 
 Context = Any  # grpc.aio.ServicerContext
+
+# the caller and the work of the call being served, for its ledger record: grpc.aio serves each call in
+# a task of its own, so these are the call's own
+_CALLER: ContextVar[Principal | None] = ContextVar("grpc_caller", default=None)
+_WORK: ContextVar[Plan | Job | None] = ContextVar("grpc_work", default=None)
 
 
 class LLMGatewayService(pb_grpc.LLMGatewayServicer):
@@ -37,8 +45,10 @@ class LLMGatewayService(pb_grpc.LLMGatewayServicer):
         *,
         max_audio_bytes: int,
         max_audio_seconds: float,
+        ledger: Ledger | None = None,
     ) -> None:
         self._registry = registry
+        self._ledger = ledger
         self._keys = keys
         self._limiter = limiter
         self._max_audio_bytes = max_audio_bytes
@@ -48,10 +58,24 @@ class LLMGatewayService(pb_grpc.LLMGatewayServicer):
         """The caller, from ``authorization: Bearer ...`` metadata (the REST API's keys)."""
         LIFECYCLE.accept()
         metadata = dict(context.invocation_metadata() or ())
-        return self._keys.authenticate(metadata.get("authorization"))
+        principal = self._keys.authenticate(metadata.get("authorization"))
+        _CALLER.set(principal)
+        return principal
+
+    def account(self, method: str, status: int) -> None:
+        """The ledger record of a finished call of an authenticated caller (the translation point in
+        :mod:`gateway.grpcapi.errors` calls this with the HTTP status of the call's outcome)."""
+        principal, work = _CALLER.get(), _WORK.get()
+        if self._ledger is not None and principal is not None:
+            account(self._ledger, principal, method, status, work.request_id if work else "", work)
+
+    def _job(self, principal: Principal, model_id: str, tasks: tuple[str, ...], started: float, prefix: str) -> Job:
+        job = start_job(principal, self._registry, model_id, tasks, started, prefix)
+        _WORK.set(job)
+        return job
 
     async def _chat_plan(self, request: pb.ChatCompletionRequest, context: Context) -> Plan:
-        return await plan_chat(
+        plan = await plan_chat(
             self._principal(context),
             self._registry,
             request.model,
@@ -61,9 +85,11 @@ class LLMGatewayService(pb_grpc.LLMGatewayServicer):
             limiter=self._limiter,
             shape=convert.output_shape(request),
         )
+        _WORK.set(plan)
+        return plan
 
     async def _completion_plan(self, request: pb.CompletionRequest, context: Context) -> Plan:
-        return await plan_completion(
+        plan = await plan_completion(
             self._principal(context),
             self._registry,
             request.model,
@@ -74,6 +100,8 @@ class LLMGatewayService(pb_grpc.LLMGatewayServicer):
             limiter=self._limiter,
             response_format=convert.response_format(request.response_format),
         )
+        _WORK.set(plan)
+        return plan
 
     # Generation runs under guarded(): a cancelled call (the client went away, its deadline passed)
     # halts the request's models in-band instead of cancelling a task that reads from Triton.
@@ -145,7 +173,7 @@ class LLMGatewayService(pb_grpc.LLMGatewayServicer):
         inputs = convert.embed_inputs(request)
         dimensions = convert.at_least_one(request, "dimensions")
         truncate = convert.at_least_one(request, "truncate_prompt_tokens")
-        job = start_job(principal, self._registry, request.model, EMBED, started, "embd")
+        job = self._job(principal, request.model, EMBED, started, "embd")
         vectors = await embeddings(job, principal, self._limiter, inputs, dimensions, truncate)
         return pb.EmbedResponse(
             id=job.request_id,
@@ -161,7 +189,7 @@ class LLMGatewayService(pb_grpc.LLMGatewayServicer):
         documents = convert.rerank_documents(request)
         top_n = convert.at_least_one(request, "top_n")
         with_documents = request.return_documents if request.HasField("return_documents") else True  # as REST
-        job = start_job(principal, self._registry, request.model, RERANK, started, "rerank")
+        job = self._job(principal, request.model, RERANK, started, "rerank")
         scores = await pair_scores(job, principal, self._limiter, [(request.query, d) for d in documents])
         return pb.RerankResponse(
             id=job.request_id,
@@ -182,7 +210,7 @@ class LLMGatewayService(pb_grpc.LLMGatewayServicer):
         started = time.monotonic()
         principal = self._principal(context)
         pairs = score_pairs(*convert.score_texts(request))
-        job = start_job(principal, self._registry, request.model, RERANK, started, "score")
+        job = self._job(principal, request.model, RERANK, started, "score")
         scores = await pair_scores(job, principal, self._limiter, pairs)
         return pb.ScoreResponse(
             id=job.request_id,
@@ -197,7 +225,7 @@ class LLMGatewayService(pb_grpc.LLMGatewayServicer):
         principal = self._principal(context)
         audio = convert.audio(request, self._max_audio_bytes)
         options = convert.transcribe_options(request)
-        job = start_job(principal, self._registry, request.model, TRANSCRIBE, started, "transcr")
+        job = self._job(principal, request.model, TRANSCRIBE, started, "transcr")
         filename = request.filename or None
         async with transcribing(
             job, principal, self._limiter, audio, filename, options, max_seconds=self._max_audio_seconds

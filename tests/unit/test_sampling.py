@@ -8,7 +8,7 @@ from gateway.config import ModelConfig
 from gateway.core.models import ServedModel
 from gateway.core.sampling import resolve_sampling
 from gateway.core.types import SamplingInput, SamplingParams
-from gateway.engine.contract import ModelContract
+from gateway.engine.contract import ModelContract, build_request
 from gateway.errors import ContextLengthExceeded, InvalidRequest, UnsupportedParameter
 from gateway.text.tokenizer import Tokenizer
 from tests.conftest import WEIGHTS, read_model_config
@@ -46,6 +46,16 @@ def test_defaults_fill_the_room_left_by_the_prompt(model: ServedModel, contract:
     assert s.max_tokens == 20 and s.temperature == 1.0 and s.top_p == 1.0 and s.top_k == 0
     s = resolve(model, contract, prompt_tokens=10, max_tokens=None, default_max_tokens=40)
     assert s.max_tokens == 40
+
+
+def test_top_k_past_the_vocabulary_is_the_vocabulary(
+    model: ServedModel, contract: ModelContract, tokenizer: Tokenizer
+) -> None:
+    """A top_k past 2**31 failed to pack into its INT32 tensor: a 500 on REST, INTERNAL on gRPC (uint32)."""
+    s = resolve(model, contract, prompt_tokens=1, max_tokens=1, default_max_tokens=8, temperature=0.5, top_k=2**40)
+    assert s.top_k == tokenizer.vocab_size
+    build_request(contract, "r", [1], s, None, None)  # packs
+    assert resolve(model, contract, prompt_tokens=1, max_tokens=1, default_max_tokens=8, top_k=40).top_k == 40
 
 
 def test_max_tokens_over_the_model_limit(model: ServedModel, contract: ModelContract) -> None:

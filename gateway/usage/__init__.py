@@ -1,0 +1,1 @@
+"""The usage ledger: one record per request (REST, gRPC, batch lines), kept in SQLite, summed for billing."""
