@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,17 @@ def start_gateway(tmp: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int,
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
     return proc, port, log
+
+
+@contextmanager
+def reaped(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Kills ``proc`` if the test ends (a failed assertion) while it still runs: no gateway outlives its test."""
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def stop(proc: subprocess.Popen[bytes]) -> int:
