@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -58,7 +58,7 @@ from gateway.config import REPO_ROOT
 from perf.churn_sampler import descendants, listener_pid, process_table
 from perf.metrics import percentile
 from perf.sse import SSEParser
-from perf.stack import Stack, launch_stack, process_cpu_seconds
+from perf.stack import Stack, launch_stack, process_cpu_seconds, ref_env, worktree
 
 MODEL = "smollm2-135m-instruct"
 TRITON_MODEL = "smollm2"
@@ -514,28 +514,6 @@ def grammar_cost(
 
 
 # the stacks
-
-
-@contextlib.contextmanager
-def worktree(rev: str, path: Path) -> Iterator[Path]:
-    """``rev`` checked out (detached) at ``path``, removed afterwards; this checkout's branch and index untouched."""
-    git = ["git", "-C", str(REPO_ROOT)]
-    if path.exists():
-        subprocess.run([*git, "worktree", "remove", "--force", str(path)], check=False, capture_output=True)
-        shutil.rmtree(path, ignore_errors=True)
-        subprocess.run([*git, "worktree", "prune"], check=False, capture_output=True)
-    _log(f"git worktree add --detach {path} {rev}")
-    subprocess.run([*git, "worktree", "add", "--detach", str(path), rev], check=True, capture_output=True)
-    try:
-        yield path
-    finally:
-        _log(f"git worktree remove --force {path}")
-        subprocess.run([*git, "worktree", "remove", "--force", str(path)], check=False, capture_output=True)
-
-
-def ref_env(tree: Path, cache: Path) -> dict[str, str]:
-    """The environment that makes ``python -m gateway`` run the worktree's code (not this checkout's)."""
-    return {"PYTHONSAFEPATH": "1", "PYTHONPATH": str(tree), "GATEWAY_CACHE_DIR": str(cache)}
 
 
 def prepare_ref(tree: Path, env: Mapping[str, str]) -> None:

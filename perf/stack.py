@@ -197,3 +197,25 @@ def save_results(
     plot(result, png_path)
     print(table(result))
     return result, f"\nwrote {json_path}, {png_path} ({result['elapsed_s']:.0f}s in all)"
+
+
+@contextmanager
+def worktree(rev: str, path: Path) -> Iterator[Path]:
+    """``rev`` checked out (detached) at ``path``, removed afterwards; this checkout's branch and index untouched."""
+    git = ["git", "-C", str(REPO_ROOT)]
+    if path.exists():
+        subprocess.run([*git, "worktree", "remove", "--force", str(path)], check=False, capture_output=True)
+        shutil.rmtree(path, ignore_errors=True)
+        subprocess.run([*git, "worktree", "prune"], check=False, capture_output=True)
+    print(f"[bench] git worktree add --detach {path} {rev}", file=sys.stderr, flush=True)
+    subprocess.run([*git, "worktree", "add", "--detach", str(path), rev], check=True, capture_output=True)
+    try:
+        yield path
+    finally:
+        print(f"[bench] git worktree remove --force {path}", file=sys.stderr, flush=True)
+        subprocess.run([*git, "worktree", "remove", "--force", str(path)], check=False, capture_output=True)
+
+
+def ref_env(tree: Path, cache: Path) -> dict[str, str]:
+    """The environment that makes ``python -m gateway`` run the worktree's code (not this checkout's)."""
+    return {"PYTHONSAFEPATH": "1", "PYTHONPATH": str(tree), "GATEWAY_CACHE_DIR": str(cache)}

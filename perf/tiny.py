@@ -21,9 +21,9 @@ goal: gateway CPU per request <= 400 µs.
     python -m perf.tiny --gateway http://127.0.0.1:8080 --triton 127.0.0.1:8001 [--gateway-pid PID]
 
 ``--baseline REV`` is the before/after of a change in one run: two more gateways, this checkout's and
-revision REV's (a git worktree under the system's temp directory), in front of the same Triton, serving
-``synthetic`` alone; their chat targets take turns with direct, and the table adds the CPU per request of
-this checkout over REV's.
+revision REV's (a git worktree under the system's temp directory, removed afterwards), in front of the
+same Triton, serving ``synthetic`` alone; their chat targets take turns with direct, and the table adds
+the CPU per request of this checkout over REV's.
 
 ``--profile`` runs py-spy on the gateway during one extra chat-stream turn and prints the top functions by
 inclusive share. Writes perf/results/tiny.json and perf/results/tiny.png, and prints a table.
@@ -61,9 +61,11 @@ from perf.stack import (
     launch_gateway,
     positive_ints,
     process_cpu_seconds,
+    ref_env,
     run_loop,
     save_results,
     stack_or_running,
+    worktree,
 )
 
 STREAM, CHAT, DIRECT = "chat-stream", "chat", "direct"
@@ -470,38 +472,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @contextmanager
 def side_by_side(args: argparse.Namespace, log: Path) -> Iterator[tuple[Stack, Stack]]:
-    """This checkout's gateway and revision ``args.baseline``'s, both in front of ``args.triton``."""
-    tree = baseline_tree(args.baseline)
-    env = {"PYTHONSAFEPATH": "1", "PYTHONPATH": str(tree)}
-    subprocess.run([sys.executable, "-m", "gateway.grpcapi.codegen"], cwd=tree, env={**os.environ, **env}, check=True)
-    main_gateway = launch_gateway(args.triton, args.model, args.triton_model, {}, log.with_name("tiny_main.log"))
-    try:
-        base = launch_gateway(args.triton, args.model, args.triton_model, env, log.with_name("tiny_baseline.log"))
-        try:
-            yield main_gateway, base
-        finally:
-            base.stop()
-    finally:
-        main_gateway.stop()
-
-
-def baseline_tree(rev: str) -> Path:
-    """A git worktree of ``rev`` (made once, kept for later runs)."""
-    commit = subprocess.run(
-        ["git", "rev-parse", "--verify", f"{rev}^{{commit}}"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    """This checkout's gateway and revision ``args.baseline``'s (a git worktree, removed afterwards), both in
+    front of ``args.triton``."""
+    verify = ["git", "rev-parse", "--verify", f"{args.baseline}^{{commit}}"]
+    commit = subprocess.run(verify, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     if commit.returncode != 0:
-        raise SystemExit(f"--baseline {rev!r}: not a revision of this repository")
-    tree = Path(tempfile.gettempdir()) / f"gateway-baseline-{commit.stdout.strip()[:12]}"
-    if not (tree / "gateway").is_dir():
-        _say(f"checking out {rev} in {tree}")
-        subprocess.run(["git", "worktree", "add", "--detach", "--force", str(tree), commit.stdout.strip()],
-                       cwd=REPO_ROOT, check=True, capture_output=True)  # fmt: skip
-    return tree
+        raise SystemExit(f"--baseline {args.baseline!r}: not a revision of this repository")
+    sha = commit.stdout.strip()
+    with worktree(sha, Path(tempfile.gettempdir()) / f"gateway-baseline-{sha[:12]}") as tree:
+        env = ref_env(tree, tree / ".cache")
+        codegen = [sys.executable, "-m", "gateway.grpcapi.codegen"]
+        subprocess.run(codegen, cwd=tree, env={**os.environ, **env}, check=True)
+        main_gateway = launch_gateway(args.triton, args.model, args.triton_model, {}, log.with_name("tiny_main.log"))
+        try:
+            base = launch_gateway(args.triton, args.model, args.triton_model, env, log.with_name("tiny_baseline.log"))
+            try:
+                yield main_gateway, base
+            finally:
+                base.stop()
+        finally:
+            main_gateway.stop()
 
 
 def _say(line: str) -> None:
