@@ -117,6 +117,13 @@ CAPACITY_ARGS ?= --workers 1,2 --streams 10,25,50,100
 bench-capacity: model protos
 	$(BIN)/python -m perf.capacity --launch $(CAPACITY_ARGS)
 
+# prefix-aware routing against least in flight: TTFT of a chat workload with shared system prompts over two
+# tritonservers whose synthetic model caches prefixes, cold caches each phase (about 6 minutes); PREFIX_ARGS
+PREFIX_ARGS ?= --concurrency 4,16 --rounds 2
+.PHONY: bench-prefix
+bench-prefix: model protos
+	$(BIN)/python -m perf.prefix $(PREFIX_ARGS)
+
 # the CPU model's structured outputs, tools and logprobs at 1 and 4 streams, and its engine against the
 # CTranslate2 one (0e0582f, from a git worktree under /tmp), interleaved in one run (about 5 minutes)
 FEATURES_ARGS ?= --rounds 3 --compare-ref 0e0582f

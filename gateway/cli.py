@@ -33,6 +33,7 @@ from gateway.config import (
     env,
     load_config,
 )
+from gateway.deployments import client as deployments_client
 from gateway.embedded.gguf_convert import prepare
 from gateway.embedded.liveness import PROBE_TIMEOUT, generation_probe
 from gateway.embedded.minilm_prepare import prepare_minilm
@@ -78,7 +79,7 @@ def _env_int(name: str) -> int | None:
     return int(value) if value else None
 
 
-COMMANDS = ("serve", "prepare-model", "keys")
+COMMANDS = ("serve", "prepare-model", "keys", "deployments")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # the environment variables each command reads, and the flag (or what) each sets; a flag given wins
 ENVIRONMENT: dict[str, tuple[tuple[str, str], ...]] = {
@@ -113,6 +114,7 @@ ENVIRONMENT: dict[str, tuple[tuple[str, str], ...]] = {
         ("GATEWAY_EVENT_LOOP", "uvloop (default) or asyncio"),
         ("GRPC_EXPERIMENTS", "grpc core experiments (default: -event_engine_client)"),
     ),
+    "deployments": deployments_client.ENVIRONMENT,
     "prepare-model, keys": (),
 }
 
@@ -256,6 +258,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--project", required=True, help="the project the key belongs to")
     create.add_argument("--name", default="", help="a label for logs and metrics")
     create.add_argument("--config", type=Path, help="append the key's record to this TOML file")
+    deployments_client.add_parser(sub, common)
     return parser
 
 
@@ -273,7 +276,7 @@ def _load(args: argparse.Namespace) -> tuple[GatewayConfig, TritonServer | None]
     config = load_config(args.config, overrides)
     if args.no_grpc:
         config = config.model_copy(update={"grpc_port": None})
-    if config.models:
+    if config.models or config.upstream_groups:  # the file names its Triton servers: launch none
         return config, None
     if args.triton_url:
         tokenizer_dir = (
@@ -509,4 +512,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "keys":
         return _create_key(args)
+    if args.command == "deployments":
+        return deployments_client.run(args)
     return _serve(args)

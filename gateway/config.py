@@ -7,6 +7,7 @@ A file that declares ``[[models]]`` serves those and launches nothing.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -54,6 +55,21 @@ class ModelConfig(BaseModel):
         default_factory=list,
         description="several Triton servers serving this model: each request goes to the healthy one with the"
         " fewest requests in flight",
+    )
+    upstream_groups: list[str] = Field(
+        default_factory=list,
+        description="named upstream groups ([[upstream_groups]]) serving this model, in order of preference: a"
+        " request goes to the first group with an available upstream that is not saturated, else the next;"
+        " `model:fastest`, `model:cheapest` and `model:<group>` route by those policies instead",
+    )
+    routing: Literal["least_in_flight", "prefix"] = Field(
+        default="least_in_flight",
+        description="least_in_flight: the available upstream with the fewest requests in flight; prefix: prompts"
+        " sharing a long token prefix go to the upstream that served it last while it is not overloaded"
+        " (KV-cache reuse), else least_in_flight",
+    )
+    prefix_block_tokens: int = Field(
+        default=64, ge=8, description="prefix routing: prompts are matched in blocks of this many tokens"
     )
     triton_model: str = Field(description="model name in Triton's repository")
     tokenizer_dir: Path = Field(description="directory with tokenizer.json and tokenizer_config.json")
@@ -118,8 +134,8 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_way_to_name_upstreams(self) -> ModelConfig:
-        if self.triton_url and self.triton_urls:
-            raise ValueError("set triton_url or triton_urls, not both")
+        if sum(map(bool, (self.triton_url, self.triton_urls, self.upstream_groups))) > 1:
+            raise ValueError("set one of triton_url, triton_urls and upstream_groups")
         if len(set(self.triton_urls)) != len(self.triton_urls):
             raise ValueError("triton_urls: a server is listed twice")
         return self
@@ -128,6 +144,25 @@ class ModelConfig(BaseModel):
     def upstreams(self) -> list[str]:
         """The Triton servers of this model (default: 127.0.0.1:8001)."""
         return self.triton_urls or [self.triton_url or "127.0.0.1:8001"]
+
+
+class UpstreamGroupConfig(BaseModel):
+    """Triton servers of one kind (a node type: a GPU model, a region, a provider), named for routing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="the group's name: `model:<name>` pins it")
+    urls: list[str] = Field(min_length=1, description="Triton gRPC host:port of each server")
+    price_input_per_1k: float = Field(
+        default=0.0, ge=0, description="`model:cheapest` prefers the group with the lowest input + output price"
+    )
+    price_output_per_1k: float = Field(default=0.0, ge=0, description="see price_input_per_1k")
+    capacity: int | None = Field(
+        default=None,
+        ge=1,
+        description="requests in flight per server (counted per model) at which it is saturated: a model's next"
+        " group is tried first",
+    )
 
 
 class LimitsConfig(BaseModel):
@@ -145,9 +180,19 @@ class LimitsConfig(BaseModel):
 class ProjectConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="also the base path /{id}/v1/...")
+    id: str = Field(
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="also the base path /{id}/v1/... (not `admin` or `inference`: the operator API's paths)",
+    )
     models: list[str] | None = Field(default=None, description="models its keys may use (unset: all)")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="shared by all of its keys")
+
+    @field_validator("id")
+    @classmethod
+    def _not_reserved(cls, project_id: str) -> str:
+        if project_id in ("admin", "inference"):
+            raise ValueError(f"{project_id!r} is reserved: /{project_id}/... is the operator API")
+        return project_id
 
 
 class KeyConfig(BaseModel):
@@ -213,6 +258,45 @@ class GatewayConfig(BaseModel):
         default=200 * 1024 * 1024, ge=1024, description="larger uploads to /v1/files get 413 (streamed to disk)"
     )
     batch_concurrency: int = Field(default=4, ge=1, description="lines of a batch each gateway process runs at once")
+    files_s3_url: str | None = Field(
+        default=None,
+        description="endpoint of the S3-compatible store of file contents, e.g. http://127.0.0.1:9000 (default: AWS)",
+    )
+    files_s3_bucket: str | None = Field(
+        default=None,
+        description="set: file contents go to this bucket instead of data_dir/files (credentials: the standard AWS"
+        " environment variables, AWS_PROFILE or boto3's other sources)",
+    )
+    files_s3_prefix: str = Field(default="gateway/", description="what the keys of file contents start with")
+    files_s3_region: str = Field(default="us-east-1", description="the bucket's region")
+    batches_redis_url: str | None = Field(
+        default=None,
+        description="redis://host:port/db for the catalog of files and batches and their leases, shared by several"
+        " gateway replicas (default: limits_redis_url; neither: a SQLite file in data_dir)",
+    )
+    upstream_groups: list[UpstreamGroupConfig] = Field(
+        default_factory=list, description="named groups of Triton servers that models may list in preference order"
+    )
+    admin_api: bool = Field(
+        default=True,
+        description="serve the operator API under /admin/v1 (admin keys only; with auth off, loopback callers only)",
+    )
+    deployments_redis_url: str | None = Field(
+        default=None,
+        description="redis://host:port/db holding the deployments shared by several gateway replicas, with change"
+        " notification (default: a SQLite file in data_dir)",
+    )
+    reconcile_interval: float = Field(
+        default=5.0, gt=0, description="seconds between checks that every deployment is loaded where it should be"
+    )
+    private_host: str | None = Field(
+        default=None, description="a second REST listener for private endpoints (e.g. an address on a private network)"
+    )
+    private_port: int | None = Field(default=None, ge=0, le=65535, description="the private listener's port")
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="CIDRs of reverse proxies whose X-Forwarded-For names the client (for deployment ACLs)",
+    )
     models: list[ModelConfig] = Field(default_factory=list, description="empty: the embedded CPU models")
     projects: list[ProjectConfig] = Field(default_factory=list)
     keys: list[KeyConfig] = Field(default_factory=list, description="none: auth is off")
@@ -239,6 +323,17 @@ class GatewayConfig(BaseModel):
             raise ValueError("* allows every origin: list it alone")
         return normalised
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, proxies: list[str]) -> list[str]:
+        networks = []
+        for proxy in proxies:
+            try:
+                networks.append(str(ipaddress.ip_network(proxy.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"trusted_proxies: {proxy!r} is not an IP address or a CIDR network") from None
+        return networks
+
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:
         projects = {p.id for p in self.projects}
@@ -250,6 +345,15 @@ class GatewayConfig(BaseModel):
             for m in project.models or ():
                 if models and m not in models:
                     raise ValueError(f"projects.{i}.models: unknown model {m!r}")
+        groups = {g.name for g in self.upstream_groups}
+        if len(groups) != len(self.upstream_groups):
+            raise ValueError("upstream_groups: two groups share a name")
+        for i, model in enumerate(self.models):
+            for g in model.upstream_groups:
+                if g not in groups:
+                    raise ValueError(f"models.{i}.upstream_groups: unknown group {g!r}")
+        if (self.private_host is None) != (self.private_port is None):
+            raise ValueError("private_host and private_port: set both or neither")
         if len({k.id for k in self.keys}) != len(self.keys):
             raise ValueError("keys: two keys share an id")
         return self

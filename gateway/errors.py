@@ -105,6 +105,18 @@ class MethodNotAllowed(GatewayError):
     kind = ErrorKind(405, "invalid_request_error", "method_not_allowed", "UNIMPLEMENTED")
 
 
+class Conflict(GatewayError):
+    """A name or model id another deployment already has."""
+
+    kind = ErrorKind(409, "invalid_request_error", "conflict", "ALREADY_EXISTS")
+
+
+class RevisionMismatch(Conflict):
+    """A change made against a revision that is no longer the current one (compare-and-set lost)."""
+
+    kind = ErrorKind(409, "invalid_request_error", "revision_mismatch", "ABORTED")
+
+
 class PayloadTooLarge(GatewayError):
     kind = ErrorKind(413, "invalid_request_error", "request_too_large", "INVALID_ARGUMENT")
 
@@ -158,6 +170,14 @@ class UpstreamInterrupted(UpstreamError):
     kind = ErrorKind(502, "upstream_error", "upstream_error", "INTERNAL")
 
 
+class ModelLoadFailed(GatewayError):
+    """Triton refused to load or unload a model (a bad config, a model its repository lacks, a server not in
+    explicit model-control mode); the message carries Triton's words. 502, not 400: the gateway cannot tell
+    an operator's mistake from a server's failure (out of memory, a missing backend) in what Triton says."""
+
+    kind = ErrorKind(502, "upstream_error", "model_load_failed", "FAILED_PRECONDITION")
+
+
 class InternalError(GatewayError):
     kind = ErrorKind(500, "internal_error", "internal_error", "INTERNAL")
 
@@ -177,6 +197,8 @@ ERROR_TABLE: dict[type[GatewayError], ErrorKind] = {
         RouteNotFound,
         ObjectNotFound,
         MethodNotAllowed,
+        Conflict,
+        RevisionMismatch,
         PayloadTooLarge,
         UnsupportedMediaType,
         ExpectationFailed,
@@ -187,6 +209,7 @@ ERROR_TABLE: dict[type[GatewayError], ErrorKind] = {
         UpstreamTimeout,
         UpstreamError,
         UpstreamInterrupted,
+        ModelLoadFailed,
         InternalError,
     )
 }

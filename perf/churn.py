@@ -73,6 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--gateway-pid", type=int, default=0, help="with --url (default: who listens on its port)")
     parser.add_argument("--gateway-log", type=Path, default=None, help="with --url: the gateway's log, to scan")
+    parser.add_argument(
+        "--deployment-cycles",
+        action="store_true",
+        help="one more task: create a deployment of synthetic, stream from it, delete it mid-stream, check, "
+        "again (perf/churn_deployments.py; the operator API: with keys, --api-key must be an admin's)",
+    )
     parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", ""), help="sent as a Bearer token")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "perf" / "results")
@@ -129,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             if "GATEWAY_CACHE_DIR" not in os.environ:  # its own Triton log and backend dir, beside other stacks
                 cache = tempfile.mkdtemp(prefix="churn-cache-")
                 os.environ["GATEWAY_CACHE_DIR"] = cache
+                # and its own data dir: no deployment left in another stack's store is resumed here
+                os.environ.setdefault("GATEWAY_DATA_DIR", str(Path(cache) / "data"))
             log = Path(f"{base}_gateway.log")
             stack = launch_stack(log=log)
             url, pid, extra = stack.gateway, stack.pid, [log]

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from perf.churn_deployments import DeploymentCycler
 from perf.churn_http import COUNTERS, api_request, final_checks, one_request, read_metrics
 from perf.churn_mix import (
     EMBEDDING,
@@ -69,13 +70,17 @@ class Load:
                 record = await one_request(session, url, name, kind, self.bodies[name], cut, self.t0)
             else:
                 record = await self.api(session, rng, name, cut)
-            self.records.append(record)
-            if record.outcome == "hung":
-                self.hung += 1
-            if unexpected(record.outcome, self.args.allow):
-                self.errors += 1
-                if self.args.error_backoff:
-                    await asyncio.sleep(self.args.error_backoff)
+            if self.note(record) and self.args.error_backoff:
+                await asyncio.sleep(self.args.error_backoff)
+
+    def note(self, record: Record) -> bool:
+        """Add a finished request's record; whether its outcome is unexpected."""
+        self.records.append(record)
+        if record.outcome == "hung":
+            self.hung += 1
+        bad = unexpected(record.outcome, self.args.allow)
+        self.errors += int(bad)
+        return bad
 
     async def api(self, session: aiohttp.ClientSession, rng: random.Random, name: str, cut: int) -> Record:
         """One request of an embeddings, rerank or transcriptions kind, its body drawn now; a disconnect
@@ -108,6 +113,10 @@ async def churn(
             flush=True,
         )
         workers = [asyncio.create_task(load.worker(session, i)) for i in range(args.concurrency)]
+        cycler = None
+        if args.deployment_cycles:  # one more task: deployments created, used and deleted under the load
+            cycler = DeploymentCycler(base, load.t0, load.note, args.seed, args.request_timeout, headers)
+            workers.append(asyncio.create_task(cycler.run(lambda: load.deadline)))
         gateway_exited = False
 
         async def monitor() -> None:
@@ -161,4 +170,5 @@ async def churn(
         "final_checks": checks,
         "gateway_exited": gateway_exited,
         "client_cpu_cores": client_cpu / window if window > 0 else None,
+        "deployments": cycler.summary() if cycler is not None else None,
     }

@@ -90,12 +90,32 @@ def format_summary(result: dict[str, Any]) -> str:
         f"{_n(metrics.get('gateway_upstream_requests_in_flight'))}); client disconnects seen by the gateway "
         f"{_n(metrics.get('gateway_client_disconnects_total'))}, sent {s['classes']['disconnect']}"
     )
+    lines.extend(deployment_lines(result.get("deployments")))
     checks = result.get("final_checks", {})
     lines.append("final checks: " + ", ".join(f"{n} {'ok' if c['ok'] else 'FAILED'}" for n, c in checks.items()))
     fails = result.get("failures", [])
     lines.append("")
     lines.append("PASS" if not fails else "FAIL:\n  - " + "\n  - ".join(fails))
     return "\n".join(lines)
+
+
+def deployment_lines(d: dict[str, Any] | None) -> list[str]:
+    """The deployment cycler's lines of the summary (none without --deployment-cycles)."""
+    if d is None:
+        return []
+    counts = dict(d["counts"])
+    cycles, ok = counts.pop("cycles"), counts.pop("cycle_ok")
+    failed = ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
+    lines = [
+        f"deployment cycles: {cycles} (ok {ok}); failures: {failed}; streams {d['streams']} (ok {d['streams_ok']}, "
+        f"{d['live_at_delete']} still streaming when the DELETE answered); left over {_n(d['left_over'])}",
+        f"  POST -> ready p50 {_ms(d['ready_ms'], 'p50')} ms (max {_ms(d['ready_ms'], 'max')}); "
+        f"DELETE -> GET 404 p50 {_ms(d['gone_ms'], 'p50')} ms (max {_ms(d['gone_ms'], 'max')}); "
+        f"a cycle p50 {_ms(d['cycle_ms'], 'p50')} ms",
+    ]
+    for c in d["failed_cycles"][:5]:
+        lines.append(f"  cycle {c['n']} ({c['name']}, t={c['t']:g}s): " + "; ".join(c["details"]))
+    return lines
 
 
 def write_outputs(base: Path, result: dict[str, Any], records: list[Record]) -> list[Path]:

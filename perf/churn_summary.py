@@ -141,6 +141,12 @@ def failures(result: dict[str, Any]) -> list[str]:
         value = result.get("metrics", {}).get(name)
         if value:
             out.append(f"{name} = {value:g} after the load stopped (leaked slots)")
+    deployments = result.get("deployments")  # its failed checks are unexpected outcomes already
+    if deployments is not None:
+        if not deployments["counts"]["cycles"]:
+            out.append("the deployment cycler completed no cycle")
+        if deployments["left_over"]:
+            out.append(f"{deployments['left_over']} deployment(s) of the cycler still listed at the end")
     return out
 
 
@@ -155,6 +161,7 @@ def build_result(args: argparse.Namespace, run: dict[str, Any], samples: list[Sa
         "final_checks": run["final_checks"],
         "gateway_exited": run["gateway_exited"],
         "client_cpu_cores": run["client_cpu_cores"],
+        "deployments": run.get("deployments"),
         "timeline": timeline(records, args.sample_interval, run["window"]),
         "samples": [asdict(s) for s in samples],
     }

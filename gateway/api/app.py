@@ -6,13 +6,15 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from gateway.api.admin import add_routes as add_admin_routes
+from gateway.api.admin import deployments_context
 from gateway.api.audio import transcriptions, translations
-from gateway.api.auth import auth_middleware
+from gateway.api.auth import access_control, auth_middleware
 from gateway.api.batches import batch_context, cancel_batch, create_batch, get_batch, list_batches
 from gateway.api.body import expect_later
 from gateway.api.chat import chat_completions
 from gateway.api.completions import completions
-from gateway.api.context import CONFIG, GRPC, KEYS, LEDGER, LIMITER, REGISTRY
+from gateway.api.context import CONFIG, ENGINES, GRPC, KEYS, LEDGER, LIMITER, REGISTRY, TRITON_POOL
 from gateway.api.cors import Cors
 from gateway.api.docs import docs, openapi_json
 from gateway.api.embeddings import create_embeddings
@@ -43,8 +45,9 @@ def _engines(engine_for: EngineFactory | None) -> Callable[[web.Application], As
         pool: TritonPool | None = None
         factory = engine_for
         if factory is None:
-            pool = TritonPool(app[CONFIG].triton_timeout)
+            pool = app[TRITON_POOL] = TritonPool(app[CONFIG].triton_timeout)
             factory = pool.client
+        app[ENGINES] = factory
         config = app[CONFIG]
         registry = app[REGISTRY] = ModelRegistry(
             config.models,
@@ -53,6 +56,7 @@ def _engines(engine_for: EngineFactory | None) -> Callable[[web.Application], As
             config.eject_after_failures,
             config.probe_interval,
             config.probe_timeout,
+            config.upstream_groups,
         )
         registry.start()
         yield
@@ -110,12 +114,14 @@ def create_app(config: GatewayConfig, engine_for: EngineFactory | None = None) -
     )
     cors.install(app)
     app[CONFIG] = config
+    access_control(app)  # before the app freezes: the deployments' manager turns it on and off
     app[KEYS] = KeyStore(config)
     app.cleanup_ctx.append(ledger_context)  # first in, last out: every other part's requests are recorded
     app.cleanup_ctx.append(_limiter)
     app.cleanup_ctx.append(_engines(engine_for))
     app.cleanup_ctx.append(_grpc_api)
     app.cleanup_ctx.append(server_versions)
+    app.cleanup_ctx.append(deployments_context)  # after the models: deployments join their registry
     app.cleanup_ctx.append(batch_context)  # after the models: its runner stops before them
     for base in ("/v1", "/{project_id}/v1"):  # the project-scoped path must match the key's project
         # Expect: 100-continue is answered by read_json, after auth and the size check
@@ -150,6 +156,7 @@ def create_app(config: GatewayConfig, engine_for: EngineFactory | None = None) -
         ("/score", score),
     ):
         app.router.add_post(path, handler, expect_handler=expect_later)
+    add_admin_routes(app)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)

@@ -20,7 +20,7 @@ from gateway.api.context import BATCHES, CONFIG, KEYS, LEDGER, REGISTRY, now
 from gateway.api.files import page, page_limit
 from gateway.api.schema import WireModel
 from gateway.auth.keys import Principal
-from gateway.batches.lease import Lease, RedisLease, SqliteLease, owner_id
+from gateway.batches.lease import owner_id
 from gateway.batches.records import CANCELLABLE, STATUS_TIMES, BatchRecord
 from gateway.batches.runner import Runner, UsageHook
 from gateway.batches.state import Batches
@@ -77,9 +77,9 @@ def batch_object(batch: BatchRecord) -> dict[str, Any]:
     return document
 
 
-def _found(request: web.Request) -> BatchRecord:
+async def _found(request: web.Request) -> BatchRecord:
     batch_id = request.match_info["batch_id"]
-    batch = request.app[BATCHES].catalog.batch(batch_id, principal_of(request).project)
+    batch = await request.app[BATCHES].catalog.batch(batch_id, principal_of(request).project)
     if batch is None:
         raise ObjectNotFound(f"No such Batch object: {batch_id}", param="batch_id")
     return batch
@@ -89,7 +89,7 @@ async def create_batch(request: web.Request) -> web.Response:
     body = parse(BatchCreateRequest, await read_json(request, request.app[CONFIG].max_body_bytes), {})
     principal = principal_of(request)
     batches = request.app[BATCHES]
-    source = batches.catalog.file(body.input_file_id, principal.project)
+    source = await batches.catalog.file(body.input_file_id, principal.project)
     if source is None:
         raise ObjectNotFound(f"No such File object: {body.input_file_id}", param="input_file_id")
     if source.purpose != "batch":
@@ -110,13 +110,13 @@ async def create_batch(request: web.Request) -> web.Response:
         expires_at=created + WINDOW_SECONDS[body.completion_window],
         metadata=body.metadata,
     )
-    batches.catalog.add_batch(batch)
+    await batches.catalog.add_batch(batch)
     batches.wake()
     return web.json_response(batch_object(batch))
 
 
 async def get_batch(request: web.Request) -> web.Response:
-    return web.json_response(batch_object(_found(request)))
+    return web.json_response(batch_object(await _found(request)))
 
 
 async def list_batches(request: web.Request) -> web.Response:
@@ -125,22 +125,22 @@ async def list_batches(request: web.Request) -> web.Response:
     limit = page_limit(request, 20, 100)
     after_seq = None
     if "after" in request.query:
-        after_seq = catalog.batch_seq(request.query["after"], project)
+        after_seq = await catalog.batch_seq(request.query["after"], project)
         if after_seq is None:
             raise InvalidRequest(f"Invalid 'after': no such batch {request.query['after']!r}", param="after")
-    found = catalog.batches(project, after_seq, limit + 1)
+    found = await catalog.batches(project, after_seq, limit + 1)
     return web.json_response(page([batch_object(b) for b in found[:limit]], len(found) > limit))
 
 
 async def cancel_batch(request: web.Request) -> web.Response:
-    batch = _found(request)
+    batch = await _found(request)
     batches = request.app[BATCHES]
     if batch.status in CANCELLABLE:
-        batches.catalog.cancel(batch.id, batch.project, now())
+        await batches.catalog.cancel(batch.id, batch.project, now())
         batches.wake()
     elif batch.status not in ("cancelling", "cancelled"):
         raise InvalidRequest(f"Cannot cancel a batch with status '{batch.status}'", param="batch_id")
-    return web.json_response(batch_object(_found(request)))
+    return web.json_response(batch_object(await _found(request)))
 
 
 def record_batch_usage(app: web.Application) -> UsageHook:
@@ -173,13 +173,8 @@ async def batch_context(app: web.Application) -> AsyncIterator[None]:
     """The Files and Batches state, and this process's batch runner: started once the models are,
     stopped before them (SIGTERM: the lines in flight finish first, within ``drain_timeout``)."""
     config = app[CONFIG]
-    batches = app[BATCHES] = Batches.under(config.data_dir, config.max_file_bytes)
-    owner = owner_id()
-    lease: Lease
-    if config.limits_redis_url:
-        lease = RedisLease(config.limits_redis_url, owner)
-    else:
-        lease = SqliteLease(batches.catalog, owner)
+    batches = app[BATCHES] = Batches.configured(config)
+    lease = batches.catalog.lease(owner_id())
     runner = Runner(
         batches,
         lease,
@@ -194,4 +189,4 @@ async def batch_context(app: web.Application) -> AsyncIterator[None]:
     yield
     await runner.stop(finish=LIFECYCLE.draining, within=config.drain_timeout)
     await lease.close()
-    batches.catalog.close()
+    await batches.close()

@@ -43,9 +43,9 @@ def file_object(record: FileRecord) -> dict[str, Any]:
     }
 
 
-def _found(request: web.Request) -> FileRecord:
+async def _found(request: web.Request) -> FileRecord:
     file_id = request.match_info["file_id"]
-    record = request.app[BATCHES].catalog.file(file_id, principal_of(request).project)
+    record = await request.app[BATCHES].catalog.file(file_id, principal_of(request).project)
     if record is None:
         raise ObjectNotFound(f"No such File object: {file_id}", param="file_id")
     return record
@@ -103,7 +103,7 @@ async def create_file(request: web.Request) -> web.Response:
         raise
     assert writer is not None
     record = FileRecord(file_id, principal_of(request).project, filename, purpose, await writer.commit(), now())
-    batches.catalog.add_file(record)
+    await batches.catalog.add_file(record)
     return web.json_response(file_object(record))
 
 
@@ -143,10 +143,10 @@ async def list_files(request: web.Request) -> web.Response:
         raise InvalidRequest("Invalid 'order': it must be 'asc' or 'desc'", param="order")
     after_seq = None
     if "after" in query:
-        after_seq = catalog.file_seq(query["after"], project)
+        after_seq = await catalog.file_seq(query["after"], project)
         if after_seq is None:
             raise InvalidRequest(f"Invalid 'after': no such file {query['after']!r}", param="after")
-    records = catalog.files(project, query.get("purpose"), after_seq, limit + 1, order == "desc")
+    records = await catalog.files(project, query.get("purpose"), after_seq, limit + 1, order == "desc")
     return web.json_response(page([file_object(r) for r in records[:limit]], len(records) > limit))
 
 
@@ -156,19 +156,19 @@ def page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
 
 
 async def get_file(request: web.Request) -> web.Response:
-    return web.json_response(file_object(_found(request)))
+    return web.json_response(file_object(await _found(request)))
 
 
 async def delete_file(request: web.Request) -> web.Response:
-    record = _found(request)
+    record = await _found(request)
     batches = request.app[BATCHES]
-    if batches.catalog.delete_file(record.id, record.project):
+    if await batches.catalog.delete_file(record.id, record.project):
         await batches.blobs.delete(record.id)
     return web.json_response({"id": record.id, "object": "file", "deleted": True})
 
 
 async def file_content(request: web.Request) -> web.StreamResponse:
-    record = _found(request)
+    record = await _found(request)
     chunks = request.app[BATCHES].blobs.chunks(record.id)
     try:
         first = await anext(chunks, b"")

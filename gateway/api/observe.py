@@ -30,10 +30,13 @@ def request_id_of(request: web.Request) -> str:
 
 
 def stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """x-request-id and the gateway's own overhead; called before a response's headers go out."""
+    """x-request-id, the gateway's own overhead and the upstream that served (x-upstream: "group/host:port",
+    or "host:port" outside groups); called before a response's headers go out."""
     response.headers["x-request-id"] = request[REQUEST_ID]
     plan = request.get(PLAN) or request.get(JOB)
     if plan is not None:
+        if plan.stats.upstream:
+            response.headers["x-upstream"] = plan.stats.upstream
         if plan.stats.dispatched:  # 0: refused before any upstream work
             overhead = (plan.stats.dispatched - plan.stats.started) * 1000
             response.headers["x-gateway-overhead-ms"] = f"{overhead:.3f}"
@@ -89,6 +92,7 @@ def _account(request: web.Request, status: int) -> None:
             "ttft_ms": round((stats.first_token - stats.started) * 1000, 3) if stats.first_token else None,
             "prompt_tokens": stats.prompt_tokens,
             "completion_tokens": stats.completion_tokens,
+            "upstream": stats.upstream or None,
         }
     access_log.info("%s", orjson.dumps(line).decode())
 

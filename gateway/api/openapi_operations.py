@@ -13,6 +13,22 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from pydantic import BaseModel
 
+from gateway.api.admin import (
+    add_acls,
+    create_deployment,
+    create_endpoint,
+    delete_acl,
+    delete_deployment,
+    delete_endpoint,
+    get_deployment,
+    list_acls,
+    list_catalogue,
+    list_deployments,
+    list_upstreams,
+    patch_deployment,
+    put_acls,
+)
+from gateway.api.admin_schema import ORDERS, AclList, AclSpec, DeploymentCreate, DeploymentPatch, EndpointSpec
 from gateway.api.audio import transcriptions, translations
 from gateway.api.batches import BatchCreateRequest, cancel_batch, create_batch, get_batch, list_batches
 from gateway.api.chat import chat_completions
@@ -76,6 +92,7 @@ INFERENCE = tuple(sorted(KEYED + BODY + FOUND + UPSTREAM))
 LOOKUP = tuple(sorted(KEYED + BODY + FOUND))
 QUERY = tuple(sorted((*KEYED, 400)))  # a listing with query parameters
 ONE = tuple(sorted(KEYED + FOUND))  # one object, by id
+ADMIN_BODY = tuple(sorted((*KEYED, *BODY, *FOUND, 409)))  # an operator's change: may conflict
 
 STRING: Schema = {"type": "string"}
 FORMS: dict[str, Schema] = {
@@ -210,6 +227,63 @@ OPERATIONS: dict[Handler, Spec] = {
             "batch": {"type": "boolean"},
         },
     ),
+    list_upstreams: Spec("List the Triton servers", "Operator", as_json("UpstreamList"), errors=KEYED),
+    list_catalogue: Spec(
+        "The model catalogue",
+        "Operator",
+        as_json("Catalogue"),
+        errors=KEYED,
+        description="Every model in each Triton server's repository (RepositoryIndex), with its state there.",
+    ),
+    create_deployment: Spec(
+        "Create a deployment",
+        "Operator",
+        as_json("Deployment"),
+        DeploymentCreate,
+        ADMIN_BODY,
+        "Loads the model on Triton (explicit model control) and serves it under its `model_id` once ready; 201.",
+        also=(201,),
+    ),
+    list_deployments: Spec(
+        "List deployments",
+        "Operator",
+        as_json("DeploymentList"),
+        errors=QUERY,
+        description="Paginated; the total is also in the `X-Total-Count` header.",
+        query={
+            "page": {"type": "integer", "minimum": 1, "default": 1},
+            "per_page": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50},
+            "name": STRING,
+            "tag": STRING,
+            "status": STRING,
+            "order_by": {"type": "string", "enum": list(ORDERS), "default": "created_at_asc"},
+        },
+    ),
+    get_deployment: Spec("Retrieve a deployment", "Operator", as_json("Deployment"), errors=ONE),
+    patch_deployment: Spec(
+        "Update a deployment", "Operator", as_json("Deployment"), DeploymentPatch, ADMIN_BODY, "Limits, tags, sizes."
+    ),
+    delete_deployment: Spec(
+        "Delete a deployment",
+        "Operator",
+        as_json("Deployment"),
+        errors=ONE,
+        description="`deleting`: new requests get 404 at once, running ones finish, then the model is unloaded.",
+    ),
+    create_endpoint: Spec("Add an endpoint", "Operator", as_json("Deployment"), EndpointSpec, ADMIN_BODY, also=(201,)),
+    delete_endpoint: Spec("Remove an endpoint", "Operator", as_json("Deployment"), errors=ADMIN_BODY),
+    list_acls: Spec("List ACL rules", "Operator", as_json("AclRuleList"), errors=ONE),
+    put_acls: Spec("Replace ACL rules", "Operator", as_json("AclRuleList"), AclList, ADMIN_BODY),
+    add_acls: Spec(
+        "Add ACL rules",
+        "Operator",
+        as_json("AclRuleList"),
+        AclSpec,
+        ADMIN_BODY,
+        'One rule, or `{"acls": [...]}`.',
+        also=(201,),
+    ),
+    delete_acl: Spec("Remove an ACL rule", "Operator", as_json("AclRuleList"), errors=ONE),
     version: Spec(
         "Gateway, Triton and model versions",
         "Operations",

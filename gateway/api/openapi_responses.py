@@ -64,6 +64,7 @@ def _page(item: str) -> Schema:
 
 
 STRING, INTEGER, NUMBER = {"type": "string"}, {"type": "integer"}, {"type": "number"}
+BOOLEAN: Schema = {"type": "boolean"}
 COUNT = {"type": "integer", "minimum": 0}
 FINISH = {"type": "string", "enum": [str(reason) for reason in FinishReason]}
 
@@ -423,6 +424,63 @@ SCHEMAS: dict[str, Schema] = {
                 {"num_requests": COUNT, "input_tokens": COUNT, "output_tokens": COUNT, "cost": ref("UsageCost")}
             ),
             "has_more": {"type": "boolean"},
+        }
+    ),
+    "Deployment": _object(
+        {
+            "id": STRING,
+            "object": _const("deployment"),
+            "name": STRING,
+            "model_id": STRING,
+            "triton_model": STRING,
+            "status": {"type": "string", "enum": ["creating", "deploying", "ready", "error", "deleting"]},
+            "size": COUNT,
+            "placement": _array(STRING),
+            "endpoints": _array(
+                _object({"id": STRING, "visibility": {"enum": ["public", "private"]}, "disable_auth": BOOLEAN})
+            ),
+            "acls": _array(ref("AclRule")),
+        },
+        {
+            "task": STRING,
+            "tokenizer_dir": STRING,
+            "upstreams": _array(STRING),
+            "min_size": COUNT,
+            "max_size": COUNT,
+            "limits": {"type": "object"},
+            "tags": _array(STRING),
+            "error_message": _nullable(STRING),
+            "created_at": INTEGER,
+            "updated_at": INTEGER,
+        },
+        description="A model loaded on Triton servers and served under `model_id` while `ready`.",
+    ),
+    "DeploymentList": _object({"deployments": _array(ref("Deployment")), "total_count": COUNT}),
+    "AclRule": _object({"id": STRING, "ip": STRING, "description": STRING}),
+    "AclRuleList": _object({"acls": _array(ref("AclRule")), "total_count": COUNT}),
+    "UpstreamList": _object(
+        {
+            "upstreams": _array(
+                _object(
+                    {"url": STRING, "healthy": BOOLEAN, "models_loaded": _array(STRING), "in_flight": COUNT},
+                    {"group": _nullable(STRING), "capacity": _nullable(COUNT)},
+                )
+            ),
+            "total_count": COUNT,
+        }
+    ),
+    "Catalogue": _object(
+        {
+            "models": _array(
+                _object(
+                    {
+                        "name": STRING,
+                        "upstreams": _array(_object({"url": STRING, "state": STRING}, {"reason": STRING})),
+                        "tokenizer": BOOLEAN,
+                    }
+                )
+            ),
+            "total_count": COUNT,
         }
     ),
     "Health": _object({"status": _const("ok")}),

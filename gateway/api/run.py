@@ -15,9 +15,10 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.api.auth import access_control
 from gateway.api.context import CONFIG, GRPC
 from gateway.api.protocol_errors import GatewayRunner
-from gateway.config import env
+from gateway.config import GatewayConfig, env
 from gateway.core.lifecycle import LIFECYCLE
 from gateway.workers import ports_shared
 
@@ -37,14 +38,33 @@ def run(main: Coroutine[Any, Any, None]) -> None:
     asyncio.run(main)
 
 
+async def listen(runner: web.AppRunner, config: GatewayConfig) -> None:
+    """Start the public listener and, when configured, the private one (private endpoints answer there
+    only). The auth middleware tells them apart by a connection's local port: they need distinct ones."""
+    # SO_REUSEPORT only among the gateway's own workers: a second gateway must fail to bind, not split the traffic
+    shared = ports_shared()
+    public = web.TCPSite(runner, config.host, config.port, reuse_port=shared)
+    if config.private_host is None or config.private_port is None:
+        await public.start()
+        return
+    if config.private_port == config.port and config.port != 0:
+        raise ValueError(f"private_port: {config.private_port} is also the public port; the listeners need their own")
+    control = access_control(runner.app)
+    control.private_ports = frozenset({config.private_port})  # before a connection can arrive on it
+    private = web.TCPSite(runner, config.private_host, config.private_port, reuse_port=shared)
+    await private.start()
+    control.private_ports = frozenset(address[1] for address in runner.addresses)  # the bound ones (port 0)
+    await public.start()
+    log.info("private listener on %s", private.name)
+
+
 async def serve(app: web.Application) -> None:
     config = app[CONFIG]
+    access_control(app)  # made before the app freezes: the deployments and the private listener set it
     runner = GatewayRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     try:
-        # SO_REUSEPORT only among the gateway's own workers: a second gateway must fail to bind, not split the traffic
-        site = web.TCPSite(runner, config.host, config.port, reuse_port=ports_shared())
-        await site.start()
+        await listen(runner, config)
         stop = asyncio.Event()
         tasks: set[asyncio.Task[None]] = set()
 

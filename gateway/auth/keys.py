@@ -11,15 +11,18 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
+from gateway.auth.origin import Origin
 from gateway.config import GatewayConfig, KeyConfig, LimitsConfig, ProjectConfig
 from gateway.errors import Forbidden, Unauthorized
 
 PREFIX = "sk-"
+NO_KEY = "You didn't provide an API key. Use 'Authorization: Bearer YOUR_KEY'."
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: a key of a project (or the anonymous caller when auth is off)."""
+    """Who is calling: a key of a project (or the anonymous caller when auth is off, or a caller without a
+    key of the models that need none on its listener)."""
 
     key_id: str
     key_name: str
@@ -28,9 +31,17 @@ class Principal:
     key_limits: LimitsConfig
     project_limits: LimitsConfig
     admin: bool = False  # may read every project's usage
+    origin: Origin | None = None  # set while access control is on (None: e.g. the gRPC API)
+    authenticated: bool = True  # False: no key, let in for models whose endpoint disables auth
 
     def may_use(self, model_id: str) -> bool:
-        return self.models is None or model_id in self.models
+        """Whether the model is in the key's scope (a model that exists: 404 alike when not). A caller
+        without a key asking for a model that needs one gets 401: a key might open it."""
+        if self.models is None or model_id in self.models:
+            return True
+        if not self.authenticated:
+            raise Unauthorized(NO_KEY)
+        return False
 
     def check_project(self, project_id: str | None) -> None:
         if project_id is not None and project_id != self.project:
@@ -38,6 +49,22 @@ class Principal:
 
 
 ANONYMOUS = Principal("", "anonymous", "default", None, LimitsConfig(), LimitsConfig())
+UNAUTHENTICATED_PROJECT = "(unauthenticated)"  # not a project id: their limits and records stay apart
+
+
+def unauthenticated(origin: Origin, models: frozenset[str]) -> Principal:
+    """A caller without a key (auth on), who may use only ``models``: those whose endpoint on its
+    listener disables auth."""
+    return Principal(
+        "",
+        "unauthenticated",
+        UNAUTHENTICATED_PROJECT,
+        models,
+        LimitsConfig(),
+        LimitsConfig(),
+        origin=origin,
+        authenticated=False,
+    )
 
 
 def digest(key: str) -> str:
@@ -69,6 +96,11 @@ class KeyStore:
             )
             self._keys[key.id] = (key, principal)
 
+    @property
+    def enabled(self) -> bool:
+        """Whether auth is on (some key is configured)."""
+        return bool(self._keys)
+
     def principal(self, key_id: str) -> Principal | None:
         """The caller a key id stood for (work done later on its behalf, e.g. a batch); None once the
         key is gone. Auth off: the anonymous caller."""
@@ -82,7 +114,7 @@ class KeyStore:
         if not self._keys:
             return ANONYMOUS
         if not authorization:
-            raise Unauthorized("You didn't provide an API key. Use 'Authorization: Bearer YOUR_KEY'.")
+            raise Unauthorized(NO_KEY)
         scheme, _, token = authorization.strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:

@@ -12,10 +12,10 @@ import hashlib
 import logging
 from dataclasses import dataclass
 
-from gateway.batches.catalog import Catalog
+from gateway.batches.catalogs import BatchCatalog
 from gateway.batches.lines import LineError
 from gateway.batches.records import BatchRecord, FileRecord
-from gateway.batches.results import ResultsLog, error_line
+from gateway.batches.results import Results, error_line
 from gateway.batches.store import BlobStore, BlobWriter
 
 log = logging.getLogger(__name__)
@@ -66,24 +66,28 @@ class _Part:
 
 
 async def assemble(
-    catalog: Catalog, blobs: BlobStore, results: ResultsLog, batch: BatchRecord, expired: bool, now: int
+    catalog: BatchCatalog, blobs: BlobStore, results: Results, batch: BatchRecord, expired: bool, now: int
 ) -> Assembled:
     output, errors = _Part(blobs, batch.id, "output"), _Part(blobs, batch.id, "error")
-    reader = results.reader(batch.id)
     try:
         after = -1
-        while rows := catalog.lines(batch.id, after, _ROWS):
+        while rows := await catalog.lines(batch.id, after, _ROWS):
             good: list[bytes] = []
             bad: list[bytes] = []
+            spots = {
+                line.idx: (line.result_offset, line.result_length)
+                for line in rows
+                if line.done and line.result_offset is not None and line.result_length is not None
+            }
+            found = dict(zip(spots, await results.read(batch.id, list(spots.values())), strict=True))
             for line in rows:
-                if line.done and line.result_offset is not None and line.result_length is not None:
-                    try:
-                        data = reader.read(line.result_offset, line.result_length)
-                    except OSError as exc:
-                        log.error("batch %s line %d: result unreadable: %s", batch.id, line.idx, exc)
+                if line.idx in found:
+                    data = found[line.idx]
+                    if data is None:
+                        log.error("batch %s line %d: its result is unreadable", batch.id, line.idx)
                         bad.append(error_line(line.custom_id, None, LOST))
-                        continue
-                    (good if line.ok else bad).append(data)
+                    else:
+                        (good if line.ok else bad).append(data)
                 elif expired:
                     bad.append(error_line(line.custom_id, None, EXPIRED))
             await output.write(good)
@@ -95,7 +99,5 @@ async def assemble(
         await output.abort()
         await errors.abort()
         raise
-    finally:
-        reader.close()
     ids = {f.id for f in files}
     return Assembled(files, output.id if output.id in ids else None, errors.id if errors.id in ids else None)

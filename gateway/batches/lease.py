@@ -4,7 +4,8 @@ it runs; a lease not renewed (its holder died) lapses after ``ttl`` and another 
 - :class:`SqliteLease`: the batch's row (``owner``, ``lease_expires``) in the catalog, for the
   processes of one machine; line results are recorded only while the row still names the holder.
 - :class:`RedisLease`: ``SET key owner NX PX ttl``, renewed and released by a script that checks
-  the owner first, for gateways on several machines (``limits_redis_url``).
+  the owner first, for gateways on several machines (beside the Redis catalog, which checks the
+  key when it records a line: ``fenced``).
 """
 
 from __future__ import annotations
@@ -82,12 +83,18 @@ return 0
 """
 
 
+LEASE_PREFIX = "gateway:batch-lease:"
+
+
 class RedisLease:
-    def __init__(self, url: str, owner: str, ttl: float = 30.0, prefix: str = "gateway:batch-lease:") -> None:
+    def __init__(
+        self, url: str, owner: str, ttl: float = 30.0, prefix: str = LEASE_PREFIX, fenced: bool = False
+    ) -> None:
         import redis.asyncio
 
         self._redis: Any = redis.asyncio.from_url(url)
         self._prefix = prefix
+        self._fenced = fenced
         self.owner = owner
         self.ttl = ttl
         self._renew = self._redis.register_script(_RENEW)
@@ -95,7 +102,8 @@ class RedisLease:
 
     @property
     def fence(self) -> str | None:
-        return None
+        """The owner, when the catalog that records lines checks this lease's keys (the Redis one)."""
+        return self.owner if self._fenced else None
 
     def _ms(self) -> int:
         return int(self.ttl * 1000)

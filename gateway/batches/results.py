@@ -5,9 +5,12 @@ Output file line: ``{"id": "batch_req_…", "custom_id": …, "response": {"stat
 line goes to the error file with ``error: {code, message}``; when it was a request the API
 answered with an HTTP error, ``response`` carries that status and error body as well.
 
-The results log is local working state (``data_dir/batches/<id>.jsonl``): each line's result is
-appended as it finishes and its (offset, length) recorded in the catalog; at finalizing the output
-and error files are assembled from it in input order, then it is removed.
+The results log is working state: each line's result is appended as it finishes and where it went
+recorded in the catalog; at finalizing the output and error files are assembled from it in input
+order, then it is removed. Beside the SQLite catalog it is a local file (:class:`ResultsLog`,
+``data_dir/batches/<id>.jsonl``); beside the Redis one, a Redis hash that every replica reads
+(:class:`gateway.batches.results_redis.RedisResults`), so a batch taken over on another machine
+keeps the results of the lines already done.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -47,8 +51,26 @@ def error_line(custom_id: str | None, request_id: str | None, error: LineError) 
     return orjson.dumps(document) + b"\n"
 
 
+class Results(Protocol):
+    """A batch's results log. Only the batch's lease holder appends."""
+
+    async def append(self, batch_id: str, data: bytes) -> tuple[int, int]:
+        """Store ``data``; where it went (two numbers the catalog records for the line)."""
+        ...
+
+    async def append_many(self, batch_id: str, lines: Sequence[bytes]) -> list[tuple[int, int]]: ...
+
+    async def read(self, batch_id: str, spots: Sequence[tuple[int, int]]) -> list[bytes | None]:
+        """What was stored at each spot; None where it cannot be read back (the log was lost)."""
+        ...
+
+    async def remove(self, batch_id: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class ResultsLog:
-    """One append-only file per batch under ``root``. Only the batch's lease holder appends."""
+    """One append-only file per batch under ``root``."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -56,7 +78,7 @@ class ResultsLog:
     def _path(self, batch_id: str) -> Path:
         return self.root / f"{batch_id}.jsonl"
 
-    def append(self, batch_id: str, data: bytes) -> tuple[int, int]:
+    async def append(self, batch_id: str, data: bytes) -> tuple[int, int]:
         """Write ``data`` at the end; where it went (offset, length). A torn write left by a crash
         stays unreferenced: the next append goes after it."""
         self.root.mkdir(parents=True, exist_ok=True)
@@ -70,36 +92,37 @@ class ResultsLog:
             os.close(fd)
         return offset, len(data)
 
-    def append_many(self, batch_id: str, lines: list[bytes]) -> list[tuple[int, int]]:
+    async def append_many(self, batch_id: str, lines: Sequence[bytes]) -> list[tuple[int, int]]:
         """Several results in one write; where each went."""
-        offset, _ = self.append(batch_id, b"".join(lines))
+        if not lines:
+            return []
+        offset, _ = await self.append(batch_id, b"".join(lines))
         spans = []
         for line in lines:
             spans.append((offset, len(line)))
             offset += len(line)
         return spans
 
-    def reader(self, batch_id: str) -> ResultsReader:
-        return ResultsReader(self._path(batch_id))
+    async def read(self, batch_id: str, spots: Sequence[tuple[int, int]]) -> list[bytes | None]:
+        try:
+            fd = os.open(self._path(batch_id), os.O_RDONLY)
+        except FileNotFoundError:
+            return [None] * len(spots)
+        try:
+            found: list[bytes | None] = []
+            for offset, length in spots:
+                try:
+                    data = os.pread(fd, length, offset)
+                except OSError:
+                    data = b""
+                found.append(data if len(data) == length else None)
+            return found
+        finally:
+            os.close(fd)
 
-    def remove(self, batch_id: str) -> None:
+    async def remove(self, batch_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(batch_id).unlink()
 
-
-class ResultsReader:
-    def __init__(self, path: Path) -> None:
-        self._fd: int | None = os.open(path, os.O_RDONLY) if path.exists() else None
-
-    def read(self, offset: int, length: int) -> bytes:
-        if self._fd is None:
-            raise FileNotFoundError("the batch's results log is missing")
-        data = os.pread(self._fd, length, offset)
-        if len(data) != length:
-            raise OSError(f"the results log ends before {offset + length}")
-        return data
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+    async def close(self) -> None:
+        pass

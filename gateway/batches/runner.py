@@ -126,9 +126,9 @@ class Runner:
         self._wake.clear()
 
     async def _claim(self) -> str | None:
-        if not self._catalog.exists() or LIFECYCLE.draining:
+        if LIFECYCLE.draining or not await self._catalog.exists():
             return None
-        for batch_id in self._catalog.candidates(time.time()):
+        for batch_id in await self._catalog.candidates(time.time()):
             if await self._lease.acquire(batch_id):
                 return batch_id
         return None
@@ -159,19 +159,24 @@ class Runner:
                     log.warning("batch %s: lease lost; leaving it to its new holder", batch_id)
                     watch.lost = True
                     return
-            if self._catalog.status(batch_id) == "cancelling":
+            try:
+                status = await self._catalog.status(batch_id)
+            except Exception as exc:  # a shared catalog's hiccup: looked at again next time
+                log.warning("batch %s: reading its status failed: %r", batch_id, exc)
+                continue
+            if status == "cancelling":
                 watch.cancelled = True
 
     async def _work(self, batch_id: str, watch: _Watch) -> None:
-        batch = self._catalog.batch(batch_id)
+        batch = await self._catalog.batch(batch_id)
         if batch is not None and batch.status == "validating":
             await self._validate(batch)
-            batch = self._catalog.batch(batch_id)
+            batch = await self._catalog.batch(batch_id)
         if batch is not None and batch.status == "in_progress" and time.time() < batch.expires_at:
             finished = await self._run_lines(batch, watch)  # False: stopped, lease lost, cancelled or expired
             if finished:
-                self._catalog.transition(batch.id, ("in_progress",), "finalizing", int(time.time()))
-        batch = self._catalog.batch(batch_id)
+                await self._catalog.transition(batch.id, ("in_progress",), "finalizing", int(time.time()))
+        batch = await self._catalog.batch(batch_id)
         if batch is None or watch.lost:
             return
         if batch.status == "finalizing":
@@ -186,7 +191,7 @@ class Runner:
         blobs, catalog = self._batches.blobs, self._catalog
         found: Scan | None = None
         errors: list[dict[str, Any]] | None
-        if catalog.file(batch.input_file_id, batch.project) is not None:
+        if await catalog.file(batch.input_file_id, batch.project) is not None:
             with contextlib.suppress(FileNotFoundError):
                 found = await scan(blobs.chunks(batch.input_file_id), batch.endpoint, self._max_body_bytes)
         if found is None:
@@ -196,17 +201,17 @@ class Runner:
             errors = found.failure
         if errors is not None:
             data = orjson.dumps(errors).decode()
-            catalog.transition(batch.id, ("validating",), "failed", now, errors=data)
+            await catalog.transition(batch.id, ("validating",), "failed", now, errors=data)
             log.info("batch %s failed validation: %s", batch.id, errors[0]["message"])
             return
         assert found is not None
         invalid = [(i, line) for i, line in enumerate(found.checked) if line.error is not None]
-        written = self._batches.results.append_many(
+        written = await self._batches.results.append_many(
             batch.id, [error_line(line.custom_id, None, line.error) for _, line in invalid if line.error]
         )
         results: dict[int, tuple[int, int]] = {i: span for (i, _), span in zip(invalid, written, strict=True)}
         lines = [NewLine(span, results.get(i)) for i, span in enumerate(found.spans)]
-        if catalog.start_lines(batch.id, lines, found.model, now):
+        if await catalog.start_lines(batch.id, lines, found.model, now):
             log.info("batch %s: %d requests (%d invalid)", batch.id, len(lines), len(invalid))
 
     def _stops(self, batch: BatchRecord, watch: _Watch) -> bool:
@@ -214,7 +219,7 @@ class Runner:
 
     async def _run_lines(self, batch: BatchRecord, watch: _Watch) -> bool:
         """Run the batch's pending lines; True when none is left."""
-        pending = self._catalog.pending_lines(batch.id)
+        pending = await self._catalog.pending_lines(batch.id)
         principal = self._keys.principal(batch.key_id)
         lines = iter(pending)
         left = len(pending)
@@ -260,9 +265,10 @@ class Runner:
             data, status = error_line(span.custom_id, request_id, line_error(error)), error.kind.http_status
         if watch.lost:
             return False
-        spot = self._batches.results.append(batch.id, data)
+        spot = await self._batches.results.append(batch.id, data)
         tokens = (outcome.prompt_tokens, outcome.completion_tokens) if outcome is not None else (0, 0)
-        if not self._catalog.record_line(batch.id, span.idx, outcome is not None, spot, tokens, self._lease.fence):
+        fence = self._lease.fence
+        if not await self._catalog.record_line(batch.id, span.idx, outcome is not None, spot, tokens, fence):
             return False
         if principal is not None and self._on_usage is not None:
             try:
@@ -301,8 +307,9 @@ class Runner:
         now = int(time.time())
         batches = self._batches
         made = await assemble(self._catalog, batches.blobs, batches.results, batch, status == "expired", now)
-        if self._catalog.finish(batch.id, before, status, now, made.files, made.output_file_id, made.error_file_id):
-            batches.results.remove(batch.id)
-            done = self._catalog.batch(batch.id)
+        files, output_id, error_id = made.files, made.output_file_id, made.error_file_id
+        if await self._catalog.finish(batch.id, before, status, now, files, output_id, error_id):
+            await batches.results.remove(batch.id)
+            done = await self._catalog.batch(batch.id)
             counts = f"{done.completed} completed, {done.failed} failed of {done.total}" if done else ""
             log.info("batch %s %s: %s", batch.id, status, counts)

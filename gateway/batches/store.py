@@ -1,9 +1,10 @@
-"""Where file contents live: a directory today; the interface is small enough for an S3-compatible
-bucket to replace it (streamed multipart writes, ranged reads, chunked downloads, deletes).
+"""Where file contents live: a directory (:class:`DirectoryStore`, the default; a shared volume for
+gateways on several machines), or an S3-compatible bucket (:class:`gateway.batches.s3.S3Store`:
+streamed multipart writes, ranged reads, chunked downloads, deletes).
 
-Metadata (names, owners, purposes) is not here: it lives in :mod:`gateway.batches.catalog`. A
-key is written whole or not at all: a writer's bytes become visible only on :meth:`commit`.
-No S3 backend ships yet (no boto3 dependency): :class:`DirectoryStore` is the one implementation.
+Metadata (names, owners, purposes) is not here: it lives in the catalog
+(:mod:`gateway.batches.catalogs`). A key is written whole or not at all: a writer's bytes become
+visible only on :meth:`commit`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class BlobStore(Protocol):
     async def read(self, key: str, offset: int, length: int) -> bytes: ...
 
     async def delete(self, key: str) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class _FileWriter:
@@ -98,3 +101,6 @@ class DirectoryStore:
     async def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
+
+    async def close(self) -> None:
+        pass

@@ -128,7 +128,7 @@ async def generate_choice(
     prefill = sampling.guide.prefill if sampling.guide is not None else ""
     output = _Output(tool_format, prefill, sampling.logprobs)
     end_id = -1 if sampling.ignore_eos else tokenizer.eos_token_id
-    tokens = model.upstreams.generate(request, end_id, tokenizer.pad_token_id)
+    tokens = model.upstreams.generate(request, end_id, tokenizer.pad_token_id, stats)
     index = choice.index
     observer = ChoiceObserver(model.id, stats.started)
     tail = StopTail(sampling.stop_ids)

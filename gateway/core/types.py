@@ -137,6 +137,7 @@ class RequestStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     batch: bool = False  # a batch line: admitted behind interactive requests (gateway.limits.admission)
+    upstream: str = ""  # the upstream that served it (the last tried): the x-upstream header, the access log
 
 
 class TokenLogprob(NamedTuple):

@@ -125,8 +125,10 @@ class TritonServer:
         host: str = "127.0.0.1",
         extra_args: tuple[str, ...] = (),
         models: tuple[str, ...] = (),
+        explicit: bool = False,
     ) -> None:
-        """``models``: load only these (explicit model control); empty: every model in the repository."""
+        """``models``: load only these (explicit model control); empty: every model in the repository,
+        unless ``explicit``: explicit model control with no model loaded (loads come over gRPC)."""
         self.model_repository = model_repository.resolve()
         self.cache_dir = cache_dir
         self.ports = ports
@@ -134,6 +136,7 @@ class TritonServer:
         self.binary = find_tritonserver(binary)
         self.extra_args = extra_args
         self.models = models
+        self.explicit = explicit
         self.log_path = cache_dir / "tritonserver.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0  # where the current run's log begins (a restart appends to the log)
@@ -166,7 +169,7 @@ class TritonServer:
         ]
 
     def _model_control(self) -> list[str]:
-        if not self.models:
+        if not self.models and not self.explicit:
             return []
         return ["--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models)]
 

@@ -32,6 +32,14 @@ from gateway.engine.contract import (
     parse_tokens,
 )
 from gateway.engine.deadline import StreamDeadline
+from gateway.engine.repository import (
+    RepositoryModel,
+    control_error,
+    index_models,
+    load_request,
+    unload_request,
+    wait_unloaded,
+)
 from gateway.engine.stopping import LiveCall, Stopper
 from gateway.engine.tensors import TensorError, Tensors, infer_request, response_tensors
 from gateway.errors import (
@@ -244,6 +252,54 @@ class TritonClient:
 
     def _timed_out(self, deadline: StreamDeadline) -> UpstreamTimeout:
         return UpstreamTimeout(f"Triton at {self.url} sent nothing for {deadline.limit:g}s; the request was cancelled")
+
+    # model control (explicit mode; what Triton does: gateway.engine.repository)
+
+    async def repository_index(self) -> list[RepositoryModel]:
+        """Every model of the server's repository, loaded or not, with its state (RepositoryIndex)."""
+        try:
+            resp = await self._stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise translate_rpc_error(exc, self.url) from None
+        return index_models(resp)
+
+    async def load_model(
+        self,
+        name: str,
+        config: dict[str, object] | None = None,
+        files: dict[str, bytes] | None = None,
+        timeout_s: float = 300,
+    ) -> None:
+        """Load ``name`` and return once it is ready (RepositoryModelLoad). ``config`` (a model config as JSON
+        would spell it) replaces its config.pbtxt whole; ``files`` maps paths in the model directory
+        (``1/model.py``) to their bytes and needs ``config``. Loaded already with the same config: a no-op;
+        with another: reloaded in place, ready throughout. Raises ModelLoadFailed with Triton's reason.
+        """
+        request = load_request(name, config, files)
+        self._forget(name)
+        try:
+            await self._stub.RepositoryModelLoad(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise control_error(exc, self.url, f"load model {name!r}") from None
+        finally:
+            self._forget(name)
+
+    async def unload_model(self, name: str, unload_dependents: bool = False, timeout_s: float = 120) -> None:
+        """Unload ``name`` (RepositoryModelUnload) and wait, up to ``timeout_s`` in all, until it is unloaded
+        (its in-flight requests finish first). A model not loaded: nothing to do, no error."""
+        loop = asyncio.get_running_loop()
+        begun = loop.time()
+        self._forget(name)
+        try:
+            await self._stub.RepositoryModelUnload(unload_request(name, unload_dependents), timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise control_error(exc, self.url, f"unload model {name!r}") from None
+        await wait_unloaded(self, name, max(0.0, timeout_s - (loop.time() - begun)))
+
+    def _forget(self, model: str) -> None:
+        """Drop the cached config and contract of a model being loaded or unloaded."""
+        self._configs.pop(model, None)
+        self._contracts.pop(model, None)
 
 
 class TritonPool:

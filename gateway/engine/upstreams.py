@@ -1,6 +1,12 @@
 """One model on several Triton servers: where each request goes, and what happens when a server fails.
 
-- **Routing**: the available upstream with the fewest requests in flight; ties rotate.
+- **Routing** (:mod:`gateway.engine.routing`): by default the available upstream with the fewest
+  requests in flight (ties rotate), in the first of the model's upstream groups (in order of
+  preference) that has one ready and not saturated; or by prompt prefix (``routing = "prefix"``).
+  :meth:`UpstreamGroup.routed` gives views of the same upstreams routed by a policy (``model:fastest``,
+  ``model:cheapest``, ``model:<group>``), sharing their load, health and measurements.
+- **Measurements**: each upstream's time to the first token and time per token (EWMAs, for
+  ``fastest``), taken at the first token and at the end of each request.
 - **Active health**: every ``interval`` seconds each upstream is asked whether the server and the model
   are ready (gRPC ServerReady + ModelReady); the answer marks it healthy or not. A server can say
   ready and still answer nothing (a deadlocked stream handler), so an idle upstream that has
@@ -13,23 +19,27 @@
 - **Retry**: a request whose upstream is unavailable, or breaks the call off (the server or its model
   process died), before its first token is retried once on another upstream. After the first token it
   is not (the client already has output): the error reaches the client as an in-band error event.
+  The retry follows the route: the next server of the group, then the next group (never out of a
+  pinned group).
   A full queue upstream (TensorRT-LLM's max_queue_size) is retried the same way, without counting
   as a failure of that server.
   Answers about the request itself (a model error, a bad argument) are neither retried nor held
   against the server.
 
 When no upstream is available every one is still tried: a wrong health verdict must not take a model
-down. Per request this costs a scan of a short list and two gauge updates; nothing per token.
+down. Per request this costs a scan of a short list, two gauge updates and two meter updates (prefix
+routing: the prompt's block hashes); nothing per token beyond counting the tokens of a response.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import secrets
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TypeVar
 
@@ -37,9 +47,20 @@ import numpy as np
 from numpy.typing import NDArray
 from tritonclient.grpc import model_config_pb2
 
-from gateway.core.types import GenerateRequest, Tokens
+from gateway.core.types import GenerateRequest, RequestStats, Tokens
 from gateway.engine.base import Engine
 from gateway.engine.contract import PROBE_SAMPLING, ModelContract
+from gateway.engine.routing import (
+    NO_KEYS,
+    POLICIES,
+    GroupInfo,
+    Meter,
+    PrefixTable,
+    Route,
+    group_names,
+    group_tiers,
+    policy_route,
+)
 from gateway.engine.tensors import Tensors
 from gateway.errors import GatewayError, Overloaded, UpstreamInterrupted, UpstreamTimeout, UpstreamUnavailable
 from gateway.observability.metrics import (
@@ -56,10 +77,11 @@ T = TypeVar("T")
 
 _MIN_CHECK_GAP = 0.1  # seconds between checks triggered by failures
 _READY_WAIT = 2.0  # seconds a readiness query waits for a running check before answering as last known
+_NO_GROUP = GroupInfo()
 
 
 class Upstream:
-    """One Triton server as seen by one model: load, health and its metric children."""
+    """One Triton server as seen by one model: its group, load, speed, health and metric children."""
 
     __slots__ = (
         "_healthy_gauge",
@@ -68,13 +90,20 @@ class Upstream:
         "ejected_at",
         "engine",
         "failures",
+        "group",
         "healthy",
         "in_flight",
+        "label",
         "last_ok",
+        "meter",
     )
 
-    def __init__(self, engine: Engine, model_id: str) -> None:
+    def __init__(self, engine: Engine, model_id: str, group: GroupInfo = _NO_GROUP) -> None:
         self.engine = engine
+        self.group = group
+        # what the x-upstream header and the access log say: "group/host:port", or "host:port"
+        self.label = f"{group.name}/{engine.url}" if group.name else engine.url
+        self.meter = Meter()
         self.in_flight = 0
         self.healthy = False  # until the first check says otherwise
         self.failures = 0  # consecutive
@@ -108,7 +137,9 @@ class Upstream:
 
 
 class UpstreamGroup:
-    """The upstreams of one model, and the task that checks their health."""
+    """The upstreams of one model, how requests are routed among them, and the task that checks their
+    health. A view from :meth:`routed` routes the same upstreams by another policy; its health
+    methods (start, check, ready, close) act on the group it was made from."""
 
     def __init__(
         self,
@@ -120,14 +151,28 @@ class UpstreamGroup:
         probe_interval: float = 10.0,
         probe_timeout: float = 10.0,
         generates: bool = True,
+        groups: Sequence[GroupInfo] | None = None,
+        routing: str = "least_in_flight",
+        prefix_block_tokens: int = 64,
     ) -> None:
         """``generates``: the model streams tokens, and an idle upstream must pass a probe generation;
-        the unary models (embeddings, scores, transcription) are checked by readiness alone."""
+        the unary models (embeddings, scores, transcription) are checked by readiness alone.
+        ``groups``: each engine's group (in the model's order of preference; default: none);
+        ``routing``: ``least_in_flight`` or ``prefix`` (by blocks of ``prefix_block_tokens``)."""
         if not engines:
             raise ValueError(f"model {model_id!r} has no upstream")
+        if groups is not None and len(groups) != len(engines):
+            raise ValueError(f"model {model_id!r}: one group per upstream")
         self.model_id = model_id
         self.triton_model = triton_model
-        self.upstreams = [Upstream(e, model_id) for e in engines]
+        placed = groups or [_NO_GROUP] * len(engines)
+        self.upstreams = [Upstream(e, model_id, g) for e, g in zip(engines, placed, strict=True)]
+        self._prefix: PrefixTable[Upstream] | None = (
+            PrefixTable(prefix_block_tokens) if routing == "prefix" and generates else None
+        )
+        self._route: Route[Upstream] = Route("", group_tiers(self.upstreams), self._prefix)
+        self._base = self  # a view's: the group it routes
+        self._views: dict[str, UpstreamGroup] = {}
         self._interval = interval
         self._eject_after = eject_after
         self._probe_interval = probe_interval
@@ -142,19 +187,34 @@ class UpstreamGroup:
 
     # -- routing ---------------------------------------------------------------------------------
 
-    def pick(self, exclude: Collection[Upstream] = ()) -> Upstream | None:
-        """The available upstream with the fewest in flight (any upstream if none is available)."""
-        ups = self.upstreams
-        n = len(ups)
-        self._turn = (self._turn + 1) % n
-        best: Upstream | None = None
-        for i in range(n):
-            u = ups[(self._turn + i) % n]
-            if u in exclude:
-                continue
-            if best is None or (u.available, -u.in_flight) > (best.available, -best.in_flight):
-                best = u
-        return best
+    @property
+    def policy(self) -> str:
+        """The policy this group routes by: "" (the model's own), or what :meth:`routed` was given."""
+        return self._route.name
+
+    @property
+    def policies(self) -> tuple[str, ...]:
+        """What :meth:`routed` takes: ``fastest``, ``cheapest`` and the names of the model's groups."""
+        return (*POLICIES, *(g for g in group_names(self.upstreams) if g not in POLICIES))
+
+    def routed(self, policy: str) -> UpstreamGroup | None:
+        """These upstreams routed by ``policy`` (None: not one of :attr:`policies`): a view sharing
+        their load, health, measurements and prefix table, made once and kept."""
+        base = self._base
+        view = base._views.get(policy)
+        if view is None:
+            route = policy_route(policy, base.upstreams, base._prefix)
+            if route is None:
+                return None
+            view = copy.copy(base)  # shares every list, set, metric and table of the group
+            view._route = route
+            base._views[policy] = view
+        return view
+
+    def pick(self, exclude: Collection[Upstream] = (), keys: Sequence[int] = NO_KEYS) -> Upstream | None:
+        """The upstream for a request by this group's route (``keys``: its prompt's prefix keys)."""
+        self._turn = (self._turn + 1) % 65536
+        return self._route.choose(exclude, keys, self._turn)
 
     async def contract(self) -> ModelContract:
         """The model's token contract from the first upstream that answers."""
@@ -165,9 +225,12 @@ class UpstreamGroup:
         return await self._first_answer(lambda engine: engine.model_config(self.triton_model))
 
     async def _first_answer(self, ask: Callable[[Engine], Awaitable[T]]) -> T:
+        """By the model's own route, not advancing its rotation: a question about the model, not a
+        request (a policy's choice, such as fastest's turn to measure an upstream, is not spent on it)."""
+        route = self._base._route
         tried: list[Upstream] = []
         while True:
-            upstream = self.pick(tried)
+            upstream = route.choose(tried, NO_KEYS, self._turn)
             if upstream is None:
                 raise UpstreamUnavailable(f"no Triton server of model '{self.model_id}' answers")
             try:
@@ -224,10 +287,12 @@ class UpstreamGroup:
         retried = False
         while True:
             upstream.begin()
+            begun = time.monotonic()
             try:
                 result = await upstream.engine.infer(self.triton_model, request_id, inputs, outputs, timeout_s)
                 upstream.failures = 0
-                upstream.last_ok = time.monotonic()
+                upstream.last_ok = now = time.monotonic()
+                upstream.meter.first_token(now - begun, now)  # a unary call's latency is its "first token"
                 return result
             except (UpstreamUnavailable, UpstreamInterrupted, Overloaded) as exc:
                 if not isinstance(exc, Overloaded):
@@ -248,32 +313,43 @@ class UpstreamGroup:
             upstream = other
 
     async def generate(
-        self, request: GenerateRequest, end_id: int | None, pad_id: int | None
+        self, request: GenerateRequest, end_id: int | None, pad_id: int | None, stats: RequestStats | None = None
     ) -> AsyncGenerator[Tokens, None]:
-        """Token ids from the chosen upstream, retried once elsewhere if it is unavailable at the start."""
-        upstream = self.pick()
+        """Token ids from the chosen upstream, retried once elsewhere if it is unavailable at the start;
+        ``stats.upstream`` names the upstream tried last (after a retry, the one that answered)."""
+        keys = self._route.keys(request.prompt_ids)  # once, for the retry too
+        upstream = self.pick((), keys)
         assert upstream is not None  # there is at least one
         retried = False
         while True:
             started = False
             tokens: AsyncGenerator[Tokens, None] | None = None
             upstream.begin()
+            if stats is not None:
+                stats.upstream = upstream.label
+            first_at = 0.0
+            count = 0  # tokens after the first response
             try:
                 contract = await upstream.engine.contract(self.triton_model)
+                begun = time.monotonic()
                 tokens = upstream.engine.generate(contract, request, end_id, pad_id)
-                async for ids in tokens:
-                    if not started:
-                        started = True
-                        upstream.failures = 0
-                        upstream.last_ok = time.monotonic()
-                    yield ids
+                first = await anext(tokens, None)
+                if first is not None:
+                    started = True
+                    upstream.failures = 0
+                    upstream.last_ok = first_at = time.monotonic()
+                    upstream.meter.first_token(first_at - begun, first_at)
+                    yield first
+                    async for response in tokens:
+                        count += len(response.ids)
+                        yield response
                 upstream.failures = 0
                 upstream.last_ok = time.monotonic()
                 return
             except (UpstreamUnavailable, UpstreamInterrupted, Overloaded) as exc:
                 if not isinstance(exc, Overloaded):  # a full queue is load, not a fault
                     self._failed(upstream)
-                other = None if started or retried else self.pick((upstream,))
+                other = None if started or retried else self.pick((upstream,), keys)
                 if other is None:
                     raise
                 log.warning(
@@ -291,6 +367,8 @@ class UpstreamGroup:
                 raise
             finally:
                 upstream.end()
+                if count:
+                    upstream.meter.per_token((time.monotonic() - first_at) / count)
                 if tokens is not None:
                     await tokens.aclose()  # cancels the Triton request if it is still running
             upstream = upstream_next
@@ -352,9 +430,10 @@ class UpstreamGroup:
 
     async def check(self) -> None:
         """One round of active health checks; callers during a round share it."""
-        if self._checking is None or self._checking.done():
-            self._checking = asyncio.ensure_future(self._check())
-        await asyncio.shield(self._checking)
+        base = self._base
+        if base._checking is None or base._checking.done():
+            base._checking = asyncio.ensure_future(base._check())
+        await asyncio.shield(base._checking)
 
     async def _check(self) -> None:
         begun = time.monotonic()
@@ -394,10 +473,15 @@ class UpstreamGroup:
                 await asyncio.wait_for(self._wake.wait(), self._interval)
 
     def start(self) -> None:
-        if self._task is None:
+        if self is not self._base:
+            self._base.start()
+        elif self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"health-{self.model_id}")
 
     async def close(self) -> None:
+        if self is not self._base:
+            await self._base.close()
+            return
         for call in list(self._calls):
             call.cancel()
         await asyncio.gather(*self._calls, return_exceptions=True)

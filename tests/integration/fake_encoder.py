@@ -23,6 +23,7 @@ from gateway.engine.tensors import Tensors
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from tests.conftest import MODEL_REPOSITORY, WEIGHTS
 from tests.integration.conftest import MODEL
+from tests.integration.fake_repository import FakeRepository
 
 MINILM = MODEL_REPOSITORY / "minilm" / "weights"
 ENCODERS = "encoders:8001"
@@ -70,7 +71,7 @@ def wav(seconds: float) -> bytes:
     return buffer.getvalue()
 
 
-class FakeEncoders:
+class FakeEncoders(FakeRepository):
     """Triton's unary side: ``embedder``/``embedder-mrl`` (embeddings FP32 [4]), ``scorer`` (logits FP32
     [1]: the document's token count, so longer documents rank higher) and ``whisper`` (canned
     TRANSCRIPTS, one per window). Records every call, failed ones included.

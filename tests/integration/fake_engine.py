@@ -9,9 +9,10 @@ from gateway.core.types import GenerateRequest, Tokens
 from gateway.engine.base import ServerMetadata
 from gateway.engine.contract import ModelContract
 from gateway.errors import GatewayError, UpstreamError, UpstreamUnavailable
+from tests.integration.fake_repository import FakeRepository
 
 
-class FakeEngine:
+class FakeEngine(FakeRepository):
     """Streams a fixed token script (one list per response), honouring request_output_len."""
 
     def __init__(self, contract: ModelContract, script: list[list[int]], url: str = "fake:0") -> None:

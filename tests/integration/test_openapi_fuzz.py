@@ -59,6 +59,10 @@ from tests.integration.fake_engine import FakeEngine
 
 PROJECT = "team"
 KEY, RECORD = new_key(PROJECT, "fuzz")
+ADMIN_KEY, ADMIN_RECORD = new_key("ops", "fuzz-admin")
+ADMIN_RECORD = ADMIN_RECORD.model_copy(update={"admin": True})
+DEPLOYMENT_IDS: list[str] = []  # made by the `deployment` fixture
+TRITON_MODEL = next(m.triton_model for m in gateway_models() if m.id == MODEL)
 MODELS = (MODEL, EMBEDDER, MATRYOSHKA, SCORER, WHISPER)
 TRANSCRIPT = "<|en|><|transcribe|><|0.00|> Hello.<|0.50|><|0.50|> World.<|1.00|>"
 BATCH_LINE = (
@@ -86,11 +90,23 @@ JSON_OPERATIONS = (
     "POST /v1/detokenize",
     "POST /v1/batches",
 )
-CASES: dict[str, int] = dict.fromkeys(JSON_OPERATIONS, 200) | {
-    "POST /v1/audio/transcriptions": 30,
-    "POST /v1/audio/translations": 30,
-    "POST /v1/files": 30,
-}
+# the operator API's: fewer (a created deployment is loaded on the fakes; most cases name no deployment)
+ADMIN_JSON_OPERATIONS = (
+    "POST /admin/v1/deployments",
+    "PATCH /admin/v1/deployments/{deployment_id}",
+    "POST /admin/v1/deployments/{deployment_id}/endpoints",
+    "PUT /admin/v1/deployments/{deployment_id}/acls",
+    "POST /admin/v1/deployments/{deployment_id}/acls",
+)
+CASES: dict[str, int] = (
+    dict.fromkeys(JSON_OPERATIONS, 200)
+    | dict.fromkeys(ADMIN_JSON_OPERATIONS, 60)
+    | {
+        "POST /v1/audio/transcriptions": 30,
+        "POST /v1/audio/translations": 30,
+        "POST /v1/files": 30,
+    }
+)
 OTHERS = 10
 NEGATIVE_SHARE = 5  # one negative case for every five positive ones
 # the models each route serves, so that most cases get past the model check (first match wins)
@@ -184,12 +200,32 @@ def gateway(
     config = GatewayConfig(
         grpc_port=None,
         models=gateway_models(),
-        projects=[ProjectConfig(id=PROJECT)],
-        keys=[RECORD],
+        projects=[ProjectConfig(id=PROJECT), ProjectConfig(id="ops")],
+        keys=[RECORD, ADMIN_RECORD],
         data_dir=Path(tmp_path_factory.mktemp("fuzz-data")),
     )
     with LiveGateway(create_app(config, lambda url: encoders if url == ENCODERS else engine)) as live:
         yield live.url
+
+
+@pytest.fixture
+def deployment(gateway: str) -> str:
+    """A deployment on the fakes, whose id most operator cases name (else they stop at a 404); made
+    again when a fuzzed DELETE took the last one."""
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    if DEPLOYMENT_IDS:
+        found = requests.get(f"{gateway}/admin/v1/deployments/{DEPLOYMENT_IDS[0]}", headers=admin, timeout=30)
+        if found.status_code == 200 and found.json()["status"] != "deleting":
+            return DEPLOYMENT_IDS[0]
+    answer = requests.post(
+        f"{gateway}/admin/v1/deployments",
+        json={"name": f"fuzzed-{len(DEPLOYMENT_IDS)}", "model": TRITON_MODEL, "acls": [{"ip": "127.0.0.1"}]},
+        headers=admin,
+        timeout=30,
+    )
+    assert answer.status_code == 201, answer.text
+    DEPLOYMENT_IDS[:] = [answer.json()["id"], *DEPLOYMENT_IDS]
+    return DEPLOYMENT_IDS[0]
 
 
 @pytest.fixture(scope="module")
@@ -212,12 +248,12 @@ def test_every_json_operation_is_fuzzed_most() -> None:
         for label, op in OPERATIONS
         if "application/json" in op.get("requestBody", {}).get("content", {}) and "x-alias-of" not in op
     }
-    assert takes_json == set(JSON_OPERATIONS), "a new JSON operation: give it a row in JSON_OPERATIONS"
+    assert takes_json == {*JSON_OPERATIONS, *ADMIN_JSON_OPERATIONS}, "a new JSON operation: give it a row"
 
 
 @pytest.mark.parametrize(("label", "mode"), RUNS, ids=[f"{label} {mode}" for label, mode in RUNS])
 def test_generated_requests(
-    schema: Any, gateway: str, encoders: FakeEncoders, label: str, mode: GenerationMode
+    schema: Any, gateway: str, encoders: FakeEncoders, deployment: str, label: str, mode: GenerationMode
 ) -> None:
     method, path = label.split(" ", 1)
     operation = schema[path][method]
@@ -225,7 +261,8 @@ def test_generated_requests(
     serves = next((models for route, models in SERVES.items() if path.endswith(route)), MODELS)
     audio = wav(0.5)
     session = requests.Session()
-    headers = {"Authorization": f"Bearer {KEY}"}
+    admin = path.startswith(("/admin/", "/inference/"))  # the operator API: an admin key
+    headers = {"Authorization": f"Bearer {ADMIN_KEY if admin else KEY}"}
     statuses: list[int] = []
 
     @settings(
@@ -269,5 +306,7 @@ def _steer(case: Any, data: st.DataObject, serves: tuple[str, ...], audio: bytes
     params = case.path_parameters or {}
     if "project_id" in params and data.draw(st.integers(0, 9)) < 8:
         params["project_id"] = PROJECT
+    if "deployment_id" in params and DEPLOYMENT_IDS and data.draw(st.integers(0, 9)) < 7:
+        params["deployment_id"] = DEPLOYMENT_IDS[0]
     if "model_id" in params and data.draw(st.booleans()):
         params["model_id"] = data.draw(st.sampled_from(MODELS))

@@ -3,6 +3,7 @@ classification, aggregation and the gate (perf/churn*.py). No network, no proces
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import random
 from collections import Counter
@@ -12,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.api.admin_schema import DeploymentCreate
 from gateway.api.responses_events import ResponseEvents
 from gateway.api.responses_schema import ResponsesRequest
 from gateway.api.retrieval_schema import EmbeddingRequest, RerankRequest
@@ -19,6 +21,16 @@ from gateway.core.types import ChoiceOutput, Delta, FinishReason, ToolCallDelta,
 from gateway.errors import UpstreamUnavailable
 from perf import churn
 from perf.churn import parse_args
+from perf.churn_deployments import (
+    KIND,
+    STREAM,
+    TRITON_MODEL,
+    Cycle,
+    cycle_outcome,
+    deployment_body,
+    stream_failure,
+    summarize_cycles,
+)
 from perf.churn_http import api_outcome, parse_metric
 from perf.churn_mix import (
     BAD_EMBEDDINGS,
@@ -681,3 +693,112 @@ def test_progress_line() -> None:
     assert "900 req" in line and "30.0 req/s" in line and "errors 2" in line and "hung 1" in line
     assert "150.0 MB" in line and "fds 42" in line and "tritonserver 1234" in line
     assert "tritonserver gone" in progress_line(1.0, 0, 0.0, 0.0, 0, 0, _sample(1, None, None, None))
+
+
+# --- the deployment cycler (perf/churn_deployments.py) ---
+
+
+def test_deployment_cycles_flag() -> None:
+    assert not parse_args([]).deployment_cycles
+    assert parse_args(["--launch", "--deployment-cycles"]).deployment_cycles
+
+
+def test_deployment_bodies_are_valid_and_let_the_streams_in() -> None:
+    rng = random.Random(3)
+    seen_acls, seen_limits = set(), set()
+    for n in range(200):
+        streams = rng.randint(2, 4)
+        body = deployment_body(f"churn-dep-x-{n}", streams, rng)
+        parsed = DeploymentCreate.model_validate(body)  # the gateway's own schema accepts it
+        assert parsed.model == TRITON_MODEL and parsed.name == f"churn-dep-x-{n}" and "churn" in parsed.tags
+        limit = parsed.limits.max_in_flight
+        assert limit is None or limit >= streams  # its queue is 0: fewer slots would refuse a stream
+        here = ipaddress.ip_address("127.0.0.1")
+        assert not parsed.acls or any(here in ipaddress.ip_network(a.ip) for a in parsed.acls)
+        seen_acls.add(len(parsed.acls))
+        seen_limits.add(limit is None)
+    assert seen_acls == {0, 1, 2} and seen_limits == {True, False}
+
+
+@pytest.mark.parametrize(
+    ("outcome", "failure"),
+    [
+        ("ok:length", None),
+        ("ok:stop", "stream_bad_finish"),
+        ("bad_finish:stop", "stream_bad_finish"),
+        ("sse_error:upstream_unavailable", "stream_error"),
+        ("truncated", "stream_cut"),
+        ("incomplete", "stream_cut"),
+        ("conn:ClientPayloadError", "stream_cut"),
+        ("hung", "stream_hung"),
+        ("http_404:model_not_found", "stream_refused"),
+    ],
+)
+def test_stream_failure(outcome: str, failure: str | None) -> None:
+    assert stream_failure(outcome) == failure
+
+
+def test_a_cycle_streams_like_the_synthetic_kinds() -> None:
+    body = request_body(STREAM, "churn-dep-x-1", 8)
+    assert body["model"] == "churn-dep-x-1" and body["stream"] and body["max_tokens"] == 100
+    reader = stream_reader(STREAM)
+    events = [
+        _chunk({"role": "assistant", "content": ""}),
+        _chunk({"content": " the"}),
+        _chunk({}, "length"),
+        b"[DONE]",
+    ]
+    outcomes = [reader.event(e) for e in events]
+    assert reader.text and stream_failure(outcomes[-1]) is None
+    cut = stream_reader(STREAM)
+    cut.event(_chunk({"content": " the"}))
+    assert stream_failure(cut.end()) == "stream_cut"
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    return orjson.dumps(
+        {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    )
+
+
+def test_cycle_outcomes_and_summary() -> None:
+    assert cycle_outcome([]) == "ok:cycle"
+    assert cycle_outcome(["stream_cut", "not_gone", "stream_cut"]) == "deployment:not_gone+stream_cut"
+    assert not unexpected(cycle_outcome([]))
+    assert unexpected("deployment:not_404_after_delete")
+    assert not unexpected("deployment:not_gone", ["deployment:not_gone"])
+    ok = Cycle(1, "a-1", 0.0, 1.0, streams=3, streams_ok=3, live_at_delete=3, ready_s=0.01, gone_s=0.5)
+    bad = Cycle(2, "a-2", 1.0, 40.0, streams=2, streams_ok=1, live_at_delete=2, ready_s=0.02)
+    bad.fail("stream_cut", "truncated")
+    bad.fail("not_gone", "still there")
+    create = Cycle(3, "a-3", 40.0, 40.1)
+    create.fail("create_failed", "POST /admin/v1/deployments: HTTP 500 internal_error")
+    s = summarize_cycles([ok, bad, create], left_over=1)
+    assert s["counts"] == {"cycles": 3, "cycle_ok": 1, "create_failed": 1, "stream_cut": 1, "not_gone": 1}
+    assert (s["streams"], s["streams_ok"], s["live_at_delete"], s["left_over"]) == (5, 4, 5, 1)
+    assert s["ready_ms"]["max"] == pytest.approx(20.0) and s["gone_ms"]["p50"] == pytest.approx(500.0)
+    assert [c["n"] for c in s["failed_cycles"]] == [2, 3]
+    assert s["failed_cycles"][0]["details"] == ["stream_cut: truncated", "not_gone: still there"]
+    # in the run's records, a failed cycle is an unexpected outcome of its own kind: the gate fails
+    records = [Record(KIND, c.start, c.end, cycle_outcome(c.failures)) for c in (ok, bad, create)]
+    summary = summarize(records, 40.0)
+    assert summary["unexpected"] == 2 and summary["kinds"][KIND]["requests"] == 3
+    result = _result(summary=summary, deployments=s)
+    reasons = failures(result)
+    assert any("deployment:not_gone+stream_cut x1" in f for f in reasons)
+    assert any("1 deployment(s) of the cycler still listed" in f for f in reasons)
+    result["failures"] = reasons
+    text = format_summary(result)
+    assert "deployment cycles: 3 (ok 1); failures: create_failed 1, stream_cut 1, not_gone 1" in text
+    assert "cycle 2 (a-2, t=1s): stream_cut: truncated; not_gone: still there" in text
+
+
+def test_a_clean_cycler_passes_and_an_idle_one_fails() -> None:
+    clean = summarize_cycles([Cycle(1, "a-1", 0.0, 1.0, streams=2, streams_ok=2, ready_s=0.01, gone_s=0.3)], 0)
+    result = _result(deployments=clean)
+    assert failures(result) == []
+    result["failures"] = []
+    assert "deployment cycles: 1 (ok 1); failures: none" in format_summary(result)
+    assert "deployment cycles" not in format_summary({**_result(), "failures": []})
+    idle = failures(_result(deployments=summarize_cycles([], None)))
+    assert idle == ["the deployment cycler completed no cycle"]

@@ -92,7 +92,7 @@ def test_a_model_names_one_server_or_several(tmp_path: Path) -> None:
     assert ModelConfig.model_validate(base).upstreams == ["127.0.0.1:8001"]
     assert ModelConfig.model_validate({**base, "triton_url": "a:8001"}).upstreams == ["a:8001"]
     assert ModelConfig.model_validate({**base, "triton_urls": ["a:8001", "b:8001"]}).upstreams == ["a:8001", "b:8001"]
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="set one of triton_url, triton_urls and upstream_groups"):
         ModelConfig.model_validate({**base, "triton_url": "a:8001", "triton_urls": ["b:8001"]})
     with pytest.raises(ValueError, match="twice"):
         ModelConfig.model_validate({**base, "triton_urls": ["a:8001", "a:8001"]})
