@@ -41,6 +41,15 @@ class Access:
         self._v4 = tuple(net for net in networks if isinstance(net, IPv4Network))
         self._v6 = tuple(net for net in networks if isinstance(net, IPv6Network))
 
+    def __eq__(self, other: object) -> bool:
+        """The same answers to every caller (so a deployment change that keeps them keeps its model)."""
+        if not isinstance(other, Access):
+            return NotImplemented
+        return (self._endpoints, set(self._v4), set(self._v6)) == (other._endpoints, set(other._v4), set(other._v6))
+
+    def __hash__(self) -> int:
+        return hash((frozenset(self._endpoints.items()), frozenset(self._v4), frozenset(self._v6)))
+
     @property
     def restricted(self) -> bool:
         """Whether ACL rules limit the client addresses."""

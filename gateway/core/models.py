@@ -156,6 +156,10 @@ class ModelRegistry:
             model.upstreams.start()
         return previous
 
+    def lookup(self, model_id: str) -> ServedModel | None:
+        """The model served under exactly ``model_id`` (no access checks: for the operator's side)."""
+        return self._models.get(model_id)
+
     def remove(self, model_id: str) -> ServedModel | None:
         """Stop serving ``model_id``: new requests get 404; those running keep their model."""
         return self._models.pop(model_id, None)

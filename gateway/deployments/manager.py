@@ -36,6 +36,7 @@ from gateway.deployments.records import Deployment
 from gateway.deployments.store import DeploymentStore
 from gateway.engine.repository import ModelControl, RepositoryModel
 from gateway.errors import GatewayError
+from gateway.observability.metrics import forget_model
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +260,10 @@ class DeploymentManager:
             status = "error"
             message = "; ".join(errors) or f"only {len(held)} of the {d.min_size} upstreams needed hold the model"
         before = self._served.get(d.id)
+        if status == "ready":  # served here before the store says so: a client that reads `ready` is served
+            async with self._lock:
+                self._serve(d.model_copy(update={"placement": held}))
+                self._publish_access()
         d = await self.store.update(d.id, None, status=status, error_message=message, placement=held) or d
         log.info("deployment %s (%s): %s on %s", d.name, d.model_id, d.status, ", ".join(held) or "nothing")
         await self.reconcile()
@@ -282,7 +287,7 @@ class DeploymentManager:
 
     async def _teardown(self, d: Deployment, served: ServedModel | None) -> None:
         if served is not None:
-            await self._drain(served)
+            await self._drain(served, gone=True)
         await self._release(d, list(d.placement))
         await self.store.delete(d.id)
         log.info("deployment %s (%s): deleted", d.name, d.model_id)
@@ -293,9 +298,13 @@ class DeploymentManager:
         while in_flight(served) and time.monotonic() < deadline:  # noqa: ASYNC110 (counters, no event)
             await asyncio.sleep(_DRAIN_POLL)
 
-    async def _drain(self, served: ServedModel) -> None:
+    async def _drain(self, served: ServedModel, gone: bool = False) -> None:
+        """Until ``served``'s requests finish, then its health checks stop; ``gone``: its model id is no
+        longer served (deleted), and its metric series go too."""
         await self._quiet(served)
         await served.upstreams.close()
+        if gone and self._registry.lookup(served.id) is None:
+            forget_model(served.id)
 
     # -- serving ---------------------------------------------------------------------------------
 
@@ -306,8 +315,11 @@ class DeploymentManager:
             return
         old = entry[1] if entry is not None else None
         cfg = model_config(d)
-        keep = old is not None and old.config.upstreams == cfg.upstreams and old.id == cfg.id
         access = Access(d.endpoints, d.acls)
+        if old is not None and old.config == cfg and old.access == access:
+            self._served[d.id] = (d.revision, old)  # nothing it serves with changed: keep its admission
+            return
+        keep = old is not None and old.config.upstreams == cfg.upstreams and old.id == cfg.id
         served = self._registry.build(cfg, access, old.upstreams if keep and old is not None else None)
         if old is not None and old.id != served.id:
             self._registry.remove(old.id)
@@ -325,7 +337,7 @@ class DeploymentManager:
             for deployment_id in [i for i in self._served if i not in ready]:  # deleted by another replica
                 served = self._served.pop(deployment_id)[1]
                 self._registry.remove(served.id)
-                self._spawn(self._drain(served), f"drain-{deployment_id}")
+                self._spawn(self._drain(served, gone=True), f"drain-{deployment_id}")
             for d in ready.values():
                 self._serve(d)
             self._publish_access()

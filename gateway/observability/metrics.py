@@ -97,6 +97,20 @@ def child(metric: M, *values: str) -> M:
     return found  # type: ignore[return-value]
 
 
+def forget_model(model_id: str) -> None:
+    """Drop every series labelled with ``model_id`` (a deleted deployment's): models come and go through
+    the operator API, and their label sets must not pile up in memory and in /metrics."""
+    where: dict[object, int] = {}  # metric -> the position of its `model` label
+    for metric in [m for m in globals().values() if isinstance(m, Counter | Gauge | Histogram)]:
+        if "model" not in metric._labelnames:
+            continue
+        at = where[metric] = metric._labelnames.index("model")
+        for labels in [k for k in list(metric._metrics) if k[at] == model_id]:
+            metric.remove(*labels)
+    for key in [k for k in _CHILDREN if k[0] in where and k[1][where[k[0]]] == model_id]:
+        del _CHILDREN[key]
+
+
 class ChoiceObserver:
     """TTFT and inter-token gaps of one choice."""
 

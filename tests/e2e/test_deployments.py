@@ -256,6 +256,8 @@ def test_deploy_serve_scale_patch_and_delete_while_streaming(gateway: Gateway) -
     gateway.wait_gone(d["id"])
     for triton in gateway.tritons:
         wait_loaded(triton, False)
+    with urllib.request.urlopen(gateway.base + "/metrics", timeout=30) as response:
+        assert 'model="dep-main"' not in response.read().decode()  # its series went with it
 
 
 def test_acls_endpoints_and_auth(gateway: Gateway) -> None:
@@ -375,3 +377,56 @@ def test_restart_finds_deployments_and_reloads_what_triton_lost(gateway: Gateway
     asyncio.run(serve())
     assert gateway.call("DELETE", f"/admin/v1/deployments/{d['id']}")[0] == 200
     gateway.wait_gone(d["id"])
+
+
+def test_replicas_sharing_redis_converge(gateway: Gateway, redis_url: str) -> None:
+    """Two more gateways on one Redis store: a deployment made on one is served by the other once its
+    change notification arrives, and a delete on the other takes it away from both."""
+    import redis
+
+    shared = redis_url.rsplit("/", 1)[0] + "/9"  # a database of this test's own
+    redis.Redis.from_url(shared).flushdb()
+    text = gateway.config.read_text().replace("reconcile_interval = 1.0", "reconcile_interval = 30.0")
+    replicas = []
+    for name in ("r1", "r2"):
+        config = gateway.tmp / f"{name}.toml"
+        # their own data_dir and no private listener: what they share is the Redis store
+        lines = [line for line in text.splitlines() if not line.startswith(("data_dir", "private_"))]
+        config.write_text(
+            f"data_dir = {json.dumps(str(gateway.tmp / name))}\ndeployments_redis_url = {json.dumps(shared)}\n"
+            + "\n".join(lines)
+            + "\n"
+        )
+        replica = Gateway(gateway.tmp, config, gateway.admin_key, gateway.project_key, gateway.tritons)
+        replicas.append(replica)
+    try:
+        for replica in replicas:
+            replica.start()
+        one, two = replicas
+        d = one.deploy("dep-shared")
+
+        def served_by(replica: Gateway) -> bool:
+            status, models, _ = replica.call("GET", "/v1/models", key="project")
+            return status == 200 and "dep-shared" in [m["id"] for m in models["data"]]
+
+        deadline = time.monotonic() + READY_WITHIN  # notification, not the 30 s reconcile, brings it
+        while not served_by(two):
+            assert time.monotonic() < deadline, "the second replica never served the deployment"
+            time.sleep(0.1)
+
+        async def chat(replica: Gateway) -> str | None:
+            async with replica.client() as client:
+                return await _chat(client, "dep-shared")
+
+        assert asyncio.run(chat(two)) == "length"
+        assert two.call("DELETE", f"/admin/v1/deployments/{d['id']}")[0] == 200
+        while served_by(one):
+            assert time.monotonic() < deadline, "the first replica still serves a deleted deployment"
+            time.sleep(0.1)
+        two.wait_gone(d["id"])
+        assert one.call("GET", f"/admin/v1/deployments/{d['id']}")[0] == 404
+    finally:
+        for replica in replicas:
+            if replica.process is not None:
+                with reaped(replica.process):
+                    replica.stop()

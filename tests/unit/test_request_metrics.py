@@ -29,3 +29,24 @@ def test_a_half_hour_generation_lands_in_a_finite_bucket() -> None:
     # and the minutes between one and thirty are told apart, not lumped above 60 s
     assert len([b for b in finite if 60.0 < b <= 1920.0]) >= 4
     assert counts[0.025] == 1
+
+
+def test_a_forgotten_model_leaves_no_series() -> None:
+    """A deleted deployment's series go (models come and go through the operator API)."""
+    from prometheus_client import generate_latest
+
+    from gateway.observability.metrics import IN_FLIGHT, REQUESTS, UPSTREAM_IN_FLIGHT, child, forget_model
+
+    child(IN_FLIGHT, "dep-forgotten").inc()
+    child(REQUESTS, "/v1/chat/completions", "dep-forgotten", "200").inc()  # `model` not the first label
+    UPSTREAM_IN_FLIGHT.labels("dep-forgotten", "127.0.0.1:1").inc()
+    child(IN_FLIGHT, "dep-kept").inc()
+    assert b'model="dep-forgotten"' in generate_latest()
+    forget_model("dep-forgotten")
+    text = generate_latest()
+    assert b'model="dep-forgotten"' not in text
+    assert b'model="dep-kept"' in text
+    child(IN_FLIGHT, "dep-forgotten").inc()  # served again later: a fresh series
+    assert b'gateway_requests_in_flight{model="dep-forgotten"} 1.0' in generate_latest()
+    forget_model("dep-forgotten")
+    forget_model("dep-kept")
