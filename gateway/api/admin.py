@@ -29,6 +29,7 @@ from gateway.api.auth import require_admin, set_access_active
 from gateway.api.body import parse, read_json
 from gateway.api.context import CONFIG, DEPLOYMENTS, ENGINES, REGISTRY
 from gateway.config import REPO_ROOT, GatewayConfig
+from gateway.deployments import materialise
 from gateway.deployments.manager import DeploymentManager
 from gateway.deployments.records import Deployment, DeploymentLimits
 from gateway.deployments.store import DeploymentStore, RedisDeploymentStore, SqliteDeploymentStore
@@ -173,6 +174,15 @@ async def list_catalogue(request: web.Request) -> web.Response:
         {"name": name, "upstreams": places, "tokenizer": _default_tokenizer(request.app[CONFIG], name) is not None}
         for name, places in sorted(models.items())
     ]
+    for name in materialise.names():  # on any server, loaded from the gateway's own files
+        source = materialise.source_of(name) or name
+        rows.append(
+            {
+                "name": name,
+                "upstreams": [{"url": url, "state": "MATERIALISABLE", "reason": ""} for url in manager.known_upstreams],
+                "tokenizer": _default_tokenizer(request.app[CONFIG], source) is not None,
+            }
+        )
     return _json(request, {"models": rows, "total_count": len(rows)})
 
 
@@ -197,9 +207,12 @@ async def create_deployment(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     body = parse(DeploymentCreate, await read_json(request, config.max_body_bytes))
     model_id = body.model_id or body.name
+    source = materialise.source_of(body.model)
+    if body.model.startswith(materialise.PREFIX) and source is None:
+        raise InvalidRequest(f"The gateway cannot materialise '{body.model}' (see GET /admin/v1/models)", param="model")
     if manager.reserved(model_id):
         raise Conflict(f"The model id '{model_id}' is served by the configuration file", param="model_id")
-    tokenizer = Path(body.tokenizer) if body.tokenizer else _default_tokenizer(config, body.model)
+    tokenizer = Path(body.tokenizer) if body.tokenizer else _default_tokenizer(config, source or body.model)
     if tokenizer is None:
         raise InvalidRequest(f"No tokenizer is known for '{body.model}': give 'tokenizer'", param="tokenizer")
     if not (tokenizer / "tokenizer.json").is_file():
@@ -215,7 +228,8 @@ async def create_deployment(request: web.Request) -> web.Response:
     deployment = Deployment(
         name=body.name,
         model_id=model_id,
-        triton_model=body.model,
+        triton_model=materialise.triton_name(source) if source else body.model,
+        source=source,
         task=body.task,
         tokenizer_dir=str(tokenizer),
         upstreams=body.upstreams,

@@ -32,6 +32,7 @@ from typing import Any
 from gateway.auth.access import Access
 from gateway.config import ModelConfig
 from gateway.core.models import ModelRegistry, ServedModel
+from gateway.deployments import materialise
 from gateway.deployments.records import Deployment
 from gateway.deployments.store import DeploymentStore
 from gateway.engine.repository import ModelControl, RepositoryModel
@@ -226,8 +227,12 @@ class DeploymentManager:
         """Load ``d``'s Triton model on ``url`` unless it is ready there; Triton's reason if it fails."""
         if d.model_config_override is None and await self._holds(url, d):
             return None
+        config, files = d.model_config_override, None
+        if d.source is not None:  # the gateway's own model: its config and code go with the request
+            config, files = materialise.materials(d.source)
+            config = d.model_config_override or config
         try:
-            await self._control_for(url).load_model(d.triton_model, d.model_config_override)
+            await self._control_for(url).load_model(d.triton_model, config, files)
         except GatewayError as exc:
             return f"{url}: {exc.message}"
         return None

@@ -96,6 +96,7 @@ class Deployment(BaseModel):
     endpoints: list[Endpoint] = Field(default_factory=lambda: [Endpoint()])
     acls: list[AclRule] = Field(default_factory=list)
     model_config_override: dict[str, object] | None = None  # RepositoryModelLoad's `config` parameter
+    source: str | None = None  # a model the gateway materialises (gateway.deployments.materialise), by name
     created_at: int = Field(default_factory=now)
     updated_at: int = Field(default_factory=now)
     revision: int = 0

@@ -320,6 +320,29 @@ def test_acls_endpoints_and_auth(gateway: Gateway) -> None:
         gateway.wait_gone(dep["id"])
 
 
+def test_a_model_the_gateway_materialises(gateway: Gateway) -> None:
+    """`gateway/synthetic` is loaded from the gateway's own files (config + model.py in the load request),
+    under a Triton name of its own, on a server whatever its repository holds."""
+    status, catalogue, _ = gateway.call("GET", "/admin/v1/models")
+    assert status == 200
+    entry = next(m for m in catalogue["models"] if m["name"] == "gateway/synthetic")
+    assert {p["state"] for p in entry["upstreams"]} == {"MATERIALISABLE"} and entry["tokenizer"]
+    target = gateway.tritons[1]
+    d = gateway.deploy("dep-materialised", model="gateway/synthetic", upstreams=[target.grpc_url])
+    assert d["triton_model"] == "gateway-synthetic" and d["placement"] == [target.grpc_url]
+    assert loaded(target, "gateway-synthetic") and not loaded(gateway.tritons[0], "gateway-synthetic")
+
+    async def serve() -> None:
+        async with gateway.client() as client:
+            assert await _chat(client, "dep-materialised") == "length"
+
+    asyncio.run(serve())
+    assert gateway.call("POST", "/admin/v1/deployments", {"name": "x", "model": "gateway/nothing"})[0] == 400
+    assert gateway.call("DELETE", f"/admin/v1/deployments/{d['id']}")[0] == 200
+    gateway.wait_gone(d["id"])
+    assert not loaded(target, "gateway-synthetic")
+
+
 def test_pagination_over_many_deployments_of_one_model(gateway: Gateway) -> None:
     first = gateway.deploy("page-000", upstreams=[gateway.urls[0]], tags=["page", "even"])
     ids = [first["id"]]
