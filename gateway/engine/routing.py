@@ -39,7 +39,7 @@ POLICIES = (FASTEST, CHEAPEST)  # with the names of a model's groups: what `mode
 EWMA_WEIGHT = 0.2  # the newest measurement's weight: the last ten or so requests count
 FASTEST_TOKENS = 128  # fastest's score: seconds to the first token and this many more
 STALE_S = 10.0  # an upstream whose figures are older is given one request to refresh them
-PREFIX_ENTRIES = 65_536  # prefix blocks remembered per model (LRU): about 6 MB
+PREFIX_ENTRIES = 65_536  # prefix blocks remembered per model (LRU): about 8 MB when full
 # prefix routing leaves a prompt's upstream (this request only: the prefix stays its) when that one has
 # more in flight than the least loaded one by more than max(SPILL_ABS, SPILL_REL x the least loaded's):
 # a few more requests in an in-flight batch are worth a cache hit (a long prefill saved), a server more
