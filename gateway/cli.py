@@ -347,7 +347,7 @@ def _probe(url: str, timeout: float) -> str | None:
 
 def _warn_unreachable(config: GatewayConfig, timeout: float = 2.0) -> None:
     """Say at once which configured Triton servers do not answer ready (serving goes on: /ready tells)."""
-    urls = sorted({url for model in config.models for url in model.upstreams})
+    urls = sorted({url for model in config.models for url in config.urls_of(model)})
     with ThreadPoolExecutor(max_workers=min(len(urls), 16) or 1) as pool:
         for url, why in zip(urls, pool.map(lambda u: _probe(u, timeout), urls), strict=True):
             if why is not None:

@@ -134,15 +134,18 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_way_to_name_upstreams(self) -> ModelConfig:
-        if sum(map(bool, (self.triton_url, self.triton_urls, self.upstream_groups))) > 1:
-            raise ValueError("set one of triton_url, triton_urls and upstream_groups")
+        if self.triton_url and (self.triton_urls or self.upstream_groups):
+            raise ValueError("set one of triton_url, triton_urls and upstream_groups (or triton_urls within groups)")
         if len(set(self.triton_urls)) != len(self.triton_urls):
             raise ValueError("triton_urls: a server is listed twice")
         return self
 
     @property
     def upstreams(self) -> list[str]:
-        """The Triton servers of this model (default: 127.0.0.1:8001)."""
+        """The Triton servers this model names itself (default: 127.0.0.1:8001); with ``upstream_groups``
+        only ``triton_urls`` (the groups' servers: :meth:`GatewayConfig.urls_of`)."""
+        if self.upstream_groups:
+            return list(self.triton_urls)
         return self.triton_urls or [self.triton_url or "127.0.0.1:8001"]
 
 
@@ -312,6 +315,15 @@ class GatewayConfig(BaseModel):
         default=True, description="false: /health, /ready and /metrics requests are left out of the access log"
     )
 
+    def urls_of(self, model: ModelConfig) -> list[str]:
+        """The Triton servers of ``model``: its own, or its groups' (in preference order; with
+        ``triton_urls`` too, only those of the groups' servers)."""
+        if not model.upstream_groups:
+            return model.upstreams
+        groups = {g.name: g for g in self.upstream_groups}
+        urls = dict.fromkeys(url for name in model.upstream_groups for url in groups[name].urls)
+        return [u for u in urls if not model.triton_urls or u in model.triton_urls]
+
     @field_validator("cors_origins")
     @classmethod
     def _origins(cls, origins: list[str]) -> list[str]:
@@ -348,10 +360,15 @@ class GatewayConfig(BaseModel):
         groups = {g.name for g in self.upstream_groups}
         if len(groups) != len(self.upstream_groups):
             raise ValueError("upstream_groups: two groups share a name")
+        for group in self.upstream_groups:
+            if group.name in ("fastest", "cheapest"):
+                raise ValueError(f"upstream_groups: {group.name!r} is a routing policy's name (model:{group.name})")
         for i, model in enumerate(self.models):
             for g in model.upstream_groups:
                 if g not in groups:
                     raise ValueError(f"models.{i}.upstream_groups: unknown group {g!r}")
+            if model.upstream_groups and set(model.triton_urls) - set(self.urls_of(model)):
+                raise ValueError(f"models.{i}.triton_urls: a server in none of its upstream_groups")
         if (self.private_host is None) != (self.private_port is None):
             raise ValueError("private_host and private_port: set both or neither")
         if len({k.id for k in self.keys}) != len(self.keys):

@@ -47,8 +47,7 @@ def known_upstreams(config: GatewayConfig) -> list[str]:
     for group in config.upstream_groups:
         urls.update(dict.fromkeys(group.urls))
     for model in config.models:
-        if not model.upstream_groups:
-            urls.update(dict.fromkeys(model.upstreams))
+        urls.update(dict.fromkeys(config.urls_of(model)))
     return list(urls)
 
 
@@ -77,7 +76,9 @@ async def deployments_context(app: web.Application) -> AsyncIterator[None]:
         app[REGISTRY],
         lambda url: cast(ModelControl, engines(url)),
         known_upstreams(config),
-        config.models,
+        {(url, m.triton_model) for m in config.models for url in config.urls_of(m)},
+        {m.id for m in config.models},
+        {g.name: list(g.urls) for g in config.upstream_groups},
         interval=config.reconcile_interval,
         drain_timeout=config.drain_timeout,
         on_access_change=lambda active: set_access_active(app, active),
@@ -220,6 +221,9 @@ async def create_deployment(request: web.Request) -> web.Response:
     unknown = [u for u in body.upstreams if u not in manager.known_upstreams]
     if unknown:
         raise InvalidRequest(f"Unknown upstream {unknown[0]!r} (see GET /admin/v1/upstreams)", param="upstreams")
+    unknown = [g for g in body.upstream_groups if g not in manager.groups]
+    if unknown:
+        raise InvalidRequest(f"Unknown upstream group {unknown[0]!r}", param="upstream_groups")
     max_size = body.max_size or body.min_size
     if max_size < body.min_size:
         raise InvalidRequest("max_size must be at least min_size", param="max_size")
@@ -233,6 +237,7 @@ async def create_deployment(request: web.Request) -> web.Response:
         task=body.task,
         tokenizer_dir=str(tokenizer),
         upstreams=body.upstreams,
+        upstream_groups=body.upstream_groups,
         min_size=body.min_size,
         max_size=max_size,
         limits=_limits(body.limits, DeploymentLimits()),

@@ -66,6 +66,11 @@ class DeploymentCreate(BaseModel):
         default=None, description="directory with tokenizer.json (default: the one of a configured model of that name)"
     )
     upstreams: list[str] = Field(default_factory=list, description="Triton servers to use, in order (default: all)")
+    upstream_groups: list[str] = Field(
+        default_factory=list,
+        description="upstream groups to use, in order of preference: requests go to the first group with a"
+        " server free, else the next (with `upstreams` too: only those of the groups' servers)",
+    )
     min_size: int = Field(default=1, ge=1, le=64, description="upstreams that must hold the model for it to serve")
     max_size: int | None = Field(default=None, ge=1, le=64, description="upstreams to load it on (default: min_size)")
     limits: LimitsPatch = Field(default_factory=LimitsPatch)

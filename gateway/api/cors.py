@@ -24,6 +24,7 @@ EXPOSE_HEADERS = ", ".join(
     (
         "x-request-id",
         "x-gateway-overhead-ms",
+        "x-upstream",
         *(f"x-ratelimit-{what}-{unit}" for unit in ("requests", "tokens") for what in ("limit", "remaining", "reset")),
         "retry-after",
     )

@@ -145,7 +145,8 @@ class ModelRegistry:
                 raise ValueError(f"model {cfg.id!r}: unknown upstream group {name!r}")
             info = GroupInfo(name, group.price_input_per_1k + group.price_output_per_1k, group.capacity)
             for url in group.urls:
-                placed.setdefault(url, info)
+                if not cfg.triton_urls or url in cfg.triton_urls:  # triton_urls: only these of the groups'
+                    placed.setdefault(url, info)
         return list(placed), list(placed.values())
 
     def add(self, model: ServedModel) -> ServedModel | None:

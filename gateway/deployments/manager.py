@@ -51,6 +51,7 @@ def model_config(d: Deployment) -> ModelConfig:
         id=d.model_id,
         task=d.task,
         triton_urls=list(d.placement),
+        upstream_groups=list(d.upstream_groups),  # routing by preference over the servers that hold it
         triton_model=d.triton_model,
         tokenizer_dir=Path(d.tokenizer_dir),
         context_length=limits.context_length,
@@ -74,19 +75,23 @@ class DeploymentManager:
         registry: ModelRegistry,
         control_for: Callable[[str], ModelControl],
         known_upstreams: list[str],
-        configured: Iterable[ModelConfig],
+        pinned: set[tuple[str, str]],
+        configured_ids: set[str],
+        groups: dict[str, list[str]],
         interval: float = 5.0,
         drain_timeout: float = 30.0,
         on_access_change: Callable[[bool], None] | None = None,
     ) -> None:
-        """``known_upstreams``: where a deployment that names none may go, in order;
-        ``configured``: the configuration file's models (their Triton models are never unloaded)."""
+        """``known_upstreams``: where a deployment that names none may go, in order; ``pinned``: the
+        (URL, Triton model) pairs of the configuration file's models, never unloaded; ``configured_ids``:
+        their model ids, which no deployment may take; ``groups``: the upstream groups' servers."""
         self.store = store
         self._registry = registry
         self._control_for = control_for
         self.known_upstreams = known_upstreams
-        self._pinned = {(url, m.triton_model) for m in configured for url in m.upstreams}
-        self._configured_ids = {m.id for m in configured}
+        self._pinned = pinned
+        self._configured_ids = configured_ids
+        self.groups = groups
         self._interval = interval
         self._drain_timeout = drain_timeout
         self._on_access_change = on_access_change
@@ -199,6 +204,10 @@ class DeploymentManager:
     # -- placement -------------------------------------------------------------------------------
 
     def _candidates(self, d: Deployment) -> list[str]:
+        """Where ``d`` may be loaded, in order of preference."""
+        if d.upstream_groups:
+            in_groups = dict.fromkeys(url for name in d.upstream_groups for url in self.groups.get(name, ()))
+            return [url for url in in_groups if not d.upstreams or url in d.upstreams]
         return list(d.upstreams or self.known_upstreams)
 
     def _needed(self, url: str, triton_model: str, deployments: Iterable[Deployment], leaving: str) -> bool:

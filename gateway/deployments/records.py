@@ -86,6 +86,7 @@ class Deployment(BaseModel):
     task: Task = "generate"
     tokenizer_dir: str
     upstreams: list[str] = Field(default_factory=list)  # candidate Triton gRPC URLs, in preference order
+    upstream_groups: list[str] = Field(default_factory=list)  # or named groups, in preference order
     min_size: int = 1
     max_size: int = 1
     placement: list[str] = Field(default_factory=list)  # the upstreams that hold it now

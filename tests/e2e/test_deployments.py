@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +24,7 @@ import tritonclient.grpc as grpcclient
 from gateway.auth.keys import new_key
 from gateway.embedded.tritonserver import TritonPorts, TritonServer
 from perf.stack import free_port
-from tests.conftest import MODEL_REPOSITORY
+from tests.conftest import MODEL_REPOSITORY, REPO
 from tests.e2e.conftest import reaped, start_gateway, stop, wait_http
 
 pytestmark = pytest.mark.e2e
@@ -136,8 +138,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         config.write_text(
             f"data_dir = {json.dumps(str(tmp / 'data'))}\n"
             f'private_host = "127.0.0.1"\nprivate_port = {private_port}\nreconcile_interval = 1.0\n'
-            '[[upstream_groups]]\nname = "cpu"\n'
-            f"urls = {json.dumps([t.grpc_url for t in tritons])}\n"
+            f'[[upstream_groups]]\nname = "near"\nurls = ["{tritons[0].grpc_url}"]\n'
+            f'[[upstream_groups]]\nname = "far"\nurls = ["{tritons[1].grpc_url}"]\n'
             '[[projects]]\nid = "ops"\n[[projects]]\nid = "team"\n'
             f'[[keys]]\nid = "{admin.id}"\nsha256 = "{admin.sha256}"\nproject = "ops"\nadmin = true\n'
             f'[[keys]]\nid = "{project.id}"\nsha256 = "{project.sha256}"\nproject = "team"\n'
@@ -180,7 +182,7 @@ def test_admin_key_required_everywhere(gateway: Gateway) -> None:
     with urllib.request.urlopen(request, timeout=30) as response:
         upstreams = json.loads(response.read())["upstreams"]
     assert [u["url"] for u in upstreams] == gateway.urls
-    assert all(u["group"] == "cpu" and u["healthy"] for u in upstreams)
+    assert [u["group"] for u in upstreams] == ["near", "far"] and all(u["healthy"] for u in upstreams)
     status, catalogue, _ = gateway.call("GET", "/admin/v1/models")
     assert status == 200
     synthetic = next(m for m in catalogue["models"] if m["name"] == "synthetic")
@@ -320,6 +322,30 @@ def test_acls_endpoints_and_auth(gateway: Gateway) -> None:
         gateway.wait_gone(dep["id"])
 
 
+def test_a_deployment_prefers_its_first_group_and_pins_by_suffix(gateway: Gateway) -> None:
+    near, far = gateway.urls
+    d = gateway.deploy("dep-groups", upstream_groups=["far", "near"], min_size=2)
+    assert sorted(d["placement"]) == sorted(gateway.urls)
+
+    async def upstreams_of(model: str) -> set[str]:
+        async with gateway.client() as client:
+            seen = set()
+            for _ in range(4):
+                raw = await client.chat.completions.with_raw_response.create(
+                    model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+                )
+                seen.add(raw.headers["x-upstream"])
+            return seen
+
+    assert asyncio.run(upstreams_of("dep-groups")) == {f"far/{far}"}  # idle: always the preferred group
+    assert asyncio.run(upstreams_of("dep-groups:near")) == {f"near/{near}"}
+    bad = {"name": "x", "model": "synthetic", "upstream_groups": ["nowhere"]}
+    status, body, _ = gateway.call("POST", "/admin/v1/deployments", bad)
+    assert status == 400 and body["error"]["param"] == "upstream_groups"
+    assert gateway.call("DELETE", f"/admin/v1/deployments/{d['id']}")[0] == 200
+    gateway.wait_gone(d["id"])
+
+
 def test_a_model_the_gateway_materialises(gateway: Gateway) -> None:
     """`gateway/synthetic` is loaded from the gateway's own files (config + model.py in the load request),
     under a Triton name of its own, on a server whatever its repository holds."""
@@ -453,3 +479,35 @@ def test_replicas_sharing_redis_converge(gateway: Gateway, redis_url: str) -> No
             if replica.process is not None:
                 with reaped(replica.process):
                     replica.stop()
+
+
+def test_the_cli_verbs(gateway: Gateway) -> None:
+    def cli(*args: str) -> Any:
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "deployments", "--url", gateway.base, "--key", gateway.admin_key, *args],
+            cwd=REPO,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    made = cli("create", "dep-cli", "--model", "synthetic", "--tag", "cli", "--max-in-flight", "4", "--wait")
+    assert made["status"] == "ready" and made["limits"]["max_in_flight"] == 4
+    listed = cli("list", "--tag", "cli")
+    assert listed["total_count"] == 1 and listed["deployments"][0]["id"] == made["id"]
+    assert cli("patch", made["id"], "--max-queue", "2")["limits"]["max_queue"] == 2
+    assert "synthetic" in {m["name"] for m in cli("models")["models"]}
+    assert cli("delete", made["id"])["status"] == "deleting"
+    gateway.wait_gone(made["id"])
+    refused = subprocess.run(
+        [sys.executable, "-m", "gateway", "deployments", "--url", gateway.base, "--key", gateway.project_key, "list"],
+        cwd=REPO,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode != 0 and "403" in refused.stderr

@@ -96,3 +96,20 @@ def test_a_model_names_one_server_or_several(tmp_path: Path) -> None:
         ModelConfig.model_validate({**base, "triton_url": "a:8001", "triton_urls": ["b:8001"]})
     with pytest.raises(ValueError, match="twice"):
         ModelConfig.model_validate({**base, "triton_urls": ["a:8001", "a:8001"]})
+
+
+def test_upstream_groups_resolve_in_preference_order_and_may_be_narrowed() -> None:
+    groups = [{"name": "h100", "urls": ["a:1", "b:1"]}, {"name": "a100", "urls": ["c:1", "a:1"]}]
+    model = {"id": "m", "triton_model": "t", "tokenizer_dir": "/x", "upstream_groups": ["a100", "h100"]}
+    config = GatewayConfig.model_validate({"upstream_groups": groups, "models": [model]})
+    assert config.urls_of(config.models[0]) == ["c:1", "a:1", "b:1"]
+    narrowed = GatewayConfig.model_validate(
+        {"upstream_groups": groups, "models": [{**model, "triton_urls": ["b:1", "c:1"]}]}
+    )
+    assert narrowed.urls_of(narrowed.models[0]) == ["c:1", "b:1"]
+    with pytest.raises(ValueError, match="a server in none of its upstream_groups"):
+        GatewayConfig.model_validate({"upstream_groups": groups, "models": [{**model, "triton_urls": ["z:1"]}]})
+    with pytest.raises(ValueError, match="routing policy"):
+        GatewayConfig.model_validate({"upstream_groups": [{"name": "fastest", "urls": ["a:1"]}]})
+    with pytest.raises(ValueError, match="reserved"):
+        GatewayConfig.model_validate({"projects": [{"id": "admin"}]})
