@@ -346,6 +346,26 @@ def test_a_deployment_prefers_its_first_group_and_pins_by_suffix(gateway: Gatewa
     gateway.wait_gone(d["id"])
 
 
+def test_a_model_triton_cannot_load_ends_in_error_with_its_reason(gateway: Gateway) -> None:
+    status, body, _ = gateway.call(
+        "POST",
+        "/admin/v1/deployments",
+        {"name": "dep-bad", "model": "no-such-model", "tokenizer": str(MODEL_REPOSITORY / "smollm2" / "weights")},
+    )
+    assert status == 201, body
+    failed = gateway.wait_status(body["id"], "error")
+    assert "no-such-model" in failed["error_message"] and failed["size"] == 0
+
+    async def refused() -> None:
+        async with gateway.client() as client:
+            with pytest.raises(openai.NotFoundError):
+                await _chat(client, "dep-bad")
+
+    asyncio.run(refused())
+    assert gateway.call("DELETE", f"/admin/v1/deployments/{body['id']}")[0] == 200
+    gateway.wait_gone(body["id"])
+
+
 def test_a_model_the_gateway_materialises(gateway: Gateway) -> None:
     """`gateway/synthetic` is loaded from the gateway's own files (config + model.py in the load request),
     under a Triton name of its own, on a server whatever its repository holds."""
