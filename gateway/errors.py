@@ -141,6 +141,12 @@ class UpstreamUnavailable(GatewayError):
     kind = ErrorKind(503, "service_unavailable", "upstream_unavailable", "UNAVAILABLE")
 
 
+class StoreUnavailable(GatewayError):
+    """The gateway's own durable state (the deployment store: Redis, a SQLite file) cannot be reached."""
+
+    kind = ErrorKind(503, "service_unavailable", "store_unavailable", "UNAVAILABLE")
+
+
 class Overloaded(GatewayError):
     """The upstream model's in-flight cap and wait queue are full."""
 
@@ -205,6 +211,7 @@ ERROR_TABLE: dict[type[GatewayError], ErrorKind] = {
         RateLimited,
         UpstreamUnavailable,
         Overloaded,
+        StoreUnavailable,
         ShuttingDown,
         UpstreamTimeout,
         UpstreamError,

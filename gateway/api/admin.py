@@ -32,7 +32,7 @@ from gateway.config import REPO_ROOT, GatewayConfig
 from gateway.deployments import materialise
 from gateway.deployments.manager import DeploymentManager
 from gateway.deployments.records import Deployment, DeploymentLimits
-from gateway.deployments.store import DeploymentStore, RedisDeploymentStore, SqliteDeploymentStore
+from gateway.deployments.store import DeploymentStore, GuardedStore, RedisDeploymentStore, SqliteDeploymentStore
 from gateway.engine.repository import ModelControl
 from gateway.errors import Conflict, InvalidRequest, ObjectNotFound
 
@@ -72,7 +72,7 @@ async def deployments_context(app: web.Application) -> AsyncIterator[None]:
         store = SqliteDeploymentStore(config.data_dir / "deployments.sqlite")
     engines = app[ENGINES]  # Triton's clients, whose model-repository calls the manager makes
     manager = DeploymentManager(
-        store,
+        GuardedStore(store),
         app[REGISTRY],
         lambda url: cast(ModelControl, engines(url)),
         known_upstreams(config),

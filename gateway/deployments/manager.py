@@ -36,7 +36,7 @@ from gateway.deployments import materialise
 from gateway.deployments.records import Deployment
 from gateway.deployments.store import DeploymentStore
 from gateway.engine.repository import ModelControl, RepositoryModel
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, StoreUnavailable
 from gateway.observability.metrics import forget_model
 
 log = logging.getLogger(__name__)
@@ -99,12 +99,17 @@ class DeploymentManager:
         self._work: dict[str, asyncio.Task[None]] = {}  # deployment id -> its create/scale/delete work
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()  # one reconcile pass at a time
+        self._resumed = True  # False while the store was unreachable since start-up
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.reconcile()  # what was ready is served at once, and checked by resume()
-        await self.resume()
+        try:
+            await self.reconcile()  # what was ready is served at once, and checked by resume()
+            await self.resume()
+        except StoreUnavailable as exc:  # serve the configured models; the periodic pass tries again
+            log.error("deployments: %s; retrying every %.0f s", exc.message, self._interval)
+            self._resumed = False
         self._spawn(self._watch(), "deployments-watch")
         self._spawn(self._tick(), "deployments-reconcile")
 
@@ -139,6 +144,9 @@ class DeploymentManager:
         while True:
             await asyncio.sleep(self._interval)
             try:
+                if not self._resumed:  # the store was away at start-up
+                    await self.resume()
+                    self._resumed = True
                 await self.reconcile(check_triton=True)
             except Exception:
                 log.exception("deployments: reconcile failed")

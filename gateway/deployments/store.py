@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Protocol, TypeVar
 
 import orjson
+from redis.exceptions import RedisError
 
 from gateway.deployments.records import Deployment
 from gateway.deployments.store_redis import RedisDeploymentStore
@@ -35,10 +37,11 @@ from gateway.deployments.store_rules import (
     name_taken,
     next_revision,
 )
-from gateway.errors import Conflict
+from gateway.errors import Conflict, StoreUnavailable
 
 __all__ = ["ORDERS", "DeploymentStore", "OrderBy", "RedisDeploymentStore", "SqliteDeploymentStore"]
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 Deployments = list[Deployment]  # (the stores' method `list` hides the builtin in their class bodies)
 
@@ -317,3 +320,60 @@ def _conflict(db: sqlite3.Connection, record: Deployment, exc: sqlite3.Integrity
     if "deployments.id" in text:
         return id_taken(record.id)
     raise exc
+
+
+_FAILURES = (sqlite3.Error, OSError, RedisError)  # the store itself unreachable or broken (not an answer)
+
+
+async def guarded(call: Awaitable[T]) -> T:
+    """``call``'s answer; a failure of the store itself as the gateway's ``StoreUnavailable`` (503)."""
+    try:
+        return await call
+    except _FAILURES as exc:
+        log.warning("deployment store: %s: %s", type(exc).__name__, exc)
+        raise StoreUnavailable(f"The deployment store is unavailable ({type(exc).__name__})") from None
+
+
+class GuardedStore:
+    """A store whose failures reach callers as ``StoreUnavailable``, translated here where they enter
+    (not per route); conflicts and the store's other answers pass as they are."""
+
+    def __init__(self, inner: DeploymentStore) -> None:
+        self._inner = inner
+
+    async def create(self, d: Deployment) -> Deployment:
+        return await guarded(self._inner.create(d))
+
+    async def get(self, deployment_id: str) -> Deployment | None:
+        return await guarded(self._inner.get(deployment_id))
+
+    async def get_by_model_id(self, model_id: str) -> Deployment | None:
+        return await guarded(self._inner.get_by_model_id(model_id))
+
+    async def list(
+        self,
+        name: str | None = None,
+        tag: str | None = None,
+        status: str | None = None,
+        order_by: OrderBy = "created_at_asc",
+        page: int = 1,
+        per_page: int = 50,
+    ) -> tuple[Deployments, int]:
+        return await guarded(self._inner.list(name, tag, status, order_by, page, per_page))
+
+    async def all(self) -> Deployments:
+        return await guarded(self._inner.all())
+
+    async def update(
+        self, deployment_id: str, expected_revision: int | None = None, **changes: object
+    ) -> Deployment | None:
+        return await guarded(self._inner.update(deployment_id, expected_revision, **changes))
+
+    async def delete(self, deployment_id: str) -> bool:
+        return await guarded(self._inner.delete(deployment_id))
+
+    def changes(self) -> AsyncIterator[str]:
+        return self._inner.changes()  # its reader fails on its own; the manager's watch loop retries
+
+    async def close(self) -> None:
+        await self._inner.close()
