@@ -34,6 +34,7 @@ from gateway.deployments.manager import DeploymentManager
 from gateway.deployments.records import Deployment, DeploymentLimits
 from gateway.deployments.store import DeploymentStore, GuardedStore, RedisDeploymentStore, SqliteDeploymentStore
 from gateway.engine.repository import ModelControl
+from gateway.engine.upstreams import server_load
 from gateway.errors import Conflict, InvalidRequest, ObjectNotFound
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -139,11 +140,6 @@ def _one(request: web.Request, d: Deployment, status: int = 200) -> web.Response
 async def list_upstreams(request: web.Request) -> web.Response:
     manager = _manager(request)
     config = request.app[CONFIG]
-    registry = request.app[REGISTRY]
-    load: dict[str, int] = {}
-    for model in registry.models():
-        for upstream in model.upstreams.upstreams:
-            load[upstream.url] = load.get(upstream.url, 0) + upstream.in_flight
     indexes = await asyncio.gather(*(manager.index(url) for url in manager.known_upstreams))
     rows = []
     for url, index in zip(manager.known_upstreams, indexes, strict=True):
@@ -154,7 +150,7 @@ async def list_upstreams(request: web.Request) -> web.Response:
                 "group": group,
                 "healthy": index is not None,
                 "models_loaded": sorted(m.name for m in index or () if m.state == "READY"),
-                "in_flight": load.get(url, 0),
+                "in_flight": server_load(url).in_flight,  # this process's requests, every model's
                 "capacity": capacity,
             }
         )

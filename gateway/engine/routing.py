@@ -92,8 +92,12 @@ class Meter:
 class Candidate(Protocol):
     """What routing reads of an upstream (gateway.engine.upstreams.Upstream)."""
 
-    in_flight: int
     meter: Meter
+
+    @property
+    def load(self) -> int:
+        """Requests in flight on the server (every model's)."""
+        ...
 
     @property
     def available(self) -> bool: ...
@@ -106,7 +110,7 @@ U = TypeVar("U", bound=Candidate)
 
 def saturated(u: Candidate) -> bool:
     capacity = u.group.capacity
-    return capacity is not None and u.in_flight >= capacity
+    return capacity is not None and u.load >= capacity
 
 
 def least_in_flight(ready: Sequence[U], turn: int) -> U:
@@ -115,7 +119,7 @@ def least_in_flight(ready: Sequence[U], turn: int) -> U:
     best = ready[turn % n]
     for i in range(1, n):
         u = ready[(turn + i) % n]
-        if u.in_flight < best.in_flight:
+        if u.load < best.load:
             best = u
     return best
 
@@ -129,13 +133,13 @@ def fastest(ready: Sequence[U], now: float, stale_s: float = STALE_S) -> U:
             return u
     best = ready[0]
     for u in ready[1:]:
-        if (u.meter.score, u.in_flight) < (best.meter.score, best.in_flight):
+        if (u.meter.score, u.load) < (best.meter.score, best.load):
             best = u
     return best
 
 
 def overloaded(owner: Candidate, least: Candidate, spill_abs: int = SPILL_ABS, spill_rel: float = SPILL_REL) -> bool:
-    return owner.in_flight - least.in_flight > max(spill_abs, spill_rel * least.in_flight)
+    return owner.load - least.load > max(spill_abs, spill_rel * least.load)
 
 
 class PrefixTable(Generic[U]):
@@ -258,7 +262,7 @@ class Route(Generic[U]):
             if u in exclude:
                 continue
             capacity = u.group.capacity
-            key = (not u.available, u.in_flight / capacity if u.available and capacity else float(u.in_flight))
+            key = (not u.available, u.load / capacity if u.available and capacity else float(u.load))
             if best is None or key < best_key:
                 best, best_key = u, key
         return best

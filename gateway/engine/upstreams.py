@@ -80,6 +80,27 @@ _READY_WAIT = 2.0  # seconds a readiness query waits for a running check before 
 _NO_GROUP = GroupInfo()
 
 
+class ServerLoad:
+    """Requests in flight on one Triton server from this process, whatever model they are for: several
+    models (deployments of one Triton model, or models sharing a server) load one server together."""
+
+    __slots__ = ("in_flight",)
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+
+
+_SERVERS: dict[str, ServerLoad] = {}
+
+
+def server_load(url: str) -> ServerLoad:
+    """The load of the server at ``url`` (one per URL in this process)."""
+    load = _SERVERS.get(url)
+    if load is None:
+        load = _SERVERS[url] = ServerLoad()
+    return load
+
+
 class Upstream:
     """One Triton server as seen by one model: its group, load, speed, health and metric children."""
 
@@ -96,6 +117,7 @@ class Upstream:
         "label",
         "last_ok",
         "meter",
+        "server",
     )
 
     def __init__(self, engine: Engine, model_id: str, group: GroupInfo = _NO_GROUP) -> None:
@@ -104,7 +126,8 @@ class Upstream:
         # what the x-upstream header and the access log say: "group/host:port", or "host:port"
         self.label = f"{group.name}/{engine.url}" if group.name else engine.url
         self.meter = Meter()
-        self.in_flight = 0
+        self.in_flight = 0  # this model's requests (a deleted deployment drains on it)
+        self.server = server_load(engine.url)  # every model's: what routing and capacity go by
         self.healthy = False  # until the first check says otherwise
         self.failures = 0  # consecutive
         self.ejected_at: float | None = None
@@ -123,13 +146,20 @@ class Upstream:
     def available(self) -> bool:
         return self.healthy and self.ejected_at is None
 
+    @property
+    def load(self) -> int:
+        """Requests in flight on the server, for every model it serves."""
+        return self.server.in_flight
+
     def begin(self) -> None:
         self.in_flight += 1
+        self.server.in_flight += 1
         self._in_flight_gauge.inc()
         self._requests.inc()
 
     def end(self) -> None:
         self.in_flight -= 1
+        self.server.in_flight -= 1
         self._in_flight_gauge.dec()
 
     def publish(self) -> None:

@@ -55,6 +55,10 @@ class Up:
     def available(self) -> bool:
         return self.healthy
 
+    @property
+    def load(self) -> int:
+        return self.in_flight
+
     def __repr__(self) -> str:
         return self.name
 
@@ -408,3 +412,25 @@ def test_the_synthetic_prefix_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cache.uncached(prompt(4, 1)) == 660
     assert cache.uncached(prompt(2, 1)) == 660  # the least recently used (prompt 2's) made room for prompt 4's
     assert cache.summary() == "prefix cache: 7 requests, 1280 of 4620 prompt tokens cached (27.7%)"
+
+
+async def test_models_on_one_server_share_its_load_and_capacity(contract: ModelContract) -> None:
+    """Two models (e.g. two deployments of one Triton model) on the same two servers: what one sends to a
+    server counts against that server's capacity for the other, while each model drains on its own."""
+    tight = GroupInfo("tight", 0.0, 1)
+    fakes = [FakeEngine(contract, SCRIPT, url=f"shared-{i}:8001") for i in range(2)]
+    engines = [cast(Engine, f) for f in fakes]
+    first = UpstreamGroup("m-one", "synthetic", engines, groups=[tight, tight])
+    second = UpstreamGroup("m-two", "synthetic", engines, groups=[tight, tight])
+    for group in (first, second):
+        await group.check()
+    busy = first.upstreams[0]
+    busy.begin()  # the first model holds server 0 at its capacity
+    try:
+        assert second.upstreams[0].load == 1 and second.upstreams[0].in_flight == 0
+        assert [second.pick().url for _ in range(4)] == ["shared-1:8001"] * 4  # server 0 is saturated
+    finally:
+        busy.end()
+    assert second.upstreams[0].load == 0
+    await first.close()
+    await second.close()
