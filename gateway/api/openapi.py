@@ -118,6 +118,8 @@ def _operation(spec: Spec, refs: Mapping[tuple[Any, Any], Schema]) -> dict[str, 
         op["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": ref(spec.body)}}}
     ok = {media: {"schema": schema} for media, schema in spec.ok.items()}
     responses: dict[str, Any] = {"200": {"description": "OK", "content": ok}}
+    if spec.headers:
+        responses["200"]["headers"] = dict(spec.headers)
     for status in spec.also:
         responses[str(status)] = {"description": "See the description.", "content": ok}
     for status in spec.errors:

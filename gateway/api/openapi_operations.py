@@ -73,6 +73,7 @@ class Spec:
     description: str = ""
     also: tuple[int, ...] = ()  # other statuses answered with the 200's body
     query: Mapping[str, Schema] = field(default_factory=dict)  # its query parameters
+    headers: Mapping[str, Schema] = field(default_factory=dict)  # the 200 answer's headers, by name
 
 
 def as_json(name: str) -> Content:
@@ -139,6 +140,14 @@ _PAGE: dict[str, Schema] = {
 }
 _TIME: Schema = {"type": "string", "description": "unix seconds or an ISO 8601 date or time (UTC unless it says)"}
 _NAMES: Schema = {"type": "array", "items": STRING}
+_SERVED_BY: dict[str, Schema] = {  # set by gateway.api.observe.stamp_headers on every answer that generated
+    "x-upstream": {
+        "description": "The Triton server that served the generation: `group/host:port`, or `host:port` "
+        "outside groups (after a retry, the second server).",
+        "required": True,
+        "schema": STRING,
+    }
+}
 
 OPERATIONS: dict[Handler, Spec] = {
     chat_completions: Spec(
@@ -148,6 +157,7 @@ OPERATIONS: dict[Handler, Spec] = {
         ChatCompletionRequest,
         INFERENCE,
         "OpenAI's chat completions, whole or streamed (`stream: true`) as server-sent events.",
+        headers=_SERVED_BY,
     ),
     completions: Spec(
         "Create a completion",
@@ -155,6 +165,7 @@ OPERATIONS: dict[Handler, Spec] = {
         {**as_json("Completion"), **as_events("CompletionEvent")},
         CompletionRequest,
         INFERENCE,
+        headers=_SERVED_BY,
     ),
     create_response: Spec(
         "Create a response (stateless)",
@@ -164,6 +175,7 @@ OPERATIONS: dict[Handler, Spec] = {
         INFERENCE,
         "OpenAI's Responses API without stored state: the conversation travels in `input`; `store`, "
         "`previous_response_id`, `background` and `conversation` are refused by name.",
+        headers=_SERVED_BY,
     ),
     create_embeddings: Spec("Create embeddings", "Retrieval", as_json("Embeddings"), EmbeddingRequest, INFERENCE),
     rerank: Spec(

@@ -1,4 +1,5 @@
 """One model on several Triton servers: where each request goes, and what happens when a server fails.
+Active health checks are in :mod:`gateway.engine.health`; a group owns the checker of its upstreams.
 
 - **Routing** (:mod:`gateway.engine.routing`): by default the available upstream with the fewest
   requests in flight (ties rotate), in the first of the model's upstream groups (in order of
@@ -7,15 +8,9 @@
   ``model:cheapest``, ``model:<group>``), sharing their load, health and measurements.
 - **Measurements**: each upstream's time to the first token and time per token (EWMAs, for
   ``fastest``), taken at the first token and at the end of each request.
-- **Active health**: every ``interval`` seconds each upstream is asked whether the server and the model
-  are ready (gRPC ServerReady + ModelReady); the answer marks it healthy or not. A server can say
-  ready and still answer nothing (a deadlocked stream handler), so an idle upstream that has
-  completed no request for ``probe_interval`` seconds must also complete a 1-token generation within
-  ``probe_timeout`` to stay healthy. Under traffic the requests themselves are that proof: their
-  first-token and idle deadlines end them, and eject the server, if it stops answering.
 - **Passive ejection**: ``eject_after`` consecutive failed requests (unavailable, broken off, timed
-  out) take an upstream out at once and trigger a check; it comes back when a check begun after the
-  ejection passes.
+  out) take an upstream out at once and wake the health checker; it comes back when a check begun
+  after the ejection passes.
 - **Retry**: a request whose upstream is unavailable, or breaks the call off (the server or its model
   process died), before its first token is retried once on another upstream. After the first token it
   is not (the client already has output): the error reaches the client as an in-band error event.
@@ -34,10 +29,8 @@ routing: the prompt's block hashes); nothing per token beyond counting the token
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import logging
-import secrets
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -49,7 +42,8 @@ from tritonclient.grpc import model_config_pb2
 
 from gateway.core.types import GenerateRequest, RequestStats, Tokens
 from gateway.engine.base import Engine
-from gateway.engine.contract import PROBE_SAMPLING, ModelContract
+from gateway.engine.contract import ModelContract
+from gateway.engine.health import HealthChecker
 from gateway.engine.routing import (
     NO_KEYS,
     POLICIES,
@@ -62,7 +56,7 @@ from gateway.engine.routing import (
     policy_route,
 )
 from gateway.engine.tensors import Tensors
-from gateway.errors import GatewayError, Overloaded, UpstreamInterrupted, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import Overloaded, UpstreamInterrupted, UpstreamTimeout, UpstreamUnavailable
 from gateway.observability.metrics import (
     UPSTREAM_EJECTIONS,
     UPSTREAM_FAILURES,
@@ -75,8 +69,6 @@ from gateway.observability.metrics import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_MIN_CHECK_GAP = 0.1  # seconds between checks triggered by failures
-_READY_WAIT = 2.0  # seconds a readiness query waits for a running check before answering as last known
 _NO_GROUP = GroupInfo()
 
 
@@ -167,9 +159,9 @@ class Upstream:
 
 
 class UpstreamGroup:
-    """The upstreams of one model, how requests are routed among them, and the task that checks their
-    health. A view from :meth:`routed` routes the same upstreams by another policy; its health
-    methods (start, check, ready, close) act on the group it was made from."""
+    """The upstreams of one model, how requests are routed among them, and the checker of their health
+    (a :class:`HealthChecker` it owns). A view from :meth:`routed` routes the same upstreams by another
+    policy; its health methods (start, check, ready, close) act on the group it was made from."""
 
     def __init__(
         self,
@@ -203,15 +195,11 @@ class UpstreamGroup:
         self._route: Route[Upstream] = Route("", group_tiers(self.upstreams), self._prefix)
         self._base = self  # a view's: the group it routes
         self._views: dict[str, UpstreamGroup] = {}
-        self._interval = interval
+        self._health = HealthChecker(
+            model_id, triton_model, self.upstreams, interval, probe_interval, probe_timeout, generates
+        )
         self._eject_after = eject_after
-        self._probe_interval = probe_interval
-        self._probe_timeout = probe_timeout
-        self._generates = generates
         self._turn = 0
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._checking: asyncio.Future[None] | None = None
         self._retries = UPSTREAM_RETRIES.labels(model_id)
         self._calls: set[asyncio.Task[dict[str, NDArray[np.generic]]]] = set()  # unary calls in flight
 
@@ -236,7 +224,7 @@ class UpstreamGroup:
             route = policy_route(policy, base.upstreams, base._prefix)
             if route is None:
                 return None
-            view = copy.copy(base)  # shares every list, set, metric and table of the group
+            view = copy.copy(base)  # shares every list, set, metric and table of the group, and its checker
             view._route = route
             base._views[policy] = view
         return view
@@ -403,7 +391,7 @@ class UpstreamGroup:
                     await tokens.aclose()  # cancels the Triton request if it is still running
             upstream = upstream_next
 
-    # -- health ----------------------------------------------------------------------------------
+    # -- ejection and health ----------------------------------------------------------------------
 
     def _failed(self, upstream: Upstream) -> None:
         UPSTREAM_FAILURES.labels(self.model_id, upstream.url).inc()
@@ -413,115 +401,23 @@ class UpstreamGroup:
             UPSTREAM_EJECTIONS.labels(self.model_id, upstream.url).inc()
             log.warning("model %s: ejected %s after %d failed requests", self.model_id, upstream.url, upstream.failures)
             upstream.publish()
-        self._wake.set()
-
-    async def _probe(self, upstream: Upstream) -> bool:
-        try:
-            ready = await asyncio.wait_for(upstream.engine.model_ready(self.triton_model), max(self._interval, 1.0))
-        except TimeoutError:
-            return False
-        # only an idle server is probed: under traffic its requests prove it answers, or time out
-        # (first-token and idle deadlines) and eject it; a probe queued behind them would only flap
-        if (
-            not ready
-            or not self._generates
-            or upstream.in_flight
-            or time.monotonic() - upstream.last_ok < self._probe_interval
-        ):
-            return ready
-        return await self._probe_generation(upstream)
-
-    async def _probe_generation(self, upstream: Upstream) -> bool:
-        """A 1-token generation must complete: proof that the server answers, not only says ready."""
-        request = GenerateRequest(
-            f"health-probe-{secrets.token_hex(4)}",
-            [0],
-            PROBE_SAMPLING,
-            first_token_timeout=self._probe_timeout,
-            idle_timeout=self._probe_timeout,
-        )
-        tokens: AsyncGenerator[Tokens, None] | None = None
-        try:
-            async with asyncio.timeout(self._probe_timeout):
-                contract = await upstream.engine.contract(self.triton_model)
-            # bounded by the request's own deadlines: a timeout here must not cancel a task under a read
-            tokens = upstream.engine.generate(contract, request, None, None)
-            async for _ in tokens:
-                pass
-        except (TimeoutError, GatewayError) as exc:
-            reason = "no answer" if isinstance(exc, TimeoutError) else exc.message
-            log.warning("model %s: %s failed its probe generation: %s", self.model_id, upstream.url, reason)
-            return False
-        finally:
-            if tokens is not None:
-                await tokens.aclose()
-        upstream.last_ok = time.monotonic()
-        return True
+        self._health.wake()
 
     async def check(self) -> None:
         """One round of active health checks; callers during a round share it."""
-        base = self._base
-        if base._checking is None or base._checking.done():
-            base._checking = asyncio.ensure_future(base._check())
-        await asyncio.shield(base._checking)
-
-    async def _check(self) -> None:
-        begun = time.monotonic()
-        results = await asyncio.gather(*(self._probe(u) for u in self.upstreams))
-        for upstream, ok in zip(self.upstreams, results, strict=True):
-            if ok and upstream.ejected_at is not None and upstream.ejected_at < begun:
-                upstream.ejected_at = None
-                upstream.failures = 0
-                log.info("model %s: %s is back", self.model_id, upstream.url)
-            if ok != upstream.healthy:
-                log.log(
-                    logging.INFO if ok else logging.WARNING,
-                    "model %s: %s is %s",
-                    self.model_id,
-                    upstream.url,
-                    "healthy" if ok else "unhealthy",
-                )
-            upstream.healthy = ok
-            upstream.publish()
+        await self._health.check()
 
     async def ready(self) -> bool:
-        """At least one upstream is available: checked now, or as last known if a check takes long
-        (a probe generation waiting on a server that stopped answering)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.check(), _READY_WAIT)
-        return any(u.available for u in self.upstreams)
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.check()
-            except Exception:  # never let the checker die
-                log.exception("model %s: health check failed", self.model_id)
-            await asyncio.sleep(_MIN_CHECK_GAP)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+        """At least one upstream is available: checked now, or as last known if a check takes long."""
+        return await self._health.ready()
 
     def start(self) -> None:
-        if self is not self._base:
-            self._base.start()
-        elif self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"health-{self.model_id}")
+        """Start checking the upstreams' health (once; a view shares its group's checker)."""
+        self._health.start()
 
     async def close(self) -> None:
-        if self is not self._base:
-            await self._base.close()
-            return
+        """Cancel the unary calls left in flight and stop the health checker."""
         for call in list(self._calls):
             call.cancel()
         await asyncio.gather(*self._calls, return_exceptions=True)
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        checking, self._checking = self._checking, None
-        if checking is not None and not checking.done():
-            checking.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await checking
+        await self._health.close()

@@ -138,6 +138,8 @@ async def test_errors_are_openai_errors_with_the_tables_statuses(keyed: TestClie
     chat = document["paths"]["/v1/chat/completions"]["post"]["responses"]
     assert {"200", "400", "401", "404", "429", "500", "502", "503", "504"} <= set(chat)
     assert set(chat["200"]["content"]) == {"application/json", "text/event-stream"}
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/responses"):  # the server that generated
+        assert document["paths"][path]["post"]["responses"]["200"]["headers"]["x-upstream"]["required"] is True
 
 
 async def test_bearer_auth_except_on_the_open_paths(keyed: TestClient) -> None:

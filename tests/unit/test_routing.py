@@ -314,9 +314,9 @@ async def test_views_share_upstreams_health_and_measurements(contract: ModelCont
     assert b0.meter.samples == 1 and b0.meter.tpot is not None  # measured: first token and per token
     assert all(u.in_flight == 0 for u in group.upstreams)
     view.start()  # a view's health task is its group's
-    assert view._task is None and group._task is not None
+    assert view._health is group._health and group._health._task is not None
     await view.close()
-    assert group._task is None
+    assert group._health._task is None
 
 
 async def test_the_upstream_a_retry_used_is_named_and_a_retry_falls_to_the_next_group(
