@@ -8,6 +8,7 @@ health NOT_SERVING immediately, new requests get 503, in-flight generations fini
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Coroutine
@@ -61,14 +62,22 @@ async def listen(runner: web.AppRunner, config: GatewayConfig) -> None:
 async def serve(app: web.Application) -> None:
     config = app[CONFIG]
     access_control(app)  # made before the app freezes: the deployments and the private listener set it
+    # the signals are ours before start-up begins: a SIGTERM while the app starts (a worker of --workers
+    # still loading, Kubernetes scaling down) is kept and drained as soon as the app is up, never the
+    # default that kills the process
+    stop = asyncio.Event()
+    term = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, term.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
     runner = GatewayRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
+    drainer: asyncio.Task[None] | None = None
     try:
         await listen(runner, config)
-        stop = asyncio.Event()
-        tasks: set[asyncio.Task[None]] = set()
 
         async def drain() -> None:
+            await term.wait()
             log.info("SIGTERM: draining (up to %.0fs)", config.drain_timeout)
             LIFECYCLE.draining = True
             server = app.get(GRPC)
@@ -81,14 +90,11 @@ async def serve(app: web.Application) -> None:
                 log.warning("drain timeout: %d generations cut short", LIFECYCLE.active)
             stop.set()
 
-        def on_term() -> None:
-            task = asyncio.create_task(drain())
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, on_term)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
+        drainer = asyncio.create_task(drain())
         await stop.wait()
     finally:
+        if drainer is not None and not drainer.done():
+            drainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await drainer
         await runner.cleanup()
