@@ -406,10 +406,16 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> GatewayConfig:
         raise ConfigError(f"{path or 'configuration'}: {where}: {first['msg']}") from None
 
 
+def embedded_tokenizer_dir(model_repository: Path, triton_model: str) -> Path:
+    """Where the tokenizer of a model of the embedded repository is: its own weights directory, except
+    the synthetic model's, which speaks SmolLM2's token ids."""
+    source = DEFAULT_TRITON_MODEL if triton_model == SYNTHETIC_TRITON_MODEL else triton_model
+    return model_repository / source / "weights"
+
+
 def embedded_models(triton_url: str, model_repository: Path, default_max_tokens: int) -> list[ModelConfig]:
     """The embedded CPU Triton's models: SmolLM2, the synthetic benchmark upstream (same tokenizer),
     all-MiniLM-L6-v2 for embeddings (and rerank by cosine), and Whisper base for transcription."""
-    lm_tokenizer = model_repository / DEFAULT_TRITON_MODEL / "weights"
     tasks: dict[str, Task] = {EMBEDDING_MODEL_ID: "embed", TRANSCRIPTION_MODEL_ID: "transcribe"}
     return [
         ModelConfig(
@@ -419,7 +425,7 @@ def embedded_models(triton_url: str, model_repository: Path, default_max_tokens:
             max_batch=64 if model_id == EMBEDDING_MODEL_ID else None,
             triton_url=triton_url,
             triton_model=triton_model,
-            tokenizer_dir=lm_tokenizer if model_id not in tasks else model_repository / triton_model / "weights",
+            tokenizer_dir=embedded_tokenizer_dir(model_repository, triton_model),
             default_max_tokens=default_max_tokens,
         )
         for model_id, triton_model in EMBEDDED_MODELS.items()

@@ -23,12 +23,13 @@ from gateway.api.admin_schema import (
     DeploymentCreate,
     DeploymentPatch,
     EndpointSpec,
+    LimitsPatch,
     ListQuery,
 )
 from gateway.api.auth import require_admin, set_access_active
 from gateway.api.body import parse, read_json
 from gateway.api.context import CONFIG, DEPLOYMENTS, ENGINES, REGISTRY
-from gateway.config import REPO_ROOT, GatewayConfig
+from gateway.config import GatewayConfig, embedded_tokenizer_dir
 from gateway.deployments import materialise
 from gateway.deployments.manager import DeploymentManager
 from gateway.deployments.records import Deployment, DeploymentLimits
@@ -38,8 +39,6 @@ from gateway.engine.upstreams import server_load
 from gateway.errors import Conflict, InvalidRequest, ObjectNotFound
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_EMBEDDED_REPOSITORY = REPO_ROOT / "model_repository"
-_TOKENIZER_OF = {"synthetic": "smollm2"}  # the synthetic model speaks SmolLM2's token ids
 
 
 def known_upstreams(config: GatewayConfig) -> list[str]:
@@ -190,13 +189,12 @@ def _default_tokenizer(config: GatewayConfig, triton_model: str) -> Path | None:
     for model in config.models:
         if model.triton_model == triton_model:
             return model.tokenizer_dir
-    embedded = _EMBEDDED_REPOSITORY / _TOKENIZER_OF.get(triton_model, triton_model) / "weights"
+    embedded = embedded_tokenizer_dir(materialise.REPOSITORY, triton_model)
     return embedded if (embedded / "tokenizer.json").is_file() else None
 
 
-def _limits(patch: Any, base: DeploymentLimits) -> DeploymentLimits:
-    given = patch.model_dump(exclude_unset=True)
-    return base.model_copy(update=given)
+def _limits(patch: LimitsPatch, base: DeploymentLimits) -> DeploymentLimits:
+    return base.model_copy(update=patch.model_dump(exclude_unset=True))
 
 
 async def create_deployment(request: web.Request) -> web.Response:

@@ -203,12 +203,6 @@ class DeploymentManager:
                 await asyncio.shield(previous)
         await coro
 
-    async def settled(self, deployment_id: str) -> None:
-        """Wait for the deployment's pending work (tests and the CLI's --wait)."""
-        while (task := self._work.get(deployment_id)) is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.shield(task)
-
     # -- placement -------------------------------------------------------------------------------
 
     def _candidates(self, d: Deployment) -> list[str]:

@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from gateway.config import Task
 
 Status = Literal["creating", "deploying", "ready", "error", "deleting"]
-STATUSES: tuple[Status, ...] = ("creating", "deploying", "ready", "error", "deleting")
 Visibility = Literal["public", "private"]
 
 
