@@ -93,6 +93,7 @@ ENVIRONMENT: dict[str, tuple[tuple[str, str], ...]] = {
         ("GATEWAY_GRPC_PORT", "--grpc-port"),
         ("GATEWAY_WORKERS", "--workers"),
         ("GATEWAY_MAX_BODY_BYTES", "--max-body-bytes"),
+        ("GATEWAY_TRITON_STREAMS", "--triton-streams"),
         ("GATEWAY_CORS_ORIGINS", "--cors-origins"),
         ("GATEWAY_ACCESS_LOG_PROBES", "--access-log-probes"),
         ("TRITON_URL", "--triton-url"),
@@ -185,6 +186,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-body-bytes", type=int, default=_env_int("GATEWAY_MAX_BODY_BYTES"))
     serve.add_argument(
+        "--triton-streams",
+        type=int,
+        default=_env_int("GATEWAY_TRITON_STREAMS"),
+        help="shared streams per Triton server for stoppable models (default 4; 0: a gRPC call per request)",
+    )
+    serve.add_argument(
         "--cors-origins",
         default=os.environ.get("GATEWAY_CORS_ORIGINS") or None,
         help="origins whose pages may call the API from a browser, comma-separated (https://app.example.com),"
@@ -269,6 +276,7 @@ def _load(args: argparse.Namespace) -> tuple[GatewayConfig, TritonServer | None]
         "grpc_host": args.grpc_host,
         "grpc_port": args.grpc_port,
         "max_body_bytes": args.max_body_bytes,
+        "triton_streams": args.triton_streams,
         "keys_file": args.keys_file,
         "cors_origins": [o.strip() for o in args.cors_origins.split(",") if o.strip()] if args.cors_origins else None,
         "access_log_probes": args.access_log_probes,

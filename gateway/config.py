@@ -226,6 +226,13 @@ class GatewayConfig(BaseModel):
     )
     max_audio_seconds: float = Field(default=3600.0, gt=0, description="longer recordings get 400")
     triton_timeout: float = Field(default=5.0, gt=0, description="seconds for Triton health/config calls")
+    triton_streams: int = Field(
+        default=4,
+        ge=0,
+        le=64,
+        description="shared ModelStreamInfer streams per Triton server for models with an in-band stop (TensorRT-LLM):"
+        " a request is one message on one, not a gRPC call of its own; 0: a call per request",
+    )
     health_check_interval: float = Field(
         default=2.0, gt=0, description="seconds between active health checks of each upstream (server + model ready)"
     )

@@ -45,7 +45,7 @@ def _engines(engine_for: EngineFactory | None) -> Callable[[web.Application], As
         pool: TritonPool | None = None
         factory = engine_for
         if factory is None:
-            pool = app[TRITON_POOL] = TritonPool(app[CONFIG].triton_timeout)
+            pool = app[TRITON_POOL] = TritonPool(app[CONFIG].triton_timeout, app[CONFIG].triton_streams)
             factory = pool.client
         app[ENGINES] = factory
         config = app[CONFIG]

@@ -15,6 +15,8 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from gateway.core.eager import eager_task
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -50,11 +52,14 @@ class Halt:
 async def guarded(halt: Halt, work: Coroutine[Any, Any, T]) -> T:
     """``work``'s result, with ``work`` run in a task of its own that cancelling the caller does not cancel.
 
+    The task starts at once (:func:`eager_task`): a request goes upstream in its handler's own step,
+    not after every other request that arrived in the same burst.
+
     When the caller is cancelled (the client went away), the request is halted and ``work`` goes on
     until its models have ended their requests; if no upstream call was started yet, ``work`` is
     simply cancelled (it is not under a Triton read).
     """
-    task = asyncio.ensure_future(work)
+    task = eager_task(work)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:

@@ -152,6 +152,16 @@ class ModelContract:
             renamed=renamed,
         )
 
+    @property
+    def stoppable(self) -> bool:
+        """A request can be ended in-band (TensorRT-LLM's ``stop`` input), not only by cancelling its call."""
+        return "stop" in self.inputs
+
+    @property
+    def shareable(self) -> bool:
+        """Its requests can share a stream: each ends with a final response (decoupled) and can be stopped."""
+        return self.decoupled and self.stoppable
+
     def supports(self, param: str) -> bool:
         tensor = PARAM_TENSORS.get(param)
         if tensor is not None and tensor not in self.inputs:

@@ -87,10 +87,6 @@ class LiveCall:
         self._stop_wanted = False
         self._stop_sent = False
 
-    @property
-    def stoppable(self) -> bool:
-        return "stop" in self.contract.inputs
-
     def answered(self) -> None:
         """The model answered for the first time: it knows the request, a stop can reach it."""
         self.has_answered = True
@@ -108,7 +104,7 @@ class LiveCall:
     def _end(self, read_rest: bool) -> None:
         if self.call.done():
             return
-        if not self.stoppable:
+        if not self.contract.stoppable:
             self.call.cancel()
             return
         self._stop_wanted = True

@@ -1,12 +1,12 @@
-"""Triton over gRPC (KServe v2): one ``ModelStreamInfer`` call per generated sequence.
+"""Triton over gRPC (KServe v2): token streams on ``ModelStreamInfer``, unary calls on ``ModelInfer``.
 
-A call per request because cancelling a gRPC stream cancels everything on it: a shared stream
-could not cancel one request. The gateway writes one request per call and half-closes at once, so it
-makes the call as gRPC's unary-stream kind (the bytes on the wire are the same as a bidirectional
-stream's): the call's start, the request and the half-close go out as one batch of gRPC operations
-instead of three, a large share of a short request's CPU (perf/tiny.py). A call is read to its end
-and cancelled only when the model must be stopped (see :meth:`TritonClient.generate`). grpc errors
-are translated into gateway errors here, where they enter.
+A model that can be stopped in-band (a ``stop`` input, as TensorRT-LLM has) gets its requests on a
+few shared streams per server (:mod:`gateway.engine.mux`, ``triton_streams``): a request is then one
+message written, not a call made. A model that can only be cancelled gets a call per request, made as
+gRPC's unary-stream kind (one request written and half-closed; the bytes on the wire are a
+bidirectional stream's), so the call's start, request and half-close go out as one batch of gRPC
+operations. A call is read to its end and cancelled only when the model must be stopped (see
+:meth:`TritonClient.generate`). grpc errors are translated into gateway errors here, where they enter.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from gateway.engine.contract import (
     parse_tokens,
 )
 from gateway.engine.deadline import StreamDeadline
+from gateway.engine.mux import Sink, StreamPool
 from gateway.engine.repository import (
     RepositoryModel,
     control_error,
@@ -104,7 +105,7 @@ def upstream_message_error(message: str) -> GatewayError:
 class TritonClient:
     """One Triton server: a gRPC channel, its token streams, health and model configs."""
 
-    def __init__(self, url: str, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, timeout: float = 5.0, streams: int = 4) -> None:
         self.url = url
         self.timeout = timeout
         self._channel = grpc.aio.insecure_channel(url, options=_CHANNEL_OPTIONS)
@@ -117,8 +118,16 @@ class TritonClient:
             response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
         )
         self._stopper = Stopper(self._stream_infer, url, timeout)
+        shared = self._channel.stream_stream(
+            _STREAM_INFER,
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+        )
+        self._shared = StreamPool(shared, url, streams, lambda exc: translate_rpc_error(exc, url)) if streams else None
 
     async def close(self) -> None:
+        if self._shared is not None:
+            await self._shared.close(self.timeout)
         await self._stopper.close()
         await self._channel.close()
 
@@ -205,6 +214,12 @@ class TritonClient:
         infer = build_request(
             contract, request.request_id, request.prompt_ids, sampling, end_id, pad_id, request.vocab_size
         )
+        stream = self._shared.pick(request.request_id) if self._shared is not None and contract.shareable else None
+        if stream is not None:
+            shared = _SharedRequest(self._stopper, contract, request, stream.send(infer))
+            async for tokens in shared.tokens(self.url):
+                yield tokens
+            return
         call = self._stream_infer(infer)
         live = LiveCall(self._stopper, call, contract, request)
         deadline = StreamDeadline(request.first_token_timeout, request.idle_timeout, call.cancel)
@@ -225,17 +240,10 @@ class TritonClient:
                 if final:
                     continue  # nothing follows the final response but the end of the call
                 infer_response = response.infer_response
-                ids = parse_tokens(infer_response)
                 final = is_final(infer_response)
-                if ids:
-                    if sampling.logprobs:
-                        try:
-                            logprobs = parse_logprobs(infer_response, ids, sampling.top_logprobs)
-                        except ContractError as exc:
-                            raise UpstreamError(f"Triton at {self.url}: {exc}") from None
-                        yield Tokens(ids, logprobs)
-                    else:
-                        yield Tokens(ids)
+                got = tokens_of(infer_response, sampling.logprobs, sampling.top_logprobs, self.url)
+                if got is not None:
+                    yield got
         except grpc.aio.AioRpcError as exc:
             if deadline.expired:
                 raise self._timed_out(deadline) from None
@@ -251,7 +259,7 @@ class TritonClient:
                 live.release()  # stopped early: the model must stop, without racing Triton
 
     def _timed_out(self, deadline: StreamDeadline) -> UpstreamTimeout:
-        return UpstreamTimeout(f"Triton at {self.url} sent nothing for {deadline.limit:g}s; the request was cancelled")
+        return timed_out(self.url, deadline)
 
     # model control (explicit mode; what Triton does: gateway.engine.repository)
 
@@ -302,17 +310,111 @@ class TritonClient:
         self._contracts.pop(model, None)
 
 
-class TritonPool:
-    """The Triton servers the gateway knows, one client per URL."""
+def timed_out(url: str, deadline: StreamDeadline) -> UpstreamTimeout:
+    return UpstreamTimeout(f"Triton at {url} sent nothing for {deadline.limit:g}s; the request was stopped")
 
-    def __init__(self, timeout: float = 5.0) -> None:
+
+def tokens_of(response: service_pb2.ModelInferResponse, logprobs: bool, top: int, url: str) -> Tokens | None:
+    """The new tokens of one streamed response (None for the empty final one)."""
+    ids = parse_tokens(response)
+    if not ids:
+        return None
+    if not logprobs:
+        return Tokens(ids)
+    try:
+        return Tokens(ids, parse_logprobs(response, ids, top))
+    except ContractError as exc:
+        raise UpstreamError(f"Triton at {url}: {exc}") from None
+
+
+class _SharedRequest:
+    """One request on a shared stream: its responses read in runs, stopped in-band when it must end early.
+
+    Every response that came while the consumer was busy is taken at once and given as one
+    :class:`Tokens` (one SSE event downstream): no token waits for another, and none is sent alone
+    when several are ready.
+    """
+
+    __slots__ = ("_stop_wanted", "_stopper", "contract", "request", "sink")
+
+    def __init__(self, stopper: Stopper, contract: ModelContract, request: GenerateRequest, sink: Sink) -> None:
+        self._stopper = stopper
+        self.contract = contract
+        self.request = request
+        self.sink = sink
+        self._stop_wanted = False
+
+    async def tokens(self, url: str) -> AsyncGenerator[Tokens, None]:
+        request, sink = self.request, self.sink
+        sampling = request.sampling
+        want_logprobs, top = sampling.logprobs, sampling.top_logprobs
+        first, idle = request.first_token_timeout, request.idle_timeout
+        deadline = StreamDeadline(first, idle, lambda: self._expire(url, deadline))
+        request.halt.on_halt(self.stop)
+        ended = False
+        try:
+            while not ended:
+                deadline.waiting()
+                responses = await sink.take()
+                deadline.answered()
+                run: Tokens | None = None
+                for response in responses:
+                    if response.error_message:
+                        ended = True
+                        raise upstream_message_error(response.error_message)
+                    infer_response = response.infer_response
+                    ended = is_final(infer_response)
+                    tokens = tokens_of(infer_response, want_logprobs, top, url)
+                    if tokens is None:
+                        continue
+                    if run is None:
+                        run = tokens
+                    else:
+                        run.ids.extend(tokens.ids)
+                        if run.logprobs is not None and tokens.logprobs is not None:
+                            run.logprobs.extend(tokens.logprobs)
+                if run is not None:
+                    yield run
+        finally:
+            deadline.cancel()
+            if not ended:
+                self.sink.drop()
+                self.stop()
+
+    def _expire(self, url: str, deadline: StreamDeadline) -> None:
+        """Silent past its deadline: the consumer gets the timeout, and the model a stop at once (a request
+        the model has not answered in so long is one it knows)."""
+        self.sink.fail(timed_out(url, deadline))
+        if not self._stop_wanted and not self.sink.ended:
+            self._stop_wanted = True
+            self._send_stop()
+
+    def stop(self) -> None:
+        """Stop the model in-band: now if it answered already, else with its first response."""
+        if self._stop_wanted or self.sink.ended:
+            return
+        self._stop_wanted = True
+        if self.sink.answered:
+            self._send_stop()
+        else:
+            self.sink.on_first = self._send_stop
+
+    def _send_stop(self) -> None:
+        self._stopper.spawn(self._stopper.send_stop(self.contract, self.request.request_id))
+
+
+class TritonPool:
+    """The Triton servers the gateway knows, one client per URL (``streams``: shared streams per server)."""
+
+    def __init__(self, timeout: float = 5.0, streams: int = 4) -> None:
         self._timeout = timeout
+        self._streams = streams
         self._clients: dict[str, TritonClient] = {}
 
     def client(self, url: str) -> TritonClient:
         client = self._clients.get(url)
         if client is None:
-            client = self._clients[url] = TritonClient(url, self._timeout)
+            client = self._clients[url] = TritonClient(url, self._timeout, self._streams)
         return client
 
     async def close(self) -> None:

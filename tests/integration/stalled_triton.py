@@ -2,13 +2,15 @@
 
 It answers ServerReady, ModelReady and ModelConfig (the synthetic model's config, which declares
 TensorRT-LLM's ``stop`` and ``stop_words_list`` inputs) like a healthy server. Each ModelStreamInfer
-call streams the token ``260`` (" the") every ``delay`` seconds, up to ``request_output_len`` tokens,
-then the final response; or, with ``stall_after``, goes silent after that many tokens (a deadlocked
-server as the gateway sees it). Like TensorRT-LLM, it ends a request after a one-token stop sequence
-that matches, and when a request with the same id and ``stop`` true arrives.
+stream takes any number of requests, as Triton's does, and answers each, tagged with its id: the token
+``260`` (" the") every ``delay`` seconds, up to ``request_output_len`` tokens, then the final response;
+or, with ``stall_after``, it goes silent after that many tokens (a deadlocked server as the gateway
+sees it). Like TensorRT-LLM, it ends a request after a one-token stop sequence that matches, and when
+a request with the same id and ``stop`` true arrives (on any stream).
 
-Per call it records whether the client half-closed its side (done writing) and whether it
-cancelled the call, and it records every stop request: what the gateway did, not what it meant.
+Per request it records whether it ended by itself (its final response sent), whether the client
+half-closed the stream it came on (done writing) and whether the client cancelled that stream before
+the request ended, and it records every stop request: what the gateway did, not what it meant.
 """
 
 from __future__ import annotations
@@ -27,15 +29,15 @@ from tests.conftest import read_model_config
 TOKEN = 260  # " the" in SmolLM2's vocabulary
 
 
-def token_response(token: int) -> service_pb2.ModelStreamInferResponse:
+def token_response(request_id: str, token: int) -> service_pb2.ModelStreamInferResponse:
     out = service_pb2.ModelInferResponse.InferOutputTensor(name="output_ids", datatype="INT32", shape=[1, 1, 1])
-    infer = service_pb2.ModelInferResponse(model_name="synthetic", outputs=[out])
+    infer = service_pb2.ModelInferResponse(model_name="synthetic", id=request_id, outputs=[out])
     infer.raw_output_contents.append(struct.pack("<i", token))
     return service_pb2.ModelStreamInferResponse(infer_response=infer)
 
 
-def final_response() -> service_pb2.ModelStreamInferResponse:
-    infer = service_pb2.ModelInferResponse(model_name="synthetic")
+def final_response(request_id: str) -> service_pb2.ModelStreamInferResponse:
+    infer = service_pb2.ModelInferResponse(model_name="synthetic", id=request_id)
     infer.parameters["triton_final_response"].bool_param = True
     return service_pb2.ModelStreamInferResponse(infer_response=infer)
 
@@ -52,8 +54,9 @@ def _input(request: service_pb2.ModelInferRequest, name: str, code: str) -> list
 class Call:
     request_id: str = ""
     sent: int = 0
-    half_closed: bool = False
-    cancelled: bool = False
+    finished: bool = False  # its final response was sent
+    half_closed: bool = False  # the client was done writing on its stream
+    cancelled: bool = False  # the client cancelled its stream before it finished
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -64,6 +67,7 @@ class StalledTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.stoppable = stoppable  # declares the `stop` input
         self.calls: list[Call] = []  # generation calls, in order
         self.stops: list[str] = []  # ids of the stop requests received
+        self.streams_opened = 0  # ModelStreamInfer calls, whatever they carried
         self.address = ""
         self._server: grpc.aio.Server | None = None
 
@@ -94,33 +98,60 @@ class StalledTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[service_pb2.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
-        requests = aiter(request_iterator)
-        request = await anext(requests)
-        if _input(request, "stop", "?") == [True]:
-            self.stops.append(request.id)
-            for call in self.calls:
-                if call.request_id == request.id:
-                    call.stopped.set()
-            yield final_response()
-            return
-        call = Call(request.id)
-        self.calls.append(call)
-        rest = asyncio.ensure_future(self._half_close(requests, call))
-        ended = False
+        self.streams_opened += 1
+        out: asyncio.Queue[service_pb2.ModelStreamInferResponse | None] = asyncio.Queue()
+        here: list[Call] = []  # the requests that came on this stream
+        running: set[asyncio.Task[None]] = set()
+        reading = True
+
+        def maybe_end() -> None:
+            if not reading and not running:
+                out.put_nowait(None)  # Triton ends a stream once the client is done writing and its requests are
+
+        def generated(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            maybe_end()
+
+        async def take_requests() -> None:
+            nonlocal reading
+            async for request in request_iterator:
+                if _input(request, "stop", "?") == [True]:
+                    self.stops.append(request.id)
+                    for call in self.calls:
+                        if call.request_id == request.id:
+                            call.stopped.set()
+                    out.put_nowait(final_response(request.id))
+                    continue
+                call = Call(request.id)
+                self.calls.append(call)
+                here.append(call)
+                task = asyncio.ensure_future(self._generate(request, call, out))
+                running.add(task)
+                task.add_done_callback(generated)
+            for call in here:
+                call.half_closed = True
+            reading = False
+            maybe_end()
+
+        reader = asyncio.ensure_future(take_requests())
         try:
-            async for response in self._generate(request, call):
+            while (response := await out.get()) is not None:
                 yield response
-            await rest  # Triton ends the call once the client is done writing and the request is done
-            ended = True
         finally:
-            # only the client's cancel breaks a call off here (as CancelledError, or as GeneratorExit
+            # only the client's cancel breaks a stream off here (as CancelledError, or as GeneratorExit
             # when it lands while grpc sends a response)
-            call.cancelled = not ended
-            rest.cancel()
+            for call in here:
+                call.cancelled = not call.finished
+            reader.cancel()
+            for task in running:
+                task.cancel()
 
     async def _generate(
-        self, request: service_pb2.ModelInferRequest, call: Call
-    ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
+        self,
+        request: service_pb2.ModelInferRequest,
+        call: Call,
+        out: asyncio.Queue[service_pb2.ModelStreamInferResponse | None],
+    ) -> None:
         length = (_input(request, "request_output_len", "i") or [16])[0]
         rows = _input(request, "stop_words_list", "i") or []
         ids, offsets = rows[: len(rows) // 2], rows[len(rows) // 2 :]
@@ -129,29 +160,25 @@ class StalledTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
         )
         while call.sent < length and not call.stopped.is_set():
             if self.stall_after is not None and call.sent >= self.stall_after:
-                await asyncio.Event().wait()  # and never a word more
+                await call.stopped.wait()  # not a word more, unless stopped
+                break
             await asyncio.sleep(self.delay)
             if call.stopped.is_set():
                 break
             call.sent += 1
-            yield token_response(TOKEN)
+            out.put_nowait(token_response(call.request_id, TOKEN))
             if stops_on_token:
                 break  # its text ends with a stop sequence: the model ends the request itself
-        yield final_response()
+        call.finished = True
+        out.put_nowait(final_response(call.request_id))
 
-    @staticmethod
-    async def _half_close(requests: AsyncIterator[service_pb2.ModelInferRequest], call: Call) -> None:
-        async for _ in requests:
-            pass
-        call.half_closed = True
-
-    async def start(self) -> str:
+    async def start(self, address: str = "") -> str:
+        """Serve on ``address`` (host:port; a free port when empty)."""
         self._server = grpc.aio.server()
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self, self._server)
-        port = free_port()
-        self._server.add_insecure_port(f"127.0.0.1:{port}")
+        self.address = address or f"127.0.0.1:{free_port()}"
+        self._server.add_insecure_port(self.address)
         await self._server.start()
-        self.address = f"127.0.0.1:{port}"
         return self.address
 
     async def stop(self) -> None:
