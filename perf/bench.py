@@ -39,7 +39,7 @@ from gateway.text.tokenizer import Tokenizer
 from perf import targets
 from perf.metrics import SLO, RequestRecord, summarize
 from perf.report import goal_checks, plot_all, print_table
-from perf.stack import Stack, launch_gateway, launch_stack, process_cpu_seconds, wake_cost_us
+from perf.stack import Stack, launch_gateway, launch_stack, parse_compare, process_cpu_seconds, wake_cost_us
 
 TARGETS = ("gateway-chat", "gateway-completions", "gateway-grpc", "direct")
 # --mode: how the concurrency levels are loaded; the results' "mode" ("concurrency" for the closed loop, as
@@ -261,7 +261,7 @@ def main() -> int:
     args.modes = parse_modes(args.mode, parser)
     if args.rate and args.mode != "closed":
         parser.error("--mode applies to --concurrency; --rate is the open loop")
-    compare = [_parse_compare(spec, parser) for spec in args.compare]
+    compare = [parse_compare(spec, parser) for spec in args.compare]
 
     stacks: list[Stack] = []
     try:
@@ -288,14 +288,6 @@ def parse_modes(text: str, parser: argparse.ArgumentParser) -> list[str]:
     if not names or any(m not in MODES for m in names) or len(set(names)) != len(names):
         parser.error(f"--mode {text!r}: expected closed, burst or closed,burst")
     return [MODES[m] for m in names]
-
-
-def _parse_compare(spec: str, parser: argparse.ArgumentParser) -> tuple[str, dict[str, str]]:
-    name, _, assignments = spec.partition(":")
-    env = dict(a.split("=", 1) for a in assignments.split(",") if "=" in a)
-    if not name or "@" in name or not env:
-        parser.error(f"--compare {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE]")
-    return name, env
 
 
 def _bench(args: argparse.Namespace) -> int:

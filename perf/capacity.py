@@ -66,6 +66,7 @@ from perf.metrics import RequestRecord, summarize
 from perf.stack import (
     Stack,
     launch_gateway,
+    parse_compare,
     positive_ints,
     process_cpu_seconds,
     run_loop,
@@ -145,6 +146,9 @@ def pooled(turns: Sequence[Turn]) -> dict[str, Any]:
     figures["gateway_cores"] = _cores(turns, "gateway_cpu_s", window)
     figures["triton_cores"] = _cores(turns, "triton_cpu_s", window)
     figures["generator_cores"] = _cores(turns, "generator_cpu_s", window)
+    events = sum(len(r.chunk_times) for r in records if r.ok)
+    tokens = sum(r.output_tokens for r in records if r.ok)
+    figures["tokens_per_event"] = tokens / events if events and tokens >= events else None
     return figures
 
 
@@ -185,6 +189,7 @@ def compare(gateway: str, streams: int, gw: dict[str, Any], direct: dict[str, An
         "tokens_per_s_per_core": gw["output_tokens_per_s"] / cores if cores else None,
         "errors": gw["errors"] + gw["cancelled"],
         "machine_cores": _machine_cores(gw),
+        "tokens_per_event": gw.get("tokens_per_event"),
     }
     reasons = []
     if row["errors"]:
@@ -271,7 +276,7 @@ def format_table(result: dict[str, Any]) -> str:
         "gateway vs direct",
         f"{'gateway':<7} {'streams':>7} {'tok/s':>8} {'direct':>8} {'ratio':>6} {'/stream':>7} {'direct':>6} "
         f"{'+TTFT p50':>9} {'+p99':>7} {'+ITL p99':>8} {'cores':>5} {'streams/core':>12} {'tok/s/core':>10} "
-        f"{'qualifies':>9}",
+        f"{'tok/event':>9} {'qualifies':>9}",
     ]
     lines.append("-" * len(lines[-1]))
     for r in result["rows"]:
@@ -281,7 +286,8 @@ def format_table(result: dict[str, Any]) -> str:
             f"{_f(r['direct_stream_tokens_per_s']):>6} {_f(r['ttft_p50_ms'] - r['direct_ttft_p50_ms'], 2):>9} "
             f"{_f(r['ttft_p99_ms'] - r['direct_ttft_p99_ms'], 2):>7} {_f(r['added_itl_p99_ms'], 2):>8} "
             f"{_f(r['gateway_cores'], 2):>5} {_f(r['streams_per_core'], 0):>12} "
-            f"{_f(r['tokens_per_s_per_core'], 0):>10} {'yes' if r['qualifies'] else 'no':>9}"
+            f"{_f(r['tokens_per_s_per_core'], 0):>10} {_f(r.get('tokens_per_event'), 3):>9} "
+            f"{'yes' if r['qualifies'] else 'no':>9}"
         )
     lines += ["", "planning figure: " + result["planning"]["text"]]
     return "\n".join(lines)
@@ -539,6 +545,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             stack.callback(extra.stop)
             gateways.append(Gateway(f"w{workers}", extra.gateway, extra.pid))
+        for name, env in args.compare:
+            log = args.out / f"capacity_gateway@{name}.log"
+            extra = launch_gateway(target.triton, args.model, args.triton_model, {"GATEWAY_WORKERS": "1", **env}, log)
+            stack.callback(extra.stop)
+            gateways.append(Gateway(f"w1@{name}", extra.gateway, extra.pid))
         time.sleep(1.0)  # every worker up (the first answers /ready)
         return run_loop(measure(args, gateways, target.pid))
     raise AssertionError("unreachable")
@@ -571,8 +582,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-stream-tps", type=float, default=95.0, help="a qualifying level's per-stream tok/s")
     parser.add_argument("--max-added-itl-ms", type=float, default=2.0, help="a qualifying level's added ITL p99")
     parser.add_argument("--request-timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="with --launch: one more 1-worker gateway with these environment variables, measured as w1@NAME "
+        "(e.g. percall:GATEWAY_TRITON_STREAMS=0)",
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "perf" / "results")
     args = parser.parse_args(argv)
+    args.compare = [parse_compare(spec, parser) for spec in args.compare]
     if args.rounds < 1 or args.seconds <= 0 or args.warmup < 0 or args.output_tokens < 2:
         parser.error("--rounds must be >= 1, --seconds > 0, --warmup >= 0, --output-tokens >= 2")
     return args

@@ -219,3 +219,12 @@ def worktree(rev: str, path: Path) -> Iterator[Path]:
 def ref_env(tree: Path, cache: Path) -> dict[str, str]:
     """The environment that makes ``python -m gateway`` run the worktree's code (not this checkout's)."""
     return {"PYTHONSAFEPATH": "1", "PYTHONPATH": str(tree), "GATEWAY_CACHE_DIR": str(cache)}
+
+
+def parse_compare(spec: str, parser: argparse.ArgumentParser) -> tuple[str, dict[str, str]]:
+    """``NAME:KEY=VALUE[,KEY=VALUE]`` (--compare): a gateway's name and the environment it is launched with."""
+    name, _, assignments = spec.partition(":")
+    env = dict(a.split("=", 1) for a in assignments.split(",") if "=" in a)
+    if not name or "@" in name or not env:
+        parser.error(f"--compare {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE]")
+    return name, env

@@ -319,6 +319,9 @@ class DeploymentManager:
         longer served (deleted), and its metric series go too."""
         await self._quiet(served)
         await served.upstreams.close()
+        if gone:
+            for url in served.config.upstreams:  # whoever unloads its model, this replica's streams let go of it
+                self._control_for(url).let_go()
         if gone and self._registry.lookup(served.id) is None:
             forget_model(served.id)
 

@@ -17,9 +17,11 @@ the next request opens a new one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import TypeAlias, cast
 
 import grpc
@@ -102,32 +104,60 @@ class SharedStream:
         self._translate = translate
         self.call = open_stream()
         self.sinks: dict[str, Sink] = {}  # the requests in flight, by id, until their last response
-        self._queue: deque[service_pb2.ModelInferRequest] = deque()
+        self._queue: deque[tuple[service_pb2.ModelInferRequest, Sink]] = deque()
         self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
         self.broken = False
+        self.retired = False  # takes no new request: half-closed once its writes are done
         self._reader = self._loop.create_task(self._read(), name=f"{READER_TASK}{url}")
 
     @property
     def load(self) -> int:
         return len(self.sinks)
 
+    @property
+    def usable(self) -> bool:
+        return not self.broken and not self.retired and not self.call.done()
+
+    def retire(self) -> None:
+        """Take no new request; half-close once the writes under way are done. Triton then ends the
+        stream when it has ended the requests on it, and lets go of what the stream held."""
+        self.retired = True
+        if self._writer is None and self._closer is None:
+            self._closer = self._loop.create_task(self._half_close())
+
+    async def _half_close(self) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):  # it ended already
+            await self.call.done_writing()
+
     def send(self, request: service_pb2.ModelInferRequest) -> Sink:
         """Register the request's sink and write it (at once when no other write is under way)."""
         sink = self.sinks[request.id] = Sink(self._loop)
-        self._queue.append(request)
+        self._queue.append((request, sink))
         if self._writer is None:
             self._writer = eager_task(self._write())
         return sink
 
     async def _write(self) -> None:
+        queue = self._queue
         try:
-            while self._queue:
-                await self.call.write(self._queue.popleft())
+            while queue:
+                await self.call.write(queue[0][0])
+                queue.popleft()
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
-            log.info("shared stream to %s: a write failed (%r); its reader ends the stream", self._url, exc)
-            self._queue.clear()
+            # the stream ended under the write: what was not written fails as the stream does
+            error = self._translate(exc) if isinstance(exc, grpc.aio.AioRpcError) else None
+            log.info("shared stream to %s: a write failed (%r)", self._url, exc)
+            self.broken = True
+            while queue:
+                request, sink = queue.popleft()
+                self.sinks.pop(request.id, None)
+                sink.ended = True
+                sink.fail(error or UpstreamInterrupted(f"Triton at {self._url} ended the stream before the request"))
         finally:
             self._writer = None
+            if self.retired and self._closer is None:
+                self._closer = self._loop.create_task(self._half_close())
 
     async def _read(self) -> None:
         error: GatewayError = UpstreamInterrupted(f"Triton at {self._url} ended the stream")
@@ -161,6 +191,10 @@ class SharedStream:
                 sink.fail(error)
             self.sinks.clear()
 
+    def on_end(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` once the stream has ended (its reader is done)."""
+        self._reader.add_done_callback(lambda _: callback())
+
     async def close(self, grace: float) -> None:
         """Half-close, let Triton end what it still runs (up to ``grace`` s), then cancel."""
         try:
@@ -187,13 +221,14 @@ class StreamPool:
         self._size = size
         self._translate = translate
         self._streams: list[SharedStream] = []
+        self._retired: set[SharedStream] = set()  # half-closed, until Triton ends them
 
     def pick(self, request_id: str) -> SharedStream | None:
         """The stream for a new request: an idle one, else a new one while under ``size``, else the least
         loaded. None when ``request_id`` is in flight on every one (a client reusing its request id)."""
         streams = self._streams
-        if any(s.broken for s in streams):
-            streams[:] = [s for s in streams if not s.broken]
+        if not all(s.usable for s in streams):
+            streams[:] = [s for s in streams if s.usable]
         best: SharedStream | None = None
         for stream in streams:
             if request_id in stream.sinks:
@@ -205,6 +240,17 @@ class StreamPool:
             streams.append(best)
         return best
 
-    async def close(self, grace: float) -> None:
+    def retire(self) -> None:
+        """Open new streams from now on; the open ones take no new request and end once Triton has ended
+        theirs. A model is unloaded only once no open stream holds a request of it (Triton keeps what a
+        stream carried until the stream ends), so unloading a model retires the server's streams."""
         streams, self._streams = self._streams, []
+        for stream in streams:
+            stream.retire()
+            self._retired.add(stream)
+            stream.on_end(partial(self._retired.discard, stream))
+
+    async def close(self, grace: float) -> None:
+        streams = [*self._streams, *self._retired]
+        self._streams, self._retired = [], set()
         await asyncio.gather(*(s.close(grace) for s in streams), return_exceptions=True)

@@ -79,6 +79,11 @@ class ModelControl(Protocol):
         """Unload ``name``; returns once it is unloaded (its in-flight requests finished)."""
         ...
 
+    def let_go(self) -> None:
+        """Let go of what this client's open streams hold on the server (Triton keeps a model loaded while a
+        stream that carried its requests is open): they end once their requests have, new ones are opened."""
+        ...
+
     async def model_ready(self, model: str) -> bool:
         """The server and the model answer ready (False, not an error, when the server is out of reach)."""
         ...

@@ -193,14 +193,34 @@ class TritonClient:
             raise UpstreamError(f"Triton at {self.url}, model {model} did not return {', '.join(missing)}")
         return tensors
 
-    async def generate(
+    def generate(
         self,
         contract: ModelContract,
         request: GenerateRequest,
         end_id: int | None,
         pad_id: int | None,
     ) -> AsyncGenerator[Tokens, None]:
-        """New token ids (and their logprobs, when asked) as Triton streams them; ends with the call.
+        """New token ids (and their logprobs, when asked) as Triton streams them.
+
+        A shareable model's request is written on a shared stream now, and its responses are read from
+        its sink (:class:`_SharedRequest`); any other's gets a call of its own (:meth:`_call_tokens`).
+        """
+        if self._shared is not None and contract.shareable and not request.halt.halted:
+            stream = self._shared.pick(request.request_id)
+            if stream is not None:
+                rid, sampling = request.request_id, request.sampling
+                infer = build_request(contract, rid, request.prompt_ids, sampling, end_id, pad_id, request.vocab_size)
+                return _SharedRequest(self._stopper, contract, request, stream.send(infer)).tokens(self.url)
+        return self._call_tokens(contract, request, end_id, pad_id)
+
+    async def _call_tokens(
+        self,
+        contract: ModelContract,
+        request: GenerateRequest,
+        end_id: int | None,
+        pad_id: int | None,
+    ) -> AsyncGenerator[Tokens, None]:
+        """The tokens of a request on a call of its own, which ends with the call.
 
         The request stream is half-closed once the request is written, and the call is read to its
         end (the final response, then the server's end of the call). A call the gateway stops reading
@@ -214,12 +234,6 @@ class TritonClient:
         infer = build_request(
             contract, request.request_id, request.prompt_ids, sampling, end_id, pad_id, request.vocab_size
         )
-        stream = self._shared.pick(request.request_id) if self._shared is not None and contract.shareable else None
-        if stream is not None:
-            shared = _SharedRequest(self._stopper, contract, request, stream.send(infer))
-            async for tokens in shared.tokens(self.url):
-                yield tokens
-            return
         call = self._stream_infer(infer)
         live = LiveCall(self._stopper, call, contract, request)
         deadline = StreamDeadline(request.first_token_timeout, request.idle_timeout, call.cancel)
@@ -298,11 +312,18 @@ class TritonClient:
         loop = asyncio.get_running_loop()
         begun = loop.time()
         self._forget(name)
+        self.let_go()
         try:
             await self._stub.RepositoryModelUnload(unload_request(name, unload_dependents), timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise control_error(exc, self.url, f"unload model {name!r}") from None
         await wait_unloaded(self, name, max(0.0, timeout_s - (loop.time() - begun)))
+
+    def let_go(self) -> None:
+        """The shared streams open now take no new request and end once Triton has ended theirs: Triton
+        keeps a model loaded while a stream that carried its requests is open (found by unloading one)."""
+        if self._shared is not None:
+            self._shared.retire()
 
     def _forget(self, model: str) -> None:
         """Drop the cached config and contract of a model being loaded or unloaded."""

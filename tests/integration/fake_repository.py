@@ -32,3 +32,6 @@ class FakeRepository:
 
     async def unload_model(self, name: str, unload_dependents: bool = False, timeout_s: float = 120) -> None:
         self._repository().discard(name)
+
+    def let_go(self) -> None:
+        """A fake holds nothing in streams."""

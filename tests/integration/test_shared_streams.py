@@ -2,7 +2,8 @@
 
 Many concurrent requests travel on at most ``triton_streams`` streams, each answered by its own id;
 a client that reuses its request id still gets its own answers; a stream the server breaks fails
-only the requests on it, with an upstream error, and the next request opens a new one.
+only the requests on it, with an upstream error, and the next request opens a new one; letting go
+(before an unload) half-closes the open streams.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.api.app import create_app
+from gateway.api.context import TRITON_POOL
 from gateway.config import GatewayConfig, ModelConfig
 from tests.conftest import WEIGHTS, until
 from tests.integration.stalled_triton import StalledTriton
@@ -106,3 +108,15 @@ async def test_a_broken_stream_fails_its_requests_and_the_next_opens_a_new_one(
         assert again.streams_opened >= 1 and all(c.finished for c in again.calls)
     finally:
         await again.stop()
+
+
+async def test_letting_go_half_closes_the_open_streams_and_the_next_request_opens_a_new_one(
+    aiohttp_client: ClientFactory, triton: StalledTriton
+) -> None:
+    client = await gateway(aiohttp_client, triton, 1)
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200
+    assert triton.streams_opened == 1
+    client.app[TRITON_POOL].client(triton.address).let_go()  # as before an unload: Triton holds what streams carried
+    await until(lambda: all(c.half_closed for c in triton.calls), 30, "the open stream half-closed")
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200
+    assert triton.streams_opened == 2 and all(c.finished and not c.cancelled for c in triton.calls)

@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from perf.bench import _parse_compare, burst_shares, fire_bursts, parse_modes
+from perf.bench import burst_shares, fire_bursts, parse_modes
 from perf.metrics import SLO, RequestRecord, distribution, percentile, summarize
 from perf.report import gateway_vs_direct, goal_checks, plot_all, print_table, variants_vs_default
 from perf.sse import SSEParser
+from perf.stack import parse_compare
 
 STREAM = (
     b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n'
@@ -133,16 +134,16 @@ def test_variants_vs_default() -> None:
     ]
 
 
-def test_parse_compare() -> None:
+def testparse_compare() -> None:
     parser = argparse.ArgumentParser()
-    assert _parse_compare("stock:GRPC_EXPERIMENTS=,GATEWAY_EVENT_LOOP=asyncio", parser) == (
+    assert parse_compare("stock:GRPC_EXPERIMENTS=,GATEWAY_EVENT_LOOP=asyncio", parser) == (
         "stock",
         {"GRPC_EXPERIMENTS": "", "GATEWAY_EVENT_LOOP": "asyncio"},
     )
-    assert _parse_compare("x:A=b=c", parser) == ("x", {"A": "b=c"})
+    assert parse_compare("x:A=b=c", parser) == ("x", {"A": "b=c"})
     for bad in ("stock", ":A=1", "a@b:A=1", "stock:novalue"):
         with pytest.raises(SystemExit):
-            _parse_compare(bad, parser)
+            parse_compare(bad, parser)
 
 
 async def test_fire_bursts_starts_each_burst_together_after_the_last_one_ended() -> None:
