@@ -192,12 +192,19 @@ async def generate(plan: Plan) -> AsyncGenerator[Delta, None]:
         child(TOKENS, plan.model.id, plan.project, "output_tokens").inc(stats.completion_tokens)
 
 
-async def _generate(plan: Plan) -> AsyncGenerator[Delta, None]:
-    model, request_id, sampling, stats, halt = plan.model, plan.request_id, plan.sampling, plan.stats, plan.halt
+def _generate(plan: Plan) -> AsyncGenerator[Delta, None]:
+    """The deltas of the plan's one choice (its own generator: no layer more per token), or of its choices
+    interleaved."""
     if len(plan.choices) == 1:
-        async for delta in generate_choice(model, request_id, plan.choices[0], sampling, stats, halt, plan.tool_format):
-            yield delta
-        return
+        choice = plan.choices[0]
+        return generate_choice(
+            plan.model, plan.request_id, choice, plan.sampling, plan.stats, plan.halt, plan.tool_format
+        )
+    return _interleaved(plan)
+
+
+async def _interleaved(plan: Plan) -> AsyncGenerator[Delta, None]:
+    model, request_id, sampling, stats, halt = plan.model, plan.request_id, plan.sampling, plan.stats, plan.halt
     queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
 
     async def pump(choice: Choice) -> None:

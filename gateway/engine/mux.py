@@ -147,7 +147,8 @@ class SharedStream:
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
             # the stream ended under the write: what was not written fails as the stream does
             error = self._translate(exc) if isinstance(exc, grpc.aio.AioRpcError) else None
-            log.info("shared stream to %s: a write failed: %s", self._url, error.message if error else "the stream ended")
+            why = error.message if error is not None else "the stream ended"
+            log.info("shared stream to %s: a write failed: %s", self._url, why)
             self.broken = True
             while queue:
                 request, sink = queue.popleft()
