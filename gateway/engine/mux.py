@@ -43,21 +43,21 @@ Response: TypeAlias = service_pb2.ModelStreamInferResponse
 class Sink:
     """One request's responses, as the stream's reader hands them over; its consumer takes them in runs."""
 
-    __slots__ = ("_items", "_loop", "_waiter", "answered", "dropped", "ended", "error", "on_first")
+    __slots__ = ("_answered", "_items", "_loop", "_waiter", "dropped", "ended", "error", "on_first")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._items: list[Response] = []
         self._waiter: asyncio.Future[None] | None = None
-        self.answered = False  # a first response came: the model knows the request
+        self._answered = False  # a first response came: on_first was called
         self.ended = False  # the final response (or an error response) came, or the stream ended
         self.dropped = False  # the consumer left: what still comes is thrown away
         self.error: GatewayError | None = None  # raised by take(): the stream broke, or a deadline passed
         self.on_first: Callable[[], object] | None = None  # called once, with the first response
 
     def put(self, response: Response) -> None:
-        if not self.answered:
-            self.answered = True
+        if not self._answered:
+            self._answered = True
             if self.on_first is not None:
                 self.on_first()
         if not self.dropped:

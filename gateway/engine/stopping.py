@@ -67,10 +67,42 @@ class Stopper:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+class InBandStop:
+    """One request's stop request: sent at most once, and only once the model knows the request (it has
+    answered), unless :meth:`send` is called directly (a request silent past its deadline)."""
+
+    __slots__ = ("_sent", "_stopper", "answered", "contract", "request_id", "wanted")
+
+    def __init__(self, stopper: Stopper, contract: ModelContract, request_id: str) -> None:
+        self._stopper = stopper
+        self.contract = contract
+        self.request_id = request_id
+        self.answered = False
+        self.wanted = False
+        self._sent = False
+
+    def on_answer(self) -> None:
+        """The model answered for the first time: a stop wanted so far goes now."""
+        self.answered = True
+        if self.wanted:
+            self.send()
+
+    def want(self) -> None:
+        """Stop the model: now if it answered already, else with its first answer."""
+        self.wanted = True
+        if self.answered:
+            self.send()
+
+    def send(self) -> None:
+        if not self._sent:
+            self._sent = True
+            self._stopper.spawn(self._stopper.send_stop(self.contract, self.request_id))
+
+
 class LiveCall:
     """One call in flight: how it is stopped and released. Its reader calls :meth:`answered` once."""
 
-    __slots__ = ("_stop_sent", "_stop_wanted", "_stopper", "call", "contract", "has_answered", "request")
+    __slots__ = ("_stop", "_stopper", "call", "request")
 
     def __init__(
         self,
@@ -81,17 +113,16 @@ class LiveCall:
     ) -> None:
         self._stopper = stopper
         self.call = call
-        self.contract = contract
         self.request = request
-        self.has_answered = False
-        self._stop_wanted = False
-        self._stop_sent = False
+        self._stop = InBandStop(stopper, contract, request.request_id)
+
+    @property
+    def has_answered(self) -> bool:
+        return self._stop.answered
 
     def answered(self) -> None:
         """The model answered for the first time: it knows the request, a stop can reach it."""
-        self.has_answered = True
-        if self._stop_wanted:
-            self._send_stop()
+        self._stop.on_answer()
 
     def halt(self) -> None:
         """Stop the model; its reader goes on reading the call to its end."""
@@ -104,29 +135,23 @@ class LiveCall:
     def _end(self, read_rest: bool) -> None:
         if self.call.done():
             return
-        if not self.contract.stoppable:
+        if not self._stop.contract.stoppable:
             self.call.cancel()
             return
-        self._stop_wanted = True
         if read_rest:
-            self._stopper.spawn(self._read_to_end())
-        elif self.has_answered:
-            self._send_stop()
-
-    def _send_stop(self) -> None:
-        if not self._stop_sent:
-            self._stop_sent = True
-            self._stopper.spawn(self._stopper.send_stop(self.contract, self.request.request_id))
+            self._stopper.spawn(self._read_to_end())  # which stops the model once it answered
+        else:
+            self._stop.want()
 
     async def _read_to_end(self) -> None:
         call = self.call
         try:
-            if not self.has_answered:
+            if not self._stop.answered:
                 async with asyncio.timeout(self.request.first_token_timeout):
                     if await call.read() is grpc.aio.EOF:
                         return
-                self.has_answered = True
-            self._send_stop()
+                self._stop.on_answer()
+            self._stop.want()
             while True:
                 async with asyncio.timeout(self.request.idle_timeout):
                     if await call.read() is grpc.aio.EOF:

@@ -41,7 +41,7 @@ from gateway.engine.repository import (
     unload_request,
     wait_unloaded,
 )
-from gateway.engine.stopping import LiveCall, Stopper
+from gateway.engine.stopping import InBandStop, LiveCall, Stopper
 from gateway.engine.tensors import TensorError, Tensors, infer_request, response_tensors
 from gateway.errors import (
     GatewayError,
@@ -260,20 +260,17 @@ class TritonClient:
                     yield got
         except grpc.aio.AioRpcError as exc:
             if deadline.expired:
-                raise self._timed_out(deadline) from None
+                raise timed_out(self.url, deadline) from None
             raise translate_rpc_error(exc, self.url) from None
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if deadline.expired and (task is None or not task.cancelling()):
-                raise self._timed_out(deadline) from None  # our own cancel of the call, not the task's
+                raise timed_out(self.url, deadline) from None  # our own cancel of the call, not the task's
             raise
         finally:
             deadline.cancel()
             if not call.done():
                 live.release()  # stopped early: the model must stop, without racing Triton
-
-    def _timed_out(self, deadline: StreamDeadline) -> UpstreamTimeout:
-        return timed_out(self.url, deadline)
 
     # model control (explicit mode; what Triton does: gateway.engine.repository)
 
@@ -356,14 +353,13 @@ class _SharedRequest:
     when several are ready.
     """
 
-    __slots__ = ("_stop_wanted", "_stopper", "contract", "request", "sink")
+    __slots__ = ("_stop", "request", "sink")
 
     def __init__(self, stopper: Stopper, contract: ModelContract, request: GenerateRequest, sink: Sink) -> None:
-        self._stopper = stopper
-        self.contract = contract
         self.request = request
         self.sink = sink
-        self._stop_wanted = False
+        self._stop = InBandStop(stopper, contract, request.request_id)
+        sink.on_first = self._stop.on_answer
 
     async def tokens(self, url: str) -> AsyncGenerator[Tokens, None]:
         request, sink = self.request, self.sink
@@ -406,22 +402,13 @@ class _SharedRequest:
         """Silent past its deadline: the consumer gets the timeout, and the model a stop at once (a request
         the model has not answered in so long is one it knows)."""
         self.sink.fail(timed_out(url, deadline))
-        if not self._stop_wanted and not self.sink.ended:
-            self._stop_wanted = True
-            self._send_stop()
+        if not self.sink.ended:
+            self._stop.send()
 
     def stop(self) -> None:
         """Stop the model in-band: now if it answered already, else with its first response."""
-        if self._stop_wanted or self.sink.ended:
-            return
-        self._stop_wanted = True
-        if self.sink.answered:
-            self._send_stop()
-        else:
-            self.sink.on_first = self._send_stop
-
-    def _send_stop(self) -> None:
-        self._stopper.spawn(self._stopper.send_stop(self.contract, self.request.request_id))
+        if not self.sink.ended:
+            self._stop.want()
 
 
 class TritonPool:
