@@ -28,7 +28,7 @@ import grpc
 from tritonclient.grpc import service_pb2
 
 from gateway.core.eager import eager_task
-from gateway.engine.contract import FINAL_PARAM
+from gateway.engine.contract import is_final
 from gateway.errors import GatewayError, UpstreamInterrupted
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,10 @@ class SharedStream:
         """Take no new request; half-close once the writes under way are done. Triton then ends the
         stream when it has ended the requests on it, and lets go of what the stream held."""
         self.retired = True
-        if self._writer is None and self._closer is None:
+        self._half_close_when_written()
+
+    def _half_close_when_written(self) -> None:
+        if self.retired and self._writer is None and self._closer is None:
             self._closer = self._loop.create_task(self._half_close())
 
     async def _half_close(self) -> None:
@@ -157,8 +160,7 @@ class SharedStream:
                 sink.fail(error or UpstreamInterrupted(f"Triton at {self._url} ended the stream before the request"))
         finally:
             self._writer = None
-            if self.retired and self._closer is None:
-                self._closer = self._loop.create_task(self._half_close())
+            self._half_close_when_written()
 
     async def _read(self) -> None:
         error: GatewayError = UpstreamInterrupted(f"Triton at {self._url} ended the stream")
@@ -171,8 +173,7 @@ class SharedStream:
                 response = cast(Response, read)
                 infer = response.infer_response
                 rid = infer.id
-                params = infer.parameters
-                last = bool(response.error_message) or (FINAL_PARAM in params and params[FINAL_PARAM].bool_param)
+                last = bool(response.error_message) or is_final(infer)
                 sink = sinks.get(rid)
                 if sink is None:
                     continue
