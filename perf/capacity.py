@@ -537,19 +537,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if not target.pid:
                 _say("the gateway's pid is unknown (pass --gateway-pid): no gateway CPU figures")
             return run_loop(measure(args, [Gateway("gateway", target.gateway, target.pid)], target.pid))
+        launches = [(f"w{workers}", {"GATEWAY_WORKERS": str(workers)}) for workers in args.workers]
+        launches += [(f"w1@{name}", {"GATEWAY_WORKERS": "1", **env}) for name, env in args.compare]
         gateways = []
-        for workers in args.workers:
-            env = {"GATEWAY_WORKERS": str(workers)}
-            extra: Stack = launch_gateway(
-                target.triton, args.model, args.triton_model, env, args.out / f"capacity_gateway_w{workers}.log"
-            )
+        for name, env in launches:
+            log = args.out / f"capacity_gateway_{name}.log"
+            extra: Stack = launch_gateway(target.triton, args.model, args.triton_model, env, log)
             stack.callback(extra.stop)
-            gateways.append(Gateway(f"w{workers}", extra.gateway, extra.pid))
-        for name, env in args.compare:
-            log = args.out / f"capacity_gateway@{name}.log"
-            extra = launch_gateway(target.triton, args.model, args.triton_model, {"GATEWAY_WORKERS": "1", **env}, log)
-            stack.callback(extra.stop)
-            gateways.append(Gateway(f"w1@{name}", extra.gateway, extra.pid))
+            gateways.append(Gateway(name, extra.gateway, extra.pid))
         time.sleep(1.0)  # every worker up (the first answers /ready)
         return run_loop(measure(args, gateways, target.pid))
     raise AssertionError("unreachable")
