@@ -41,6 +41,7 @@ from gateway.embedded.ports import PortClaim, first_conflict
 from gateway.embedded.supervisor import RestartPolicy, TritonSupervisor
 from gateway.embedded.tritonserver import TritonLaunchError, TritonPorts, TritonServer
 from gateway.embedded.whisper_prepare import prepare_whisper
+from gateway.observability import logs
 from gateway.workers import supervise
 
 log = logging.getLogger("gateway")
@@ -514,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args = parser.parse_args(_with_command(raw))
     args.log_level = _log_level(parser, args)  # what the console shows, in --workers' processes too
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.log_level)
     if args.command == "prepare-model":
         prepare_default_models(args.model_repository, args.gguf)
         return 0

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import GatewayConfig
+from gateway.observability import logs
 from gateway.procutil import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def ports_shared() -> bool:
 def run_worker(config_json: str, log_level: str) -> None:
     """One worker process: the app on the shared ports until a signal."""
     die_with_parent()
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    logs.setup(log_level, logs.WORKER_FORMAT)
     from gateway.api.app import create_app
     from gateway.api.run import run, serve
 

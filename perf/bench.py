@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,9 +40,18 @@ from gateway.text.tokenizer import Tokenizer
 from perf import targets
 from perf.metrics import SLO, RequestRecord, summarize
 from perf.report import goal_checks, plot_all, print_table
-from perf.stack import Stack, launch_gateway, launch_stack, parse_compare, process_cpu_seconds, wake_cost_us
+from perf.stack import (
+    Stack,
+    floor_server,
+    launch_gateway,
+    launch_stack,
+    parse_compare,
+    process_cpu_seconds,
+    wake_cost_us,
+)
 
 TARGETS = ("gateway-chat", "gateway-completions", "gateway-grpc", "direct")
+FLOOR = "floor"  # --floor: perf/floor.py, the transport floor, measured as gateway-chat@floor
 # --mode: how the concurrency levels are loaded; the results' "mode" ("concurrency" for the closed loop, as
 # before bursts existed, so older JSON reads the same)
 MODES = {"closed": "concurrency", "burst": "burst"}
@@ -254,6 +264,12 @@ def main() -> int:
         help="with --launch: one more gateway on the same Triton, with these environment variables; its "
         "targets are measured as TARGET@NAME, interleaved with the others (before/after in one run)",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure the transport floor (perf/floor.py: aiohttp in, shared grpc.aio streams out, nothing "
+        "else) as gateway-chat@floor",
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "perf" / "results")
     args = parser.parse_args()
     if args.compare and not args.launch:
@@ -295,6 +311,16 @@ def _bench(args: argparse.Namespace) -> int:
     print(f"[bench] one wake-up of an idle process costs {wake_us:.0f} µs of CPU here", file=sys.stderr, flush=True)
     tokenizer = Tokenizer(args.tokenizer_dir)
     w = workload(tokenizer, args.input_tokens, args.output_tokens)
+    with ExitStack() as stack:
+        if args.floor:  # the transport floor, as one more gateway that serves gateway-chat
+            log = args.out / f"gateway@{FLOOR}.log"
+            floor = floor_server(args.triton, args.triton_model, w.chat_ids, w.output_tokens, log)
+            url, pid = stack.enter_context(floor)
+            args.gateways[FLOOR] = {"url": url, "grpc": "", "pid": pid}
+        return _measure(args, w, wake_us)
+
+
+def _measure(args: argparse.Namespace, w: targets.Workload, wake_us: float) -> int:
     cfg = {
         k: getattr(args, k)
         for k in ("gateways", "triton", "model", "triton_model", "request_timeout", "seed", "processes")
@@ -304,7 +330,11 @@ def _bench(args: argparse.Namespace) -> int:
     for variant, gateway in args.gateways.items():
         suffix = f"@{variant}" if variant else ""
         for t in args.targets.split(","):
-            if t.startswith("gateway-") and (t != "gateway-grpc" or gateway["grpc"]):
+            if (
+                t.startswith("gateway-")
+                and (t != "gateway-grpc" or gateway["grpc"])
+                and (variant != FLOOR or t == "gateway-chat")
+            ):
                 chosen.append(t + suffix)
     if "direct" in args.targets.split(","):
         chosen.append("direct")

@@ -228,3 +228,29 @@ def parse_compare(spec: str, parser: argparse.ArgumentParser) -> tuple[str, dict
     if not name or "@" in name or not env:
         parser.error(f"--compare {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE]")
     return name, env
+
+
+@contextmanager
+def floor_server(triton: str, triton_model: str, ids: list[int], tokens: int, log: Path) -> Iterator[tuple[str, int]]:
+    """perf/floor.py (the transport floor) on a free port in front of ``triton``, sending prompt ``ids``
+    for ``tokens`` tokens: (its URL, its pid)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "perf.floor", "--port", str(port), "--triton", triton, "--model", triton_model]
+    cmd += ["--tokens", str(tokens), "--ids", ",".join(map(str, ids))]
+    print(f"[bench] starting the transport floor: {' '.join(cmd[:-2])} (log: {log})", file=sys.stderr, flush=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            if proc.poll() is not None:
+                raise SystemExit(f"perf.floor exited with {proc.returncode}; see {log}")
+            try:
+                with urllib.request.urlopen(url + "/ready", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.25)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -17,13 +17,17 @@ request (its CPU over the turn / requests; net: less what it burns idle, measure
 turns), and gateway/direct ratios of requests/s and the latency the gateway adds at p50/p99. The issue's
 goal: gateway CPU per request <= 400 µs.
 
-    python -m perf.tiny --launch [--rounds 3] [--concurrency 1,8] [--seconds 3] [--profile] [--baseline REV]
+    python -m perf.tiny --launch [--rounds 3] [--concurrency 1,8] [--seconds 3] [--profile] [--baseline REV] [--floor]
     python -m perf.tiny --gateway http://127.0.0.1:8080 --triton 127.0.0.1:8001 [--gateway-pid PID]
 
 ``--baseline REV`` is the before/after of a change in one run: two more gateways, this checkout's and
 revision REV's (a git worktree under the system's temp directory, removed afterwards), in front of the
 same Triton, serving ``synthetic`` alone; their chat targets take turns with direct, and the table adds
 the CPU per request of this checkout over REV's.
+
+``--floor`` adds the transport floor's two chat targets (perf/floor.py: aiohttp in, shared grpc.aio streams
+out, nothing else; launched on a free port in front of the same Triton), and reports the gateway's own CPU
+per request: its net CPU less the floor's.
 
 ``--profile`` runs py-spy on the gateway during one extra chat-stream turn and prints the top functions by
 inclusive share. Writes perf/results/tiny.json and perf/results/tiny.png, and prints a table.
@@ -42,7 +46,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -58,6 +62,7 @@ from perf.metrics import percentile
 from perf.sse import SSEParser
 from perf.stack import (
     Stack,
+    floor_server,
     launch_gateway,
     positive_ints,
     process_cpu_seconds,
@@ -69,6 +74,7 @@ from perf.stack import (
 )
 
 STREAM, CHAT, DIRECT = "chat-stream", "chat", "direct"
+FLOOR = "floor"  # the transport floor's targets: f"{FLOOR}-{kind}"
 TARGETS = (STREAM, CHAT, DIRECT)
 GATEWAY_TARGETS = (STREAM, CHAT)
 MESSAGES = [{"role": "user", "content": "Say hi."}]
@@ -189,6 +195,12 @@ def format_table(result: dict[str, Any]) -> str:
             f"     (the gateway idle, during the direct turns: {_f(idle, 2)} ms CPU per s; the direct client, a bare "
             f"grpc.aio stub, {_f(floor, 0)} µs CPU per request: the floor of the gateway's Triton side)"
         )
+        if f"{FLOOR}-{STREAM}" in row:
+            lines.append(
+                "     (the gateway's own CPU per request, its net less the transport floor's: "
+                + ", ".join(f"{k} {_f(row[k].get('own_cpu_us_per_request'), 0)} µs" for k in GATEWAY_TARGETS)
+                + ")"
+            )
     lines.append(
         f"gw CPU: the gateway process's CPU per request; net: less its idle burn. "
         f"Issue 13's goal: net gateway CPU per request <= {GOAL_US:.0f} µs."
@@ -387,9 +399,19 @@ async def measure(args: argparse.Namespace, pid: int, baseline: tuple[str, str, 
     pids = tuple(arm.pid for arm in arms if arm.pid)
     turns: dict[tuple[int, str], list[Turn]] = {}
     top: list[tuple[str, float]] = []
-    try:
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(clients.close)
+        if base_clients is not None:
+            stack.push_async_callback(base_clients.close)
         ids = await clients.prepare(args.triton_model)  # the baseline's chat targets need no ids
         _say(f"the prompt is {len(ids)} tokens with the chat template")
+        if args.floor:
+            log = args.out / "tiny_floor.log"
+            floor = stack.enter_context(floor_server(args.triton, args.triton_model, ids, 1, log))
+            floor_clients = Clients(floor[0], args.triton, args.model, args.request_timeout)
+            stack.push_async_callback(floor_clients.close)
+            arms += [Arm(f"{FLOOR}-{kind}", kind, floor_clients, floor[1]) for kind in GATEWAY_TARGETS]
+            pids = tuple(arm.pid for arm in arms if arm.pid)
         for arm in arms:  # warm-up, not counted
             await closed_loop(arm.clients.send(arm.kind), max(args.concurrency), 0.5, 0)
         for rnd in range(args.rounds):
@@ -409,10 +431,6 @@ async def measure(args: argparse.Namespace, pid: int, baseline: tuple[str, str, 
             conc = max(args.concurrency)
             _say(f"profiling the gateway with py-spy: one chat-stream turn at concurrency {conc}")
             top = await profile(clients, conc, args.seconds, pid, args.out)
-    finally:
-        await clients.close()
-        if base_clients is not None:
-            await base_clients.close()
     results = []
     for conc in args.concurrency:
         direct_turns = turns[(conc, DIRECT)]
@@ -424,6 +442,9 @@ async def measure(args: argparse.Namespace, pid: int, baseline: tuple[str, str, 
         if baseline is not None:
             for kind in GATEWAY_TARGETS:
                 row[kind]["cpu_vs_baseline"] = cpu_ratio(row[kind], row[f"{kind}@{baseline[0]}"])
+        if args.floor:
+            for kind in GATEWAY_TARGETS:
+                row[kind]["own_cpu_us_per_request"] = over_floor(row[kind], row[f"{FLOOR}-{kind}"])
         results.append(row)
     return {"prompt_tokens": len(ids), "targets": [arm.name for arm in arms], "results": results, "profile_top": top}
 
@@ -432,6 +453,12 @@ def cpu_ratio(new: dict[str, Any], old: dict[str, Any]) -> float | None:
     """This checkout's net CPU per request over the baseline's (below 1: the change saves CPU)."""
     a, b = new.get("gateway_net_cpu_us_per_request"), old.get("gateway_net_cpu_us_per_request")
     return a / b if a is not None and b else None
+
+
+def over_floor(gateway: dict[str, Any], floor: dict[str, Any]) -> float | None:
+    """The gateway's own net CPU per request: what it costs beyond aiohttp and grpc.aio (the floor's)."""
+    a, b = gateway.get("gateway_net_cpu_us_per_request"), floor.get("gateway_net_cpu_us_per_request")
+    return a - b if a is not None and b is not None else None
 
 
 def _ttft_ms() -> str:
@@ -463,6 +490,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--baseline", default="", metavar="REV", help="also run revision REV's gateway, side by side (git worktree)"
     )
+    parser.add_argument("--floor", action="store_true", help="also measure the transport floor (perf/floor.py)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "perf" / "results")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.seconds <= 0:

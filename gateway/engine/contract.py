@@ -118,6 +118,10 @@ class ModelContract:
     guided_decoding_backend: str | None = None
     # gateway name -> the model's own name, where a legacy config differs
     renamed: Mapping[str, str] = field(default_factory=dict, compare=False)
+    # (end_id, pad_id) -> what every request of this model carries alike (see :meth:`request_base`)
+    _bases: dict[tuple[int | None, int | None], service_pb2.ModelInferRequest] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def from_config(cls, config: model_config_pb2.ModelConfig) -> ModelContract:
@@ -162,6 +166,26 @@ class ModelContract:
         """Its requests can share a stream: each ends with a final response (decoupled) and can be stopped."""
         return self.decoupled and self.stoppable
 
+    def request_base(self, end_id: int | None, pad_id: int | None) -> service_pb2.ModelInferRequest:
+        """The part of a generation request that is the same for every request of this model with these
+        special tokens: the model, the final-response flag, the constant tensors and the outputs. Built
+        once; :func:`build_request` copies it (one C-level copy) and appends the request's own tensors."""
+        base = self._bases.get((end_id, pad_id))
+        if base is None:
+            r = _Request(self, "")
+            r.req.parameters["triton_enable_empty_final_response"].bool_param = True
+            r.scalar("streaming", True)
+            r.scalar("exclude_input_in_output", True)
+            if end_id is not None:
+                r.scalar("end_id", end_id)
+            if pad_id is not None:
+                r.scalar("pad_id", pad_id)
+            r.req.outputs.add().name = "output_ids"
+            if "sequence_length" in self.outputs:
+                r.req.outputs.add().name = "sequence_length"
+            base = self._bases[(end_id, pad_id)] = r.req
+        return base
+
     def supports(self, param: str) -> bool:
         tensor = PARAM_TENSORS.get(param)
         if tensor is not None and tensor not in self.inputs:
@@ -177,9 +201,16 @@ class _Request:
 
     __slots__ = ("batch", "contract", "req")
 
-    def __init__(self, contract: ModelContract, request_id: str) -> None:
+    def __init__(
+        self, contract: ModelContract, request_id: str, base: service_pb2.ModelInferRequest | None = None
+    ) -> None:
         self.contract = contract
-        self.req = service_pb2.ModelInferRequest(model_name=contract.name, id=request_id)
+        self.req = service_pb2.ModelInferRequest()
+        if base is not None:
+            self.req.CopyFrom(base)
+        else:
+            self.req.model_name = contract.name
+        self.req.id = request_id
         self.batch = [1] if contract.batched else []
 
     def add(self, name: str, values: Sequence[float], shape: list[int] | None = None) -> None:
@@ -215,17 +246,10 @@ def build_request(
     vocab_size: int = 0,
 ) -> service_pb2.ModelInferRequest:
     """A streaming ModelInferRequest for one sequence (``vocab_size``: the length of embedding_bias)."""
-    r = _Request(contract, request_id)
-    r.req.parameters["triton_enable_empty_final_response"].bool_param = True
+    r = _Request(contract, request_id, contract.request_base(end_id, pad_id))
     r.add("input_ids", prompt_ids, [len(prompt_ids)])
     r.add("input_lengths", [len(prompt_ids)])
     r.add("request_output_len", [sampling.max_tokens])
-    r.scalar("streaming", True)
-    r.scalar("exclude_input_in_output", True)
-    if end_id is not None:
-        r.scalar("end_id", end_id)
-    if pad_id is not None:
-        r.scalar("pad_id", pad_id)
     if sampling.greedy:
         r.scalar("runtime_top_k", 1)
     else:
@@ -257,9 +281,6 @@ def build_request(
     if sampling.guide is not None:
         r.text("guided_decoding_guide_type", sampling.guide.type)
         r.text("guided_decoding_guide", sampling.guide.text)
-    r.req.outputs.add().name = "output_ids"
-    if "sequence_length" in contract.outputs:
-        r.req.outputs.add().name = "sequence_length"
     if sampling.logprobs:
         r.add("return_log_probs", [True])
         r.req.outputs.add().name = "output_log_probs"

@@ -116,6 +116,11 @@ class SharedStream:
         return len(self.sinks)
 
     @property
+    def writing(self) -> bool:
+        """A write is under way: a request sent now waits for it (and for the loop to see it done)."""
+        return self._writer is not None
+
+    @property
     def usable(self) -> bool:
         return not self.broken and not self.retired and not self.call.done()
 
@@ -227,7 +232,9 @@ class StreamPool:
 
     def pick(self, request_id: str) -> SharedStream | None:
         """The stream for a new request: an idle one, else a new one while under ``size``, else the least
-        loaded. None when ``request_id`` is in flight on every one (a client reusing its request id)."""
+        loaded of those not writing (a burst's requests go out at once, each on a stream of its own,
+        instead of queueing behind writes whose completion the busy event loop sees late), else the
+        least loaded. None when ``request_id`` is in flight on every one (a client reusing its request id)."""
         streams = self._streams
         if not all(s.usable for s in streams):
             streams[:] = [s for s in streams if s.usable]
@@ -235,7 +242,7 @@ class StreamPool:
         for stream in streams:
             if request_id in stream.sinks:
                 continue
-            if best is None or stream.load < best.load:
+            if best is None or (stream.writing, stream.load) < (best.writing, best.load):
                 best = stream
         if (best is None or best.load) and len(streams) < self._size:
             best = SharedStream(self._open, self._url, self._translate)

@@ -77,6 +77,7 @@ class Tokenizer:
         self._vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
         self.supports_tools = template_supports_tools(template or "")  # the template renders `tools` itself
         self._template = None
+        self._globals: dict[str, Any] = {}
         if template:
             env = ImmutableSandboxedEnvironment(
                 trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
@@ -84,6 +85,9 @@ class Tokenizer:
             env.globals["raise_exception"] = _raise_exception
             env.filters["tojson"] = _tojson  # as Hugging Face renders templates: keys kept in order, no HTML escaping
             self._template = env.from_string(template)
+            # its globals flattened once: Template.render copies the environment's ChainMap into a new dict
+            # per call, a share of a short prompt's render (new_context with shared=True takes ours as is)
+            self._globals = dict(self._template.globals)
 
     @property
     def vocab_size(self) -> int:
@@ -231,14 +235,20 @@ class Tokenizer:
         """
         if self._template is None:
             raise InvalidRequest("this model has no chat template; use /v1/completions", param="messages")
+        template = self._template
+        context = template.new_context(
+            {
+                **self._globals,
+                "messages": messages,
+                "tools": tools,
+                "add_generation_prompt": True,
+                "bos_token": self.bos_token or "",
+                "eos_token": self.eos_token or "",
+            },
+            shared=True,
+        )
         try:
-            text: str = self._template.render(
-                messages=messages,
-                tools=tools,
-                add_generation_prompt=True,
-                bos_token=self.bos_token or "",
-                eos_token=self.eos_token or "",
-            )
+            text: str = template.environment.concat(template.root_render_func(context))
         except TemplateError as exc:
             raise InvalidRequest(
                 f"messages could not be rendered by the chat template: {exc}", param="messages"
