@@ -51,7 +51,8 @@ class _FirstStep(Generic[T]):
 
 @types.coroutine
 def _carry_on(step: _FirstStep[Any]) -> Generator[Any, Any, Any]:
-    """Drive ``step.coro`` on, passing what the task sends or throws in (``yield from``, by hand)."""
+    """Drive ``step.coro`` on: wait for what its first step waits on, then hand the coroutine over to
+    ``yield from``, which passes every later send and throw straight through (in C, not in a loop here)."""
     if step.error is not None:
         error, step.error = step.error, None
         raise error
@@ -60,17 +61,15 @@ def _carry_on(step: _FirstStep[Any]) -> Generator[Any, Any, Any]:
     coro, waits_on = step.coro, step.waits_on
     while True:
         try:
-            sent = yield waits_on
-        except BaseException as exc:  # a cancellation (or error) goes into the coroutine
+            yield waits_on
+        except BaseException as exc:  # a cancellation (or error) while it waits goes into the coroutine
             try:
                 waits_on = coro.throw(exc)
             except StopIteration as stop:
                 return stop.value
-        else:
-            try:
-                waits_on = coro.send(sent)
-            except StopIteration as stop:
-                return stop.value
+            continue
+        # what it waited on is done: resume it (yield from's first send) and delegate from now on
+        return (yield from coro)
 
 
 def eager_task(work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
