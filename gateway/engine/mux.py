@@ -236,10 +236,11 @@ class StreamPool:
         instead of queueing behind writes whose completion the busy event loop sees late), else the
         least loaded. None when ``request_id`` is in flight on every one (a client reusing its request id)."""
         streams = self._streams
-        if not all(s.usable for s in streams):
-            streams[:] = [s for s in streams if s.usable]
         best: SharedStream | None = None
         for stream in streams:
+            if not stream.usable:
+                streams[:] = [s for s in streams if s.usable]
+                return self.pick(request_id)
             if request_id in stream.sinks:
                 continue
             if best is None or (stream.writing, stream.load) < (best.writing, best.load):

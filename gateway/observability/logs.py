@@ -1,9 +1,10 @@
 """The console log: one line per record, made cheaply, since the access log writes one per request.
 
 A record costs what the standard library gathers for it whether a format uses it or not: the
-caller's file and line (a stack walk), the thread, the multiprocessing name. The gateway's formats
-use none of these, so :func:`setup` turns them off (the ``logging`` HOWTO's "Optimization" list).
-The timestamp's date and time are formatted once per second, not once per record.
+caller's file and line (a stack walk), the thread, the process id, the multiprocessing name. The
+gateway's formats show none of these but the workers' process id, so :func:`setup` turns the others
+off (the ``logging`` HOWTO's "Optimization" list). The timestamp's date and time are formatted once
+per second, not once per record.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def setup(level: str, fmt: str = FORMAT) -> None:
     """The root logger's console handler (as ``logging.basicConfig``), with cheap records."""
     logging.logThreads = False
     logging.logMultiprocessing = False
+    logging.logProcesses = "%(process)" in fmt  # a getpid() per record otherwise: only the workers' lines show it
     logging._srcfile = None  # no stack walk for the caller's file and line (no format shows them)
     console = logging.StreamHandler()
     console.setFormatter(Formatter(fmt))
