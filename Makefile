@@ -95,7 +95,7 @@ bench-compare: model protos
 # once (each burst awaited whole), interleaved in one run, with the goals table (about 3 minutes)
 bench-bursts: model protos
 	$(BIN)/python -m perf.bench --launch --concurrency 8,32 --mode closed,burst --rounds 3 \
-		--targets gateway-chat,direct
+		--targets gateway-chat,direct --floor
 
 # sustained mixed load on a launched stack (streams, stop strings, n=2, non-streaming, client disconnects,
 # both models); exits non-zero on any Triton restart, unexpected error or hang. CHURN_ARGS to change it.
@@ -109,7 +109,7 @@ bench-embeddings: model protos
 
 # the gateway's cost per request: 1-token chat requests (streamed and not) against the same ids straight to Triton
 bench-tiny: model protos
-	$(BIN)/python -m perf.tiny --launch
+	$(BIN)/python -m perf.tiny --launch --floor
 
 # streams per gateway core in front of a GPU: the synthetic upstream playing TensorRT-LLM (8B model, H100), gateways
 # with --workers 1 and 2 against Triton direct at 10-100 streams, interleaved (about 4 minutes); CAPACITY_ARGS

@@ -37,6 +37,14 @@ SSE_HEADERS = {
 }
 
 
+class SSEResponse(web.StreamResponse):
+    """An SSE stream whose headers leave with its first event, in one write and one TCP segment, as
+    aiohttp's whole-body ``Response`` does (aiohttp >= 3.12 honours the class attribute; before, the
+    headers go out at ``prepare``). :func:`_stream` writes the first event right after ``prepare``."""
+
+    _send_headers_immediately = False
+
+
 class StreamAsk(Protocol):
     """What a request body says about its response's stream (chat, completions, responses)."""
 
@@ -113,7 +121,7 @@ async def _stream(
         await deltas.aclose()
         raise
     tail = b""  # what follows the last delta: [DONE] (and the usage) once every delta went out
-    response = web.StreamResponse(headers=SSE_HEADERS)
+    response = SSEResponse(headers=SSE_HEADERS)
     response.enable_chunked_encoding()
     stamp_headers(request, response)
     try:
