@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 
@@ -14,6 +13,7 @@ from aiohttp import web
 
 from gateway.api.context import CONFIG, JOB, PLAN, REQUEST_ID, STARTED
 from gateway.api.usage import record_request
+from gateway.core.ids import random_hex
 from gateway.observability.metrics import DISCONNECTS, REQUEST_DURATION, REQUESTS, child, render
 
 access_log = logging.getLogger("gateway.access")
@@ -26,7 +26,7 @@ PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})  # scrapes: out of th
 
 def request_id_of(request: web.Request) -> str:
     given = request.headers.get("x-request-id", "")
-    return given if _CLIENT_ID.match(given) else f"req_{secrets.token_hex(12)}"
+    return given if _CLIENT_ID.match(given) else f"req_{random_hex(12)}"
 
 
 def stamp_headers(request: web.Request, response: web.StreamResponse) -> None:

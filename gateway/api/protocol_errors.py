@@ -14,7 +14,6 @@ Use it where an ``AppRunner`` would be: ``GatewayRunner(app, handler_cancellatio
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import Any
 
 import orjson
@@ -22,6 +21,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from gateway.api.observe import access_log
+from gateway.core.ids import random_hex
 from gateway.errors import GatewayError, InternalError, MalformedRequest
 from gateway.observability.metrics import REQUESTS
 
@@ -78,7 +78,7 @@ class OpenAIErrorRequestHandler(web.RequestHandler):
 def _account(status: int) -> None:
     REQUESTS.labels(ROUTE, "", str(status)).inc()
     if access_log.isEnabledFor(logging.INFO):
-        line = {"request_id": f"req_{secrets.token_hex(12)}", "path": ROUTE, "status": status, "total_ms": 0.0}
+        line = {"request_id": f"req_{random_hex(12)}", "path": ROUTE, "status": status, "total_ms": 0.0}
         access_log.info("%s", orjson.dumps(line).decode())
 
 

@@ -8,12 +8,12 @@ template, the few other events of an item are built as dicts.
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import orjson
 
 from gateway.api.context import now
+from gateway.core.ids import random_hex
 from gateway.core.types import ChoiceOutput, Delta, FinishReason, ToolCallDelta, Usage
 from gateway.errors import GatewayError
 
@@ -38,7 +38,7 @@ class _Item:
     __slots__ = ("call_id", "id", "name", "parts", "position", "ref", "status")
 
     def __init__(self, position: int, call_id: str | None = None, name: str | None = None) -> None:
-        self.id = f"{'msg' if call_id is None else 'fc'}_{secrets.token_hex(16)}"
+        self.id = f"{'msg' if call_id is None else 'fc'}_{random_hex(16)}"
         self.position = position  # its output_index
         self.call_id, self.name = call_id, name
         self.parts: list[str] = []
@@ -199,7 +199,7 @@ class ResponseEvents:
         if piece is None:
             item = _Item(len(self._items))
         else:
-            item = _Item(len(self._items), piece.id or f"call_{secrets.token_hex(12)}", piece.name)
+            item = _Item(len(self._items), piece.id or f"call_{random_hex(12)}", piece.name)
             self._calls[piece.index] = item
         self._items.append(item)
         self._open = item

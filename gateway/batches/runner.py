@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from gateway.batches.records import BatchRecord, LineSpan, NewLine
 from gateway.batches.results import error_line, result_line
 from gateway.batches.state import Batches
 from gateway.batches.validate import Scan, scan
+from gateway.core.ids import random_hex
 from gateway.core.lifecycle import LIFECYCLE
 from gateway.core.models import ModelRegistry
 from gateway.errors import GatewayError, InternalError, Unauthorized, UpstreamUnavailable
@@ -244,7 +244,7 @@ class Runner:
 
     async def _run_line(self, batch: BatchRecord, span: LineSpan, principal: Principal | None, watch: _Watch) -> bool:
         """Run one line and record its result; False when it was not recorded (it will run again)."""
-        request_id = f"req_{secrets.token_hex(12)}"
+        request_id = f"req_{random_hex(12)}"
         outcome: Outcome | None = None
         model = ""
         try:

@@ -6,13 +6,13 @@ choice and the model's limits are written once.
 
 from __future__ import annotations
 
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.auth.keys import Principal
 from gateway.core.halt import Halt
+from gateway.core.ids import random_hex
 from gateway.core.models import ModelRegistry, ServedModel
 from gateway.core.sampling import resolve_sampling
 from gateway.core.types import Choice, Guide, RequestStats, SamplingInput, SamplingParams, Tool, ToolChoice
@@ -83,7 +83,7 @@ def checked_shape(
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(12)}"
+    return f"{prefix}-{random_hex(12)}"
 
 
 def _choices(prompts: list[list[int]], n: int, seed: int | None) -> list[Choice]:
