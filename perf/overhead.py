@@ -107,8 +107,8 @@ async def main(args: argparse.Namespace) -> int:
     )
     engine = OneToken(_contract())
     app: web.Application = create_app(config, lambda url: engine)
-    server = TestServer(app, host="127.0.0.1", access_log=None)  # as gateway serve runs it: no aiohttp access log
-    await server.start_server()
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(access_log=None)  # as gateway serve runs it: no aiohttp access log
     url = str(server.make_url("/v1/chat/completions"))
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
