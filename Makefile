@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEIGHTS := model_repository/.prepared
 
-.PHONY: install protos model debs run test test-unit test-e2e lint format clean bench bench-compare bench-churn bench-embeddings bench-tiny bench-bursts bench-capacity
+.PHONY: install protos model debs run test test-unit test-e2e lint format clean bench bench-compare bench-churn bench-embeddings bench-tiny bench-overhead bench-bursts bench-capacity
 
 install: $(STAMP)
 
@@ -110,6 +110,11 @@ bench-embeddings: model protos
 # the gateway's cost per request: 1-token chat requests (streamed and not) against the same ids straight to Triton
 bench-tiny: model protos
 	$(BIN)/python -m perf.tiny --launch --floor
+
+# the gateway's own CPU per 1-token chat request, in one process against a stand-in engine (no Triton, no gRPC):
+# low-noise before/after of per-request work (run it with PYTHONPATH=<worktree> for the other side)
+bench-overhead: model protos
+	$(BIN)/python -m perf.overhead
 
 # streams per gateway core in front of a GPU: the synthetic upstream playing TensorRT-LLM (8B model, H100), gateways
 # with --workers 1 and 2 against Triton direct at 10-100 streams, interleaved (about 4 minutes); CAPACITY_ARGS

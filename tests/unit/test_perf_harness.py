@@ -486,6 +486,15 @@ def test_tiny_cpu_against_a_baseline() -> None:
     assert cpu_ratio({"gateway_net_cpu_us_per_request": 1500.0}, {}) is None
 
 
+def test_tiny_gateway_share_over_the_transport_floor() -> None:
+    from perf.tiny import over_floor
+
+    net = "gateway_net_cpu_us_per_request"
+    assert over_floor({net: 1300.0}, {net: 600.0}) == 700.0
+    assert over_floor({net: None}, {net: 600.0}) is None
+    assert over_floor({net: 1300.0}, {}) is None
+
+
 def test_tiny_top_inclusive_counts_each_function_once_per_stack() -> None:
     from perf.tiny import top_inclusive
 
