@@ -3,9 +3,9 @@
 perf/tiny.py measures the whole stack on a machine whose cores Triton and the load generator share, so
 a change of a few percent drowns in its noise. This runs the gateway's real app in-process, with a
 stand-in engine in place of Triton (it answers every generation with one token at once, no gRPC), and
-an aiohttp client in the same process sending 1-token chat requests (streamed and not) over loopback.
-The process's CPU time per request is then the gateway's own work plus aiohttp's both ways (the same
-in every run), with nothing else on the CPU but what this process does.
+a client process sending it 1-token chat requests (streamed and not) over loopback. The gateway
+process's CPU time per request is then its own work and aiohttp's server side, with nothing else in
+that process.
 
     python -m perf.overhead [--requests 3000] [--concurrency 8] [--rounds 5]
 
@@ -79,23 +79,35 @@ def _contract() -> ModelContract:
     return ModelContract.from_config(config)
 
 
-async def _round(session: aiohttp.ClientSession, url: str, requests: int, concurrency: int, stream: bool) -> float:
-    """CPU seconds of this process per request over ``requests`` requests, ``concurrency`` in flight."""
+async def client(url: str, requests: int, concurrency: int, stream: bool) -> None:
+    """The load (run in a process of its own): ``requests`` requests, ``concurrency`` in flight."""
     body = orjson.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": 1, "stream": stream})
     headers = {"Content-Type": "application/json"}
     left = requests
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
-    async def worker() -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
-            async with session.post(url, data=body, headers=headers) as resp:
-                raw = await resp.read()
-                if resp.status != 200:
-                    raise SystemExit(f"HTTP {resp.status}: {raw[:300]!r}")
+        async def worker() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                async with session.post(url, data=body, headers=headers) as resp:
+                    raw = await resp.read()
+                    if resp.status != 200:
+                        raise SystemExit(f"HTTP {resp.status}: {raw[:300]!r}")
 
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def _round(url: str, requests: int, concurrency: int, stream: bool) -> float:
+    """The gateway's CPU seconds per request while a client process sends ``requests`` requests (this
+    process serves them and does nothing else meanwhile)."""
+    cmd = [sys.executable, __file__, "--client", url, "--requests", str(requests)]
+    cmd += ["--concurrency", str(concurrency), "--stream", str(int(stream))]
+    proc = await asyncio.create_subprocess_exec(*cmd, env={**os.environ, "PYTHONSAFEPATH": "1"})
+    await asyncio.sleep(0)  # its start-up is not the gateway's: measured from its first request on
     cpu = time.process_time()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    if await proc.wait() != 0:
+        raise SystemExit(f"the client failed ({proc.returncode})")
     return (time.process_time() - cpu) / requests
 
 
@@ -111,14 +123,13 @@ async def main(args: argparse.Namespace) -> int:
     await server.start_server(access_log=None)  # as gateway serve runs it: no aiohttp access log
     url = str(server.make_url("/v1/chat/completions"))
     try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-            await _round(session, url, 200, args.concurrency, True)  # warm-up
-            figures: dict[str, list[float]] = {"chat-stream": [], "chat": []}
-            for rnd in range(args.rounds):
-                for name, stream in (("chat-stream", True), ("chat", False)):
-                    us = await _round(session, url, args.requests, args.concurrency, stream) * 1e6
-                    figures[name].append(us)
-                    print(f"[overhead] round {rnd + 1}/{args.rounds} {name:<12} {us:7.1f} µs/request", file=sys.stderr)
+        await _round(url, 200, args.concurrency, True)  # warm-up
+        figures: dict[str, list[float]] = {"chat-stream": [], "chat": []}
+        for rnd in range(args.rounds):
+            for name, stream in (("chat-stream", True), ("chat", False)):
+                us = await _round(url, args.requests, args.concurrency, stream) * 1e6
+                figures[name].append(us)
+                print(f"[overhead] round {rnd + 1}/{args.rounds} {name:<12} {us:7.1f} µs/request", file=sys.stderr)
     finally:
         await server.close()
     for name, values in figures.items():
@@ -133,6 +144,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tmp", default="/tmp", help="where the usage ledger's file goes")
+    parser.add_argument("--client", metavar="URL", help=argparse.SUPPRESS)  # the load process's mode
+    parser.add_argument("--stream", type=int, default=1, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -155,5 +168,9 @@ def _console_to_devnull() -> None:
 if __name__ == "__main__":
     import uvloop  # as the gateway runs (imported here: a file run by path has no `perf` package to import from)
 
+    arguments = parse_args()
+    if arguments.client:
+        uvloop.run(client(arguments.client, arguments.requests, arguments.concurrency, bool(arguments.stream)))
+        sys.exit(0)
     _console_to_devnull()
-    sys.exit(uvloop.run(main(parse_args())))
+    sys.exit(uvloop.run(main(arguments)))
