@@ -46,12 +46,12 @@ WHOLE = (
     b'{"id":"chatcmpl-floor","object":"chat.completion",'
     b'"choices":[{"index":0,"message":{"role":"assistant","content":"%d"},"finish_reason":"length"}]}'
 )
-Call = grpc.aio.StreamStreamCall[service_pb2.ModelInferRequest, service_pb2.ModelStreamInferResponse]
 DONE = (  # the finish, the usage (as stream_options.include_usage asks), the end
     b'data: {"id":"chatcmpl-floor","choices":[{"index":0,"delta":{},"finish_reason":"length"}]}\n\n'
     b'data: {"id":"chatcmpl-floor","choices":[],"usage":{"prompt_tokens":%d,"completion_tokens":%d}}\n\n'
     b"data: [DONE]\n\n"
 )
+Call = grpc.aio.StreamStreamCall[service_pb2.ModelInferRequest, service_pb2.ModelStreamInferResponse]
 
 
 class Streams:
