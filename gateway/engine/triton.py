@@ -118,12 +118,11 @@ class TritonClient:
             response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
         )
         self._stopper = Stopper(self._stream_infer, url, timeout)
-        shared = self._channel.stream_stream(
-            _STREAM_INFER,
-            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
-            response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+        self._shared = (
+            StreamPool(self._stub.ModelStreamInfer, url, streams, lambda exc: translate_rpc_error(exc, url))
+            if streams
+            else None
         )
-        self._shared = StreamPool(shared, url, streams, lambda exc: translate_rpc_error(exc, url)) if streams else None
 
     async def close(self) -> None:
         if self._shared is not None:
@@ -205,20 +204,18 @@ class TritonClient:
         A shareable model's request is written on a shared stream now, and its responses are read from
         its sink (:class:`_SharedRequest`); any other's gets a call of its own (:meth:`_call_tokens`).
         """
+        sampling = request.sampling
+        infer = build_request(
+            contract, request.request_id, request.prompt_ids, sampling, end_id, pad_id, request.vocab_size
+        )
         if self._shared is not None and contract.shareable and not request.halt.halted:
             stream = self._shared.pick(request.request_id)
             if stream is not None:
-                rid, sampling = request.request_id, request.sampling
-                infer = build_request(contract, rid, request.prompt_ids, sampling, end_id, pad_id, request.vocab_size)
                 return _SharedRequest(self._stopper, contract, request, stream.send(infer)).tokens(self.url)
-        return self._call_tokens(contract, request, end_id, pad_id)
+        return self._call_tokens(contract, request, infer)
 
     async def _call_tokens(
-        self,
-        contract: ModelContract,
-        request: GenerateRequest,
-        end_id: int | None,
-        pad_id: int | None,
+        self, contract: ModelContract, request: GenerateRequest, infer: service_pb2.ModelInferRequest
     ) -> AsyncGenerator[Tokens, None]:
         """The tokens of a request on a call of its own, which ends with the call.
 
@@ -231,9 +228,6 @@ class TritonClient:
         if request.halt.halted:
             return  # the client went away before this call began
         sampling = request.sampling
-        infer = build_request(
-            contract, request.request_id, request.prompt_ids, sampling, end_id, pad_id, request.vocab_size
-        )
         call = self._stream_infer(infer)
         live = LiveCall(self._stopper, call, contract, request)
         deadline = StreamDeadline(request.first_token_timeout, request.idle_timeout, call.cancel)
