@@ -111,19 +111,25 @@ def _launch(args: list[str], triton: str, env: dict[str, str], timeout: float, l
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
     url = f"http://127.0.0.1:{port}"
+    wait_ready(proc, url, timeout, log, "the stack")
+    return Stack(url, triton, f"127.0.0.1:{api}", proc.pid, proc)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float, log: Path, what: str) -> None:
+    """Until ``url``/ready answers 200; ``proc`` killed and SystemExit when it exits or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"the stack exited with {proc.returncode}; see {log}")
+            raise SystemExit(f"{what} exited with {proc.returncode}; see {log}")
         try:
             with urllib.request.urlopen(url + "/ready", timeout=2) as resp:
                 if resp.status == 200:
-                    return Stack(url, triton, f"127.0.0.1:{api}", proc.pid, proc)
+                    return
         except (urllib.error.URLError, OSError):
             pass
-        time.sleep(0.5)
+        time.sleep(0.25)
     proc.kill()
-    raise SystemExit(f"the stack was not ready after {timeout}s; see {log}")
+    raise SystemExit(f"{what} was not ready after {timeout}s; see {log}")
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
@@ -242,14 +248,7 @@ def floor_server(triton: str, triton_model: str, ids: list[int], tokens: int, lo
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(120):
-            if proc.poll() is not None:
-                raise SystemExit(f"perf.floor exited with {proc.returncode}; see {log}")
-            try:
-                with urllib.request.urlopen(url + "/ready", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.25)
+        wait_ready(proc, url, 60.0, log, "perf.floor")
         yield url, proc.pid
     finally:
         proc.terminate()
