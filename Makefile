@@ -111,10 +111,12 @@ bench-embeddings: model protos
 bench-tiny: model protos
 	$(BIN)/python -m perf.tiny --launch --floor
 
-# the gateway's own CPU per 1-token chat request, in one process against a stand-in engine (no Triton, no gRPC):
+# the gateway's own CPU per 1-token chat request, in one process: against a stand-in engine (no Triton, no gRPC),
+# then with its real Triton client beside the transport floor (perf/floor.py) in the same process, taking turns:
 # low-noise before/after of per-request work (run it with PYTHONPATH=<worktree> for the other side)
 bench-overhead: model protos
 	$(BIN)/python -m perf.overhead
+	$(BIN)/python -m perf.overhead --engine triton --rounds 3
 
 # streams per gateway core in front of a GPU: the synthetic upstream playing TensorRT-LLM (8B model, H100), gateways
 # with --workers 1 and 2 against Triton direct at 10-100 streams, interleaved (about 4 minutes); CAPACITY_ARGS

@@ -1,18 +1,24 @@
-"""The gateway's own CPU per request, in one process, with no Triton and no other process (issue 13).
+"""The gateway's own CPU per request, measured in one process with the client in another (issue 13).
 
 perf/tiny.py measures the whole stack on a machine whose cores Triton and the load generator share, so
-a change of a few percent drowns in its noise. This runs the gateway's real app in-process, with a
-stand-in engine in place of Triton (it answers every generation with one token at once, no gRPC), and
-a client process sending it 1-token chat requests (streamed and not) over loopback. The gateway
-process's CPU time per request is then its own work and aiohttp's server side, with nothing else in
-that process.
+a change of a few percent drowns in its noise. This runs the gateway's real app in this process and a
+client process sending it chat requests (streamed and not) over loopback; the figure is this process's
+CPU time per request, in which nothing but the server's work is counted.
 
-    python -m perf.overhead [--requests 3000] [--concurrency 8] [--rounds 5]
+``--engine stand-in`` (the default): a stand-in engine in place of Triton answers every generation with
+one token at once, no gRPC. What is left is the gateway's Python work and aiohttp's server side.
+
+``--engine triton``: the gateway's real Triton client (shared gRPC streams) in front of a launched
+tritonserver's ``synthetic`` model, beside the transport floor (perf/floor.py's aiohttp server and
+grpc.aio streams, in this same process, with the same prompt ids and token count), taking turns. The
+gateway's CPU per request less the floor's is its own share, measured to a percent or two here where
+tiny.py's whole-stack figures swing by tens; ``--tokens N`` adds its CPU per streamed token.
+
+    python -m perf.overhead [--engine stand-in|triton] [--tokens 1] [--requests 3000] [--concurrency 8] [--rounds 5]
 
 Run it with another tree's gateway for a before/after (``PYTHONPATH=<worktree> python perf/overhead.py``,
 the model files still this checkout's), alternating: the median of the rounds, in µs per request, is
-what to compare. Not a measure of TTFT or of gRPC, only of the
-gateway's Python work per request.
+what to compare. Not a measure of TTFT, only of CPU.
 """
 
 from __future__ import annotations
@@ -27,6 +33,13 @@ import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
+
+try:  # the gateway's gRPC core settings, before grpc loads (a tree older than them: grpc's defaults)
+    from gateway import grpc_env
+
+    grpc_env.apply()
+except ImportError:
+    pass
 
 import aiohttp
 import orjson
@@ -43,6 +56,7 @@ HERE = Path(__file__).resolve().parents[1]  # this checkout, also when another t
 WEIGHTS = HERE / "model_repository" / "smollm2" / "weights"
 CONFIG = HERE / "model_repository" / "synthetic" / "config.pbtxt"
 MESSAGES = [{"role": "user", "content": "Say hi."}]
+KINDS = (("stream", True), ("whole", False))
 
 
 class OneToken:
@@ -79,9 +93,9 @@ def _contract() -> ModelContract:
     return ModelContract.from_config(config)
 
 
-async def client(url: str, requests: int, concurrency: int, stream: bool) -> None:
+async def client(url: str, requests: int, concurrency: int, stream: bool, tokens: int) -> None:
     """The load (run in a process of its own): ``requests`` requests, ``concurrency`` in flight."""
-    body = orjson.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": 1, "stream": stream})
+    body = orjson.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": tokens, "stream": stream})
     headers = {"Content-Type": "application/json"}
     left = requests
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -98,11 +112,11 @@ async def client(url: str, requests: int, concurrency: int, stream: bool) -> Non
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-async def _round(url: str, requests: int, concurrency: int, stream: bool) -> float:
-    """The gateway's CPU seconds per request while a client process sends ``requests`` requests (this
+async def _round(url: str, requests: int, concurrency: int, stream: bool, tokens: int = 1) -> float:
+    """This process's CPU seconds per request while a client process sends ``requests`` requests (this
     process serves them and does nothing else meanwhile)."""
     cmd = [sys.executable, __file__, "--client", url, "--requests", str(requests)]
-    cmd += ["--concurrency", str(concurrency), "--stream", str(int(stream))]
+    cmd += ["--concurrency", str(concurrency), "--stream", str(int(stream)), "--tokens", str(tokens)]
     proc = await asyncio.create_subprocess_exec(*cmd, env={**os.environ, "PYTHONSAFEPATH": "1"})
     await asyncio.sleep(0)  # its start-up is not the gateway's: measured from its first request on
     cpu = time.process_time()
@@ -111,42 +125,140 @@ async def _round(url: str, requests: int, concurrency: int, stream: bool) -> flo
     return (time.process_time() - cpu) / requests
 
 
-async def main(args: argparse.Namespace) -> int:
-    config = GatewayConfig(
-        grpc_port=None,
-        usage_db=Path(args.tmp) / "usage.sqlite",
-        models=[ModelConfig(id=MODEL, triton_model=MODEL, tokenizer_dir=WEIGHTS, max_output_tokens=64)],
-    )
-    engine = OneToken(_contract())
-    app: web.Application = create_app(config, lambda url: engine)
+async def _serve(app: web.Application) -> TestServer:
     server = TestServer(app, host="127.0.0.1")
     await server.start_server(access_log=None)  # as gateway serve runs it: no aiohttp access log
-    url = str(server.make_url("/v1/chat/completions"))
+    return server
+
+
+def _config(args: argparse.Namespace, triton: str | None) -> GatewayConfig:
+    model = ModelConfig(
+        id=MODEL, triton_model=MODEL, triton_url=triton, tokenizer_dir=WEIGHTS, max_output_tokens=max(64, args.tokens)
+    )
+    return GatewayConfig(grpc_port=None, usage_db=Path(args.tmp) / "usage.sqlite", models=[model])
+
+
+async def _rounds(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, list[float]]:
+    """µs per request of each server and kind, the servers taking turns within every round."""
+    for url in urls.values():  # warm-up
+        await _round(url, 200, args.concurrency, True, args.tokens)
+    figures: dict[str, list[float]] = {f"{name}-{kind}": [] for name in urls for kind, _ in KINDS}
+    for rnd in range(args.rounds):
+        for name, url in urls.items():
+            for kind, stream in KINDS:
+                us = await _round(url, args.requests, args.concurrency, stream, args.tokens) * 1e6
+                figures[f"{name}-{kind}"].append(us)
+                say(f"round {rnd + 1}/{args.rounds} {name}-{kind:<7} {us:7.1f} µs/request")
+    return figures
+
+
+async def stand_in(args: argparse.Namespace) -> dict[str, list[float]]:
+    engine = OneToken(_contract())
+    server = await _serve(create_app(_config(args, None), lambda url: engine))
     try:
-        await _round(url, 200, args.concurrency, True)  # warm-up
-        figures: dict[str, list[float]] = {"chat-stream": [], "chat": []}
-        for rnd in range(args.rounds):
-            for name, stream in (("chat-stream", True), ("chat", False)):
-                us = await _round(url, args.requests, args.concurrency, stream) * 1e6
-                figures[name].append(us)
-                print(f"[overhead] round {rnd + 1}/{args.rounds} {name:<12} {us:7.1f} µs/request", file=sys.stderr)
+        return await _rounds(args, {"gateway": str(server.make_url("/v1/chat/completions"))})
     finally:
         await server.close()
-    for name, values in figures.items():
-        rounds = ", ".join(f"{v:.0f}" for v in values)
-        print(f"{name:<12} median {statistics.median(values):7.1f} µs/request (rounds: {rounds})")
-    return 0
+
+
+async def with_triton(args: argparse.Namespace, triton: str) -> dict[str, list[float]]:
+    """The gateway's real engine and the transport floor, both in this process, in front of ``triton``."""
+    from perf import floor, targets
+
+    gateway = await _serve(create_app(_config(args, triton)))
+    servers = [gateway]
+    try:
+        async with aiohttp.ClientSession() as session:  # the prompt's ids, as the gateway sends them
+            body = {"model": MODEL, "messages": MESSAGES, "add_generation_prompt": True}
+            async with session.post(gateway.make_url("/tokenize"), json=body) as resp:
+                ids: list[int] = (await resp.json())["tokens"]
+        request = targets.direct_request(MODEL, targets.Workload(MESSAGES, ids, ids, args.tokens))
+        streams = floor.Streams(triton, args.triton_streams)
+        servers.append(await _serve(floor.app(streams, request)))
+        say(f"the prompt is {len(ids)} tokens; {args.tokens} token(s) per request")
+        urls = {
+            name: str(s.make_url("/v1/chat/completions")) for name, s in zip(("gateway", "floor"), servers, strict=True)
+        }
+        return await _rounds(args, urls)
+    finally:
+        for server in servers:
+            await server.close()
+
+
+def summary(figures: dict[str, list[float]], tokens: int) -> dict[str, Any]:
+    """Each arm's median and rounds; with the floor, the gateway's own share (its CPU less the floor's) and
+    their ratio; with more than one token, the same per token."""
+    medians = {name: statistics.median(v) for name, v in figures.items()}
+    arms = {name: {"median_us": medians[name], "rounds_us": v} for name, v in figures.items()}
+    result: dict[str, Any] = {"tokens": tokens, "arms": arms}
+    for kind, _ in KINDS:
+        gw, fl = medians.get(f"gateway-{kind}"), medians.get(f"floor-{kind}")
+        if gw is None or fl is None:
+            continue
+        own = gw - fl
+        result.setdefault("own", {})[kind] = {
+            "us_per_request": own,
+            "ratio": gw / fl,
+            "us_per_token": own / tokens if tokens > 1 else None,
+        }
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [f"{'arm':<16} {'median µs/request':>18}   rounds"]
+    for name, arm in result["arms"].items():
+        rounds = ", ".join(f"{v:.0f}" for v in arm["rounds_us"])
+        lines.append(f"{name:<16} {arm['median_us']:18.1f}   {rounds}")
+    for kind, own in result.get("own", {}).items():
+        line = f"gateway's own share, {kind}: {own['us_per_request']:.0f} µs/request ({own['ratio']:.2f} × the floor)"
+        if own["us_per_token"] is not None:
+            line += f", {own['us_per_token']:.1f} µs per token"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = result["arms"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for k, (name, arm) in enumerate(arms.items()):
+        ax.bar(k, arm["median_us"], color=f"C{k // 2}", alpha=1.0 if name.endswith("stream") else 0.6)
+        ax.plot([k] * len(arm["rounds_us"]), arm["rounds_us"], "k.", markersize=4)
+    ax.set_xticks(range(len(arms)))
+    ax.set_xticklabels(list(arms), rotation=15)
+    ax.set(ylabel="CPU µs per request (bars: median; dots: rounds)")
+    ax.set_title(f"server CPU per chat request, {result['tokens']} token(s), {result['config']['engine']} engine")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def say(line: str) -> None:
+    print(f"[overhead] {line}", file=sys.stderr, flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m perf.overhead", description=__doc__)
+    parser.add_argument("--engine", choices=("stand-in", "triton"), default="stand-in")
+    parser.add_argument("--tokens", type=int, default=1, help="max_tokens of every request (--engine triton)")
     parser.add_argument("--requests", type=int, default=3000, help="per round and kind")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--triton-streams", type=int, default=4, help="the floor's shared streams (as the gateway's)")
     parser.add_argument("--tmp", default="/tmp", help="where the usage ledger's file goes")
+    parser.add_argument("--out", type=Path, default=HERE / "perf" / "results", help="where the JSON and PNG go")
     parser.add_argument("--client", metavar="URL", help=argparse.SUPPRESS)  # the load process's mode
     parser.add_argument("--stream", type=int, default=1, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.tokens > 1 and args.engine == "stand-in" and not args.client:
+        parser.error("--tokens needs --engine triton (the stand-in answers with one token)")
+    return args
 
 
 def _console_to_devnull() -> None:
@@ -165,12 +277,37 @@ def _console_to_devnull() -> None:
             handler.setStream(devnull)
 
 
-if __name__ == "__main__":
-    import uvloop  # as the gateway runs (imported here: a file run by path has no `perf` package to import from)
+def main(args: argparse.Namespace) -> int:
+    import uvloop  # as the gateway runs
 
+    sys.path.append(str(HERE))  # perf.floor, perf.stack: this checkout's (run by path, perf is no package)
+    from perf.stack import launch_stack, save_results
+
+    started = time.monotonic()
+    _console_to_devnull()
+    if args.engine == "stand-in":
+        figures = uvloop.run(stand_in(args))
+    else:
+        stack = launch_stack(log=args.out / "overhead_triton.log")  # its tritonserver; its gateway stays idle
+        try:
+            figures = uvloop.run(with_triton(args, stack.triton))
+        finally:
+            stack.stop()
+    stem = "overhead" if args.engine == "stand-in" else f"overhead_triton_{args.tokens}"
+    _, wrote = save_results(args, stem, summary(figures, args.tokens), started, plot, format_table)
+    print(wrote)
+    return 0
+
+
+if __name__ == "__main__":
     arguments = parse_args()
     if arguments.client:
-        uvloop.run(client(arguments.client, arguments.requests, arguments.concurrency, bool(arguments.stream)))
+        import uvloop
+
+        uvloop.run(
+            client(
+                arguments.client, arguments.requests, arguments.concurrency, bool(arguments.stream), arguments.tokens
+            )
+        )
         sys.exit(0)
-    _console_to_devnull()
-    sys.exit(uvloop.run(main(arguments)))
+    sys.exit(main(arguments))

@@ -495,6 +495,31 @@ def test_tiny_gateway_share_over_the_transport_floor() -> None:
     assert over_floor({net: 1300.0}, {}) is None
 
 
+def test_overhead_summary_gives_the_gateway_share_over_the_floor_per_request_and_per_token(tmp_path: Path) -> None:
+    from perf.overhead import format_table, parse_args, plot, summary
+
+    figures = {
+        "gateway-stream": [900.0, 880.0, 1000.0],
+        "gateway-whole": [860.0],
+        "floor-stream": [450.0, 440.0, 460.0],
+        "floor-whole": [430.0],
+    }
+    one = summary(figures, 1)
+    assert one["arms"]["gateway-stream"]["median_us"] == 900.0
+    assert one["own"]["stream"] == {"us_per_request": 450.0, "ratio": 2.0, "us_per_token": None}
+    assert one["own"]["whole"]["us_per_request"] == 430.0
+    many = summary(figures, 10)
+    assert many["own"]["stream"]["us_per_token"] == pytest.approx(45.0)
+    assert "45.0 µs per token" in format_table(many) and "2.00 × the floor" in format_table(many)
+    alone = summary({"gateway-stream": [250.0], "gateway-whole": [240.0]}, 1)  # the stand-in: no floor
+    assert "own" not in alone and "gateway-whole" in format_table(alone)
+    path = plot({**one, "config": {"engine": "triton"}}, tmp_path / "o.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit):  # the stand-in answers one token only
+        parse_args(["--tokens", "4"])
+    assert parse_args(["--engine", "triton", "--tokens", "4"]).tokens == 4
+
+
 def test_tiny_top_inclusive_counts_each_function_once_per_stack() -> None:
     from perf.tiny import top_inclusive
 
