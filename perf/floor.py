@@ -23,7 +23,7 @@ import argparse
 import asyncio
 import itertools
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from gateway import grpc_env
 
@@ -95,14 +95,16 @@ class Streams:
             del self.waiting[rid]
 
 
-def app(streams: Streams, request: service_pb2.ModelInferRequest) -> web.Application:
-    prompt_tokens = len(request.raw_input_contents[0]) // 4  # input_ids: INT32
+TokenSource = Callable[[], AsyncIterator[list[int]]]  # one request's token ids, response by response
+
+
+def app(tokens_of: TokenSource, prompt_tokens: int) -> web.Application:
+    """The floor's HTTP side over any token source (perf/overhead.py also puts it in front of the
+    gateway's own Triton client, and of no upstream at all)."""
 
     async def chat(http: web.Request) -> web.StreamResponse:
         body = orjson.loads(await http.read())
-        msg = service_pb2.ModelInferRequest()
-        msg.CopyFrom(request)
-        tokens = streams.generate(msg)
+        tokens = tokens_of()
         if not body.get("stream"):
             count = sum([len(ids) async for ids in tokens])
             return web.Response(body=WHOLE % count, content_type="application/json")
@@ -122,6 +124,21 @@ def app(streams: Streams, request: service_pb2.ModelInferRequest) -> web.Applica
     return application
 
 
+def on_streams(streams: Streams, request: service_pb2.ModelInferRequest) -> TokenSource:
+    """The floor's own source: a copy of the fixed ``request`` sent on ``streams`` each time."""
+
+    def tokens() -> AsyncIterator[list[int]]:
+        msg = service_pb2.ModelInferRequest()
+        msg.CopyFrom(request)
+        return streams.generate(msg)
+
+    return tokens
+
+
+def prompt_length(request: service_pb2.ModelInferRequest) -> int:
+    return len(request.raw_input_contents[0]) // 4  # input_ids: INT32
+
+
 async def _ok() -> web.Response:
     return web.Response(text="ok")
 
@@ -130,7 +147,7 @@ async def main(args: argparse.Namespace) -> None:
     ids = [int(x) for x in args.ids.split(",")]
     request = targets.direct_request(args.model, targets.Workload([], ids, ids, args.tokens))
     streams = Streams(args.triton, args.streams)
-    runner = web.AppRunner(app(streams, request), access_log=None)
+    runner = web.AppRunner(app(on_streams(streams, request), prompt_length(request)), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", args.port).start()
     print(f"[floor] listening on 127.0.0.1:{args.port}", file=sys.stderr, flush=True)

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import logging
 import os
 import statistics
 import sys
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,8 @@ WEIGHTS = HERE / "model_repository" / "smollm2" / "weights"
 CONFIG = HERE / "model_repository" / "synthetic" / "config.pbtxt"
 MESSAGES = [{"role": "user", "content": "Say hi."}]
 KINDS = (("stream", True), ("whole", False))
+CHAT = "/v1/chat/completions"
+TokenSource = Callable[[], AsyncIterator[list[int]]]  # perf.floor's: one request's token ids, response by response
 
 
 class OneToken:
@@ -138,17 +142,29 @@ def _config(args: argparse.Namespace, triton: str | None) -> GatewayConfig:
     return GatewayConfig(grpc_port=None, usage_db=Path(args.tmp) / "usage.sqlite", models=[model])
 
 
-async def _rounds(args: argparse.Namespace, urls: dict[str, str]) -> dict[str, list[float]]:
-    """µs per request of each server and kind, the servers taking turns within every round."""
-    for url in urls.values():  # warm-up
-        await _round(url, 200, args.concurrency, True, args.tokens)
-    figures: dict[str, list[float]] = {f"{name}-{kind}": [] for name in urls for kind, _ in KINDS}
+Measure = Callable[[bool], Awaitable[float]]  # (streamed?) -> this process's CPU seconds per request
+
+
+def over_http(url: str, args: argparse.Namespace) -> Measure:
+    """A server in this process, loaded by a client process."""
+    return lambda stream: _round(url, args.requests, args.concurrency, stream, args.tokens)
+
+
+async def _rounds(
+    args: argparse.Namespace, arms: dict[str, Measure], alone: dict[str, Measure]
+) -> dict[str, list[float]]:
+    """µs per request of each arm and kind (``alone``: one kind, no HTTP), taking turns within every round."""
+    for measure in arms.values():  # warm-up
+        await measure(True)
+    figures: dict[str, list[float]] = {f"{name}-{kind}": [] for name in arms for kind, _ in KINDS}
+    figures |= {name: [] for name in alone}
+    turns = [(f"{name}-{kind}", measure, stream) for name, measure in arms.items() for kind, stream in KINDS]
+    turns += [(name, measure, True) for name, measure in alone.items()]
     for rnd in range(args.rounds):
-        for name, url in urls.items():
-            for kind, stream in KINDS:
-                us = await _round(url, args.requests, args.concurrency, stream, args.tokens) * 1e6
-                figures[f"{name}-{kind}"].append(us)
-                say(f"round {rnd + 1}/{args.rounds} {name}-{kind:<7} {us:7.1f} µs/request")
+        for name, measure, stream in turns:
+            us = await measure(stream) * 1e6
+            figures[name].append(us)
+            say(f"round {rnd + 1}/{args.rounds} {name:<16} {us:7.1f} µs/request")
     return figures
 
 
@@ -156,13 +172,14 @@ async def stand_in(args: argparse.Namespace) -> dict[str, list[float]]:
     engine = OneToken(_contract())
     server = await _serve(create_app(_config(args, None), lambda url: engine))
     try:
-        return await _rounds(args, {"gateway": str(server.make_url("/v1/chat/completions"))})
+        return await _rounds(args, {"gateway": over_http(str(server.make_url(CHAT)), args)}, {})
     finally:
         await server.close()
 
 
 async def with_triton(args: argparse.Namespace, triton: str) -> dict[str, list[float]]:
-    """The gateway's real engine and the transport floor, both in this process, in front of ``triton``."""
+    """The gateway's real engine and the transport floor, both in this process, in front of ``triton``;
+    with ``--parts``, the floor taken apart too (see :func:`parts`)."""
     from perf import floor, targets
 
     gateway = await _serve(create_app(_config(args, triton)))
@@ -173,16 +190,67 @@ async def with_triton(args: argparse.Namespace, triton: str) -> dict[str, list[f
             async with session.post(gateway.make_url("/tokenize"), json=body) as resp:
                 ids: list[int] = (await resp.json())["tokens"]
         request = targets.direct_request(MODEL, targets.Workload(MESSAGES, ids, ids, args.tokens))
-        streams = floor.Streams(triton, args.triton_streams)
-        servers.append(await _serve(floor.app(streams, request)))
+        on_streams = floor.on_streams(floor.Streams(triton, args.triton_streams), request)
+        servers.append(await _serve(floor.app(on_streams, len(ids))))
         say(f"the prompt is {len(ids)} tokens; {args.tokens} token(s) per request")
-        urls = {
-            name: str(s.make_url("/v1/chat/completions")) for name, s in zip(("gateway", "floor"), servers, strict=True)
-        }
-        return await _rounds(args, urls)
+        arms = {"gateway": over_http(str(gateway.make_url(CHAT)), args)}
+        arms["floor"] = over_http(str(servers[-1].make_url(CHAT)), args)
+        alone: dict[str, Measure] = {}
+        async with contextlib.AsyncExitStack() as stack:
+            if args.parts:
+                for name, source in (await parts(stack, args, triton, ids)).items():
+                    servers.append(await _serve(floor.app(source, len(ids))))
+                    arms[name] = over_http(str(servers[-1].make_url(CHAT)), args)
+                alone["grpc-alone"] = lambda _: _drive(on_streams, args.requests, args.concurrency)
+            return await _rounds(args, arms, alone)
     finally:
         for server in servers:
             await server.close()
+
+
+async def parts(
+    stack: contextlib.AsyncExitStack, args: argparse.Namespace, triton: str, ids: list[int]
+) -> dict[str, TokenSource]:
+    """The floor's HTTP side over other token sources: ``engine``, the gateway's own Triton client
+    (:class:`TritonClient`, its shared streams) with none of its API layers; ``aiohttp``, no upstream
+    (the tokens at once). With ``grpc-alone`` (the floor's streams driven from this process, no HTTP),
+    they split the floor into its transports, and the gateway's share into client and the rest."""
+    from gateway.core.types import SamplingParams
+    from gateway.engine.triton import TritonClient
+
+    client = TritonClient(triton, streams=args.triton_streams)
+    stack.push_async_callback(client.close)
+    contract = await client.contract(MODEL)
+    sampling = SamplingParams(max_tokens=args.tokens)
+    count = itertools.count()
+
+    async def engine() -> AsyncIterator[list[int]]:
+        request = GenerateRequest(f"engine-{next(count)}", ids, sampling)
+        async for tokens in client.generate(contract, request, None, None):
+            yield tokens.ids
+
+    async def no_upstream() -> AsyncIterator[list[int]]:
+        for _ in range(args.tokens):
+            yield [1]
+
+    return {"engine": engine, "aiohttp": no_upstream}
+
+
+async def _drive(source: TokenSource, requests: int, concurrency: int) -> float:
+    """This process's CPU seconds per request while it reads ``requests`` requests' tokens from ``source``
+    itself, ``concurrency`` at a time."""
+    left = requests
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            async for _ in source():
+                pass
+
+    cpu = time.process_time()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return (time.process_time() - cpu) / requests
 
 
 def summary(figures: dict[str, list[float]], tokens: int) -> dict[str, Any]:
@@ -196,11 +264,16 @@ def summary(figures: dict[str, list[float]], tokens: int) -> dict[str, Any]:
         if gw is None or fl is None:
             continue
         own = gw - fl
-        result.setdefault("own", {})[kind] = {
+        share: dict[str, float | None] = {
             "us_per_request": own,
             "ratio": gw / fl,
             "us_per_token": own / tokens if tokens > 1 else None,
         }
+        engine = medians.get(f"engine-{kind}")
+        if engine is not None:  # --parts: the share split at the gateway's Triton client
+            share["client_us"] = engine - fl
+            share["api_us"] = gw - engine
+        result.setdefault("own", {})[kind] = share
     return result
 
 
@@ -213,6 +286,8 @@ def format_table(result: dict[str, Any]) -> str:
         line = f"gateway's own share, {kind}: {own['us_per_request']:.0f} µs/request ({own['ratio']:.2f} × the floor)"
         if own["us_per_token"] is not None:
             line += f", {own['us_per_token']:.1f} µs per token"
+        if own.get("client_us") is not None:
+            line += f"; its Triton client {own['client_us']:.0f} µs over the floor's, the rest {own['api_us']:.0f} µs"
         lines.append(line)
     return "\n".join(lines)
 
@@ -250,6 +325,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=3000, help="per round and kind")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--parts", action="store_true", help="with --engine triton: also the floor taken apart (aiohttp, engine, grpc)"
+    )
     parser.add_argument("--triton-streams", type=int, default=4, help="the floor's shared streams (as the gateway's)")
     parser.add_argument("--tmp", default="/tmp", help="where the usage ledger's file goes")
     parser.add_argument("--out", type=Path, default=HERE / "perf" / "results", help="where the JSON and PNG go")

@@ -511,6 +511,9 @@ def test_overhead_summary_gives_the_gateway_share_over_the_floor_per_request_and
     many = summary(figures, 10)
     assert many["own"]["stream"]["us_per_token"] == pytest.approx(45.0)
     assert "45.0 µs per token" in format_table(many) and "2.00 × the floor" in format_table(many)
+    split = summary({**figures, "engine-stream": [530.0], "engine-whole": [520.0], "grpc-alone": [220.0]}, 1)
+    assert split["own"]["stream"]["client_us"] == 80.0 and split["own"]["stream"]["api_us"] == 370.0
+    assert split["arms"]["grpc-alone"]["median_us"] == 220.0 and "its Triton client 80 µs" in format_table(split)
     alone = summary({"gateway-stream": [250.0], "gateway-whole": [240.0]}, 1)  # the stand-in: no floor
     assert "own" not in alone and "gateway-whole" in format_table(alone)
     path = plot({**one, "config": {"engine": "triton"}}, tmp_path / "o.png")
