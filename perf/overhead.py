@@ -13,8 +13,10 @@ tritonserver's ``synthetic`` model, beside the transport floor (perf/floor.py's 
 grpc.aio streams, in this same process, with the same prompt ids and token count), taking turns. The
 gateway's CPU per request less the floor's is its own share, measured to a percent or two here where
 tiny.py's whole-stack figures swing by tens; ``--tokens N`` adds its CPU per streamed token.
+``--parts`` takes both apart in the same turns: the floor's handler over the gateway's own Triton client
+(``engine``) and over no upstream (``aiohttp``), and the floor's streams read with no HTTP (``grpc-alone``).
 
-    python -m perf.overhead [--engine stand-in|triton] [--tokens 1] [--requests 3000] [--concurrency 8] [--rounds 5]
+    python -m perf.overhead [--engine stand-in|triton] [--parts] [--tokens 1] [--requests 3000] [--rounds 5]
 
 Run it with another tree's gateway for a before/after (``PYTHONPATH=<worktree> python perf/overhead.py``,
 the model files still this checkout's), alternating: the median of the rounds, in µs per request, is
