@@ -103,19 +103,29 @@ async def client(url: str, requests: int, concurrency: int, stream: bool, tokens
     """The load (run in a process of its own): ``requests`` requests, ``concurrency`` in flight."""
     body = orjson.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": tokens, "stream": stream})
     headers = {"Content-Type": "application/json"}
-    left = requests
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
-        async def worker() -> None:
-            nonlocal left
-            while left > 0:
-                left -= 1
-                async with session.post(url, data=body, headers=headers) as resp:
-                    raw = await resp.read()
-                    if resp.status != 200:
-                        raise SystemExit(f"HTTP {resp.status}: {raw[:300]!r}")
+        async def one() -> None:
+            async with session.post(url, data=body, headers=headers) as resp:
+                raw = await resp.read()
+                if resp.status != 200:
+                    raise SystemExit(f"HTTP {resp.status}: {raw[:300]!r}")
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await _closed_loop(one, requests, concurrency)
+
+
+async def _closed_loop(one: Callable[[], Awaitable[None]], requests: int, concurrency: int) -> None:
+    """``one()`` ``requests`` times, ``concurrency`` at a time. (perf/bench.py has its own: this file runs
+    by path, and against other trees' ``perf``, so it imports nothing of perf/ outside :func:`main`.)"""
+    left = requests
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            await one()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
 async def _round(url: str, requests: int, concurrency: int, stream: bool, tokens: int = 1) -> float:
@@ -184,30 +194,29 @@ async def with_triton(args: argparse.Namespace, triton: str) -> dict[str, list[f
     with ``--parts``, the floor taken apart too (see :func:`parts`)."""
     from perf import floor, targets
 
-    gateway = await _serve(create_app(_config(args, triton)))
-    servers = [gateway]
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def serve(app: web.Application) -> TestServer:
+            server = await _serve(app)
+            stack.push_async_callback(server.close)
+            return server
+
+        gateway = await serve(create_app(_config(args, triton)))
         async with aiohttp.ClientSession() as session:  # the prompt's ids, as the gateway sends them
             body = {"model": MODEL, "messages": MESSAGES, "add_generation_prompt": True}
             async with session.post(gateway.make_url("/tokenize"), json=body) as resp:
                 ids: list[int] = (await resp.json())["tokens"]
         request = targets.direct_request(MODEL, targets.Workload(MESSAGES, ids, ids, args.tokens))
         on_streams = floor.on_streams(floor.Streams(triton, args.triton_streams), request)
-        servers.append(await _serve(floor.app(on_streams, len(ids))))
         say(f"the prompt is {len(ids)} tokens; {args.tokens} token(s) per request")
+        sources = {"floor": on_streams, **(await parts(stack, args, triton, ids) if args.parts else {})}
         arms = {"gateway": over_http(str(gateway.make_url(CHAT)), args)}
-        arms["floor"] = over_http(str(servers[-1].make_url(CHAT)), args)
+        for name, source in sources.items():
+            arms[name] = over_http(str((await serve(floor.app(source, len(ids)))).make_url(CHAT)), args)
         alone: dict[str, Measure] = {}
-        async with contextlib.AsyncExitStack() as stack:
-            if args.parts:
-                for name, source in (await parts(stack, args, triton, ids)).items():
-                    servers.append(await _serve(floor.app(source, len(ids))))
-                    arms[name] = over_http(str(servers[-1].make_url(CHAT)), args)
-                alone["grpc-alone"] = lambda _: _drive(on_streams, args.requests, args.concurrency)
-            return await _rounds(args, arms, alone)
-    finally:
-        for server in servers:
-            await server.close()
+        if args.parts:
+            alone["grpc-alone"] = lambda _: _drive(on_streams, args.requests, args.concurrency)
+        return await _rounds(args, arms, alone)
 
 
 async def parts(
@@ -241,17 +250,13 @@ async def parts(
 async def _drive(source: TokenSource, requests: int, concurrency: int) -> float:
     """This process's CPU seconds per request while it reads ``requests`` requests' tokens from ``source``
     itself, ``concurrency`` at a time."""
-    left = requests
 
-    async def worker() -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
-            async for _ in source():
-                pass
+    async def one() -> None:
+        async for _ in source():
+            pass
 
     cpu = time.process_time()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await _closed_loop(one, requests, concurrency)
     return (time.process_time() - cpu) / requests
 
 
